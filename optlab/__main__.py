@@ -1,0 +1,5 @@
+"""`python -m optlab` is `optlab`."""
+
+from optlab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""The config schema: types for Hydra to check as it composes, range rules for the rest.
+
+Hydra's structured configs check types (`epochs=abc`) but not ranges (`optimizer.lr=-1`), so
+every key also has a `Rule`: a predicate plus the words that tell a user what is allowed.
+This module imports no torch, so `--help`, `--cfg job` and bad input answer at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+GROUPS = ("model", "data", "optimizer", "scheduler")
+
+# Activation names a model may use, mapped to their torch.nn class names.
+ACTIVATIONS = {
+    "relu": "ReLU",
+    "tanh": "Tanh",
+    "sigmoid": "Sigmoid",
+    "gelu": "GELU",
+    "elu": "ELU",
+    "leaky_relu": "LeakyReLU",
+    "silu": "SiLU",
+}
+
+
+class ConfigError(ValueError):
+    """A user's mistake in the config: names the key, the bad value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str, problem: str = "invalid value for"):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{problem} '{key}': {show(value)} (allowed: {allowed})")
+
+
+def show(value: Any) -> str:
+    """A value as the user would type it back: strings quoted, lists plain."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value)
+    return repr(value) if isinstance(value, str) else str(value).replace("'", "")
+
+
+@dataclass(frozen=True)
+class Rule:
+    allowed: str
+    ok: Callable[[Any], bool]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_list(v: Any, item: Callable[[Any], bool]) -> bool:
+    return isinstance(v, (list, tuple, ListConfig)) and all(item(x) for x in v)
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(", ".join(choices), lambda v: v in choices)
+
+
+POSITIVE_INT = Rule("an integer >= 1", lambda v: _is_int(v) and v >= 1)
+NON_NEGATIVE_INT = Rule("an integer >= 0", lambda v: _is_int(v) and v >= 0)
+POSITIVE = Rule("a number > 0", lambda v: _is_number(v) and v > 0)
+NON_NEGATIVE = Rule("a number >= 0", lambda v: _is_number(v) and v >= 0)
+FRACTION = Rule("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1)
+OPEN_FRACTION = Rule("a number in (0, 1)", lambda v: _is_number(v) and 0 < v < 1)
+BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
+BATCH_SIZE = Rule("an integer >= 1, or 'full'", lambda v: v == "full" or POSITIVE_INT.ok(v))
+DEVICE = Rule(
+    "auto, cpu, cuda, cuda:N or mps",
+    lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) is not None,
+)
+
+
+def key(rule: Rule, help: str) -> Any:
+    """A top-level schema field: its value comes from conf/config.yaml."""
+    return field(default=MISSING, metadata={"rule": rule, "help": help})
+
+
+@dataclass
+class Config:
+    """Top-level keys. The groups are dicts here; `GROUP_RULES` checks their keys."""
+
+    model: Any = MISSING
+    data: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    batch_size: Any = key(
+        BATCH_SIZE, "examples per optimizer step; 'full' = batch gradient descent, 1 = SGD"
+    )
+    epochs: int = key(POSITIVE_INT, "passes over the training set")
+    seed: int = key(NON_NEGATIVE_INT, "seeds weight init and batch order (not the data split)")
+    device: str = key(DEVICE, "where to train: auto = CUDA when available, else CPU")
+    shuffle: bool = key(BOOLEAN, "draw a new random batch order every epoch")
+
+
+GROUP_RULES: dict[str, Rule] = {
+    "model.hidden": Rule(
+        "a list of integers >= 1, e.g. [128,64]", lambda v: _is_list(v, POSITIVE_INT.ok)
+    ),
+    "model.activation": one_of(*ACTIVATIONS),
+    "data.source.return_X_y": Rule("true", lambda v: v is True),
+    "data.val_fraction": OPEN_FRACTION,
+    "data.test_fraction": OPEN_FRACTION,
+    "data.split_seed": NON_NEGATIVE_INT,
+    "optimizer.lr": POSITIVE,
+    "optimizer.momentum": FRACTION,
+    "optimizer.dampening": FRACTION,
+    "optimizer.weight_decay": NON_NEGATIVE,
+    "optimizer.nesterov": BOOLEAN,
+    "optimizer.betas": Rule(
+        "two numbers in [0, 1), e.g. [0.9,0.999]",
+        lambda v: _is_list(v, FRACTION.ok) and len(v) == 2,
+    ),
+    "optimizer.eps": POSITIVE,
+    "optimizer.amsgrad": BOOLEAN,
+    "scheduler.factor": Rule("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1),
+    "scheduler.total_iters": NON_NEGATIVE_INT,
+}
+
+
+def top_level_keys() -> dict[str, dict]:
+    """Top-level key name → its field metadata (rule and help)."""
+    return {f.name: f.metadata for f in fields(Config) if f.metadata}
+
+
+def rule_for(path: str) -> Rule | None:
+    meta = top_level_keys().get(path)
+    return meta["rule"] if meta else GROUP_RULES.get(path)
+
+
+def _leaves(node: DictConfig, prefix: str):
+    """(dotted path, value, parent node) for every value in a group; lists are values."""
+    for name in node:
+        value = node[name]
+        path = f"{prefix}.{name}"
+        if isinstance(value, DictConfig):
+            yield from _leaves(value, path)
+        elif name != "_target_":
+            yield path, value, node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first value a rule rejects, or a key no rule knows."""
+    for name, meta in top_level_keys().items():
+        if not meta["rule"].ok(cfg[name]):
+            raise ConfigError(name, cfg[name], meta["rule"].allowed)
+    for name in cfg:
+        if name not in GROUPS and name not in top_level_keys():
+            raise ConfigError(name, cfg[name], ", ".join(top_level_keys()), "unknown key")
+    for group in GROUPS:
+        for path, value, parent in _leaves(cfg[group], group):
+            rule = GROUP_RULES.get(path)
+            if rule is None:
+                known = [k for k in parent if f"{path.rsplit('.', 1)[0]}.{k}" in GROUP_RULES]
+                raise ConfigError(path, value, ", ".join(known) or "none", "unknown key")
+            if not rule.ok(value):
+                raise ConfigError(path, value, rule.allowed)
+    data = cfg.data
+    if data.val_fraction + data.test_fraction >= 1:
+        raise ConfigError(
+            "data.val_fraction", data.val_fraction, "val_fraction + test_fraction < 1"
+        )
+
+
+def suggest(name: str, known: list[str]) -> str:
+    """' (did you mean 'x'?)' for a near miss, else ''."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def run_name(prefix: Any, overrides: str) -> str:
+    """A run folder's name from its overrides, safe on any file system and in a shell."""
+    safe = re.sub(r"[^\w.=,+-]+", "_", str(overrides)).strip("_")
+    if len(safe) > 120:  # file names stop at 255 bytes; keep them readable and unique
+        safe = f"{safe[:100]}_{hashlib.sha1(safe.encode()).hexdigest()[:8]}"
+    return f"{prefix}_{safe}" if safe else str(prefix)
+
+
+def keys_help() -> str:
+    width = max(map(len, top_level_keys()))
+    return "\n".join(
+        f"  {name:<{width}}  {meta['help']} ({meta['rule'].allowed})"
+        for name, meta in top_level_keys().items()
+    )
+
+
+def register() -> None:
+    """Make the schema and the resolvers that conf/config.yaml uses known to Hydra."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="optlab_schema", node=Config)
+    for name, resolver in (("optlab_run_name", run_name), ("optlab_keys_help", keys_help)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)

@@ -1,0 +1,44 @@
+"""Shared helpers: compose configs through Hydra's compose API, run the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from optlab import config
+
+
+def make_config(*overrides: str, return_hydra_config: bool = False):
+    """The config `optlab train <overrides>` would run with."""
+    config.register()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("optlab.conf", version_base="1.3"):
+        return compose("config", list(overrides), return_hydra_config=return_hydra_config)
+
+
+def optlab(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120):
+    """Run the installed `optlab` command as a user would; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "optlab", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One real `optlab train` run (2 epochs) shared by the tests that read what a run writes."""
+    cwd = tmp_path_factory.mktemp("cli")
+    run_dir = cwd / "run"
+    result = optlab("train", "epochs=2", f"hydra.run.dir={run_dir}", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return run_dir

@@ -1,0 +1,124 @@
+"""The command line as a user meets it: help, version, Hydra's flags, and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import optlab
+
+
+def test_optlab_help_lists_subcommands(tmp_path):
+    result = optlab("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "train" in result.stdout and "usage: optlab" in result.stdout
+
+
+def test_version_from_the_installed_console_script(tmp_path):
+    script = Path(sys.executable).parent / "optlab"
+    from optlab import __version__
+
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"optlab {__version__}"
+
+
+def test_unknown_command(tmp_path):
+    result = optlab("trian", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown command 'trian'" in result.stderr and "train" in result.stderr
+
+
+def test_train_help_lists_groups_options_and_keys(tmp_path):
+    result = optlab("train", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    out = result.stdout
+    assert "optimizer: adam, sgd" in out and "model: linear, mlp" in out
+    assert "scheduler: constant" in out and "data: digits" in out
+    for key in ("batch_size", "epochs", "seed", "device", "shuffle"):
+        assert f"\n  {key} " in out, key
+    assert "batch gradient descent" in out
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    result = optlab("train", "optimizer=adam", "batch_size=full", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "_target_: torch.optim.Adam" in result.stdout
+    assert "batch_size: full" in result.stdout
+    assert not (tmp_path / "outputs").exists()  # printing the config trains nothing
+
+
+def test_info_flag(tmp_path):
+    result = optlab("train", "--info", "defaults", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "optimizer/sgd" in result.stdout
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--cfg", "job"]])
+def test_startup_does_not_import_torch_or_tensorboard(argv, tmp_path):
+    code = (
+        "import sys, contextlib, io\n"
+        "from optlab.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert main({argv!r}) == 0\n"
+        "heavy = [m for m in ('torch', 'tensorboard', 'sklearn') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_shell_completion(tmp_path):
+    install = optlab("train", "-sc", "install=bash", cwd=tmp_path)
+    assert install.returncode == 0 and "complete -o nospace" in install.stdout
+
+    def query(line: str) -> list[str]:
+        result = optlab("-sc", "query=bash", cwd=tmp_path, env={"COMP_LINE": line})
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert query("optlab tr") == ["train"]
+    assert "optimizer=" in query("optlab train opt")
+    assert query("optlab train optimizer=") == ["optimizer=adam", "optimizer=sgd"]
+
+
+BAD_INPUT = [
+    (["batch_size=0"], "invalid value for 'batch_size': 0 (allowed: an integer >= 1, or 'full')"),
+    (["batch_size=abc"], "invalid value for 'batch_size': 'abc' (allowed: an integer >= 1, or 'full')"),
+    (["epochs=-1"], "invalid value for 'epochs': -1 (allowed: an integer >= 1)"),
+    (["epochs=abc"], "invalid value for 'epochs': 'abc' (allowed: an integer >= 1)"),
+    (["optimizer.lr=-1"], "invalid value for 'optimizer.lr': -1 (allowed: a number > 0)"),
+    (["optimizer=nope"], "unknown option for 'optimizer': 'nope' (allowed: adam, sgd)"),
+    (["epochz=3"], "unknown key 'epochz': 3; did you mean 'epochs'?"),
+    (["optimizer.lrr=0.1"], "unknown key 'optimizer.lrr': 0.1; did you mean 'lr'?"),
+    (["model.activation=swish"], "invalid value for 'model.activation': 'swish' (allowed: relu, tanh"),
+    (["optimizer=adam", "optimizer.betas=[0.9,1.5]"], "invalid value for 'optimizer.betas': [0.9, 1.5]"),
+    (["device=tpu"], "invalid value for 'device': 'tpu' (allowed: auto, cpu, cuda, cuda:N or mps)"),
+    (["data.val_fraction=0.5", "data.test_fraction=0.5"], "val_fraction + test_fraction < 1"),
+    (["optimizer.lr=[1"], "cannot parse override"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_INPUT, ids=[" ".join(o) for o, _ in BAD_INPUT])
+def test_bad_input_is_one_clear_line_and_exit_2(overrides, message, tmp_path):
+    result = optlab("train", *overrides, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not list(tmp_path.glob("outputs/runs/*/metrics.json"))  # nothing trained
+
+
+def test_cuda_on_a_machine_without_it(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = optlab("train", "device=cuda", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "invalid value for 'device': 'cuda'" in result.stderr
+    assert "no CUDA device on this machine" in result.stderr
+    assert "Traceback" not in result.stderr

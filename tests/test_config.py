@@ -1,0 +1,105 @@
+"""Composition through Hydra's compose API, the schema's rules, and run names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import make_config
+from optlab import config
+from optlab.config import ConfigError, run_name, validate
+
+CONF = Path(__file__).parents[1] / "conf"
+
+
+def test_defaults_compose_into_a_valid_config():
+    cfg = make_config()
+    validate(cfg)
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.model.hidden == [256, 256]
+    assert (cfg.batch_size, cfg.epochs, cfg.seed, cfg.device, cfg.shuffle) == (64, 20, 0, "auto", True)
+
+
+def test_every_option_of_every_group_composes_and_passes_its_rules():
+    for group in config.GROUPS:
+        for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
+            validate(make_config(f"{group}={option}"))
+
+
+def test_every_group_key_has_a_rule():
+    """A key without a rule would be an unchecked value: every YAML key must be covered."""
+    for group in config.GROUPS:
+        for path in (CONF / group).glob("*.yaml"):
+            node = OmegaConf.load(path)
+            for key, _, _ in config._leaves(node, group):
+                assert key in config.GROUP_RULES, f"{path.name}: {key}"
+
+
+def test_optimizer_and_scheduler_configs_point_straight_at_torch():
+    import torch
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    for option, cls in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam)):
+        optimizer = instantiate(make_config(f"optimizer={option}").optimizer, params=params)
+        assert type(optimizer) is cls
+    scheduler = instantiate(make_config().scheduler, optimizer=optimizer)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.ConstantLR)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == make_config("optimizer=adam").optimizer.lr
+
+
+def test_overrides_reach_the_config():
+    cfg = make_config("optimizer=adam", "optimizer.betas=[0.8,0.9]", "batch_size=full", "seed=3")
+    assert cfg.optimizer.betas == [0.8, 0.9] and cfg.batch_size == "full" and cfg.seed == 3
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["batch_size=0"], "batch_size"),
+        (["batch_size=2.5"], "batch_size"),
+        (["epochs=0"], "epochs"),
+        (["seed=-1"], "seed"),
+        (["device=gpu"], "device"),
+        (["optimizer.lr=0"], "optimizer.lr"),
+        (["optimizer.momentum=1"], "optimizer.momentum"),
+        (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay"),
+        (["optimizer=adam", "optimizer.eps=0"], "optimizer.eps"),
+        (["model.hidden=[64,-1]"], "model.hidden"),
+        (["data.split_seed=-2"], "data.split_seed"),
+        (["data.test_fraction=1"], "data.test_fraction"),
+        (["scheduler.factor=2"], "scheduler.factor"),
+        (["+optimizer.foreach=true"], "optimizer.foreach"),
+    ],
+)
+def test_rules_reject_out_of_range_values(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        validate(make_config(*overrides))
+    assert error.value.key == key
+
+
+def test_error_message_names_key_value_and_allowed():
+    error = ConfigError("optimizer.lr", -1, "a number > 0")
+    assert str(error) == "invalid value for 'optimizer.lr': -1 (allowed: a number > 0)"
+
+
+def test_run_names_are_flat_and_safe():
+    assert run_name("2026-01-01_10-00-00", "") == "2026-01-01_10-00-00"
+    assert run_name(3, "optimizer=adam,batch_size=64") == "3_optimizer=adam,batch_size=64"
+    name = run_name("t", "data.path=/tmp/x y,model.hidden=[8,8]")
+    assert "/" not in name and " " not in name and "[" not in name
+    long = run_name("t", "a=" + "x" * 500)
+    assert len(long) < 140 and long != run_name("t", "a=" + "x" * 499)
+
+
+def test_run_dir_comes_from_time_and_overrides():
+    cfg = make_config("optimizer=adam", return_hydra_config=True)
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(cfg)
+    assert cfg.hydra.run.dir.startswith("outputs/runs/")
+    assert cfg.hydra.run.dir.endswith("_optimizer=adam")

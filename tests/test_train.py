@@ -1,0 +1,143 @@
+"""A real run end to end: what it writes, what it logs, and that its numbers are right."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import make_config, optlab
+from optlab.data import load
+from optlab.models import MLP
+from optlab.train import train
+
+TRAIN_SIZE = 1077  # digits: 1797 images, 60/20/20 split
+STEPS_PER_EPOCH = math.ceil(TRAIN_SIZE / 64)
+
+
+def read_events(run_dir):
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+
+
+def test_run_writes_tensorboard_curves(trained_run):
+    scalars = read_events(trained_run)
+    for tag in ("step/loss", "step/lr", "step/grad_norm"):
+        assert [e.step for e in scalars[tag]] == list(range(1, 2 * STEPS_PER_EPOCH + 1)), tag
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        assert [e.step for e in scalars[tag]] == [1, 2], tag
+    assert all(e.value == pytest.approx(0.1) for e in scalars["step/lr"])
+    assert all(e.value > 0 for e in scalars["step/grad_norm"])
+
+
+def test_run_writes_metrics_history_and_checkpoints(trained_run):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["epochs_run"] == 2 and metrics["steps"] == 2 * STEPS_PER_EPOCH
+    assert metrics["num_params"] == 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
+    for key in ("test_acc", "test_loss", "best_val_acc", "best_val_loss", "best_epoch",
+                "wall_time_s", "train_samples_per_s"):
+        assert key in metrics, key
+    assert 0.5 < metrics["test_acc"] <= 1
+
+    rows = list(csv.DictReader((trained_run / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "elapsed_s"]
+    assert metrics["best_val_acc"] == max(float(r["val_acc"]) for r in rows)
+    assert metrics["best_val_loss"] == min(float(r["val_loss"]) for r in rows)
+
+    scalars = read_events(trained_run)
+    assert [e.value for e in scalars["val/acc"]] == pytest.approx([float(r["val_acc"]) for r in rows])
+
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(trained_run / "checkpoints" / name, weights_only=False)
+        assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "config"} <= set(state)
+    last = torch.load(trained_run / "checkpoints" / "last.pt", weights_only=False)
+    assert last["epoch"] == 2 and last["step"] == 2 * STEPS_PER_EPOCH
+    assert (trained_run / ".hydra" / "config.yaml").exists()
+    assert not list(trained_run.rglob("*.tmp"))
+
+
+def test_console_summary_names_the_run_and_tensorboard(tmp_path):
+    result = optlab("train", "epochs=1", "batch_size=full", "hydra.run.dir=out/run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1 " in result.stdout  # plain lines when stdout is not a terminal
+    assert "test acc" in result.stdout
+    assert "tensorboard --logdir out/run" in result.stdout
+
+
+def test_default_run_reaches_95_percent(tmp_path):
+    """The README's `optlab train`, run in-process: the default config must learn digits."""
+    metrics = train(make_config(), tmp_path)
+    assert metrics["test_acc"] >= 0.95
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+    cfg = make_config("epochs=2", "seed=3")
+    first, second = train(cfg, tmp_path / "a"), train(cfg, tmp_path / "b")
+    timing = {"wall_time_s", "train_time_s", "train_samples_per_s"}
+    assert {k: v for k, v in first.items() if k not in timing} == {
+        k: v for k, v in second.items() if k not in timing
+    }
+    other = train(make_config("epochs=2", "seed=4"), tmp_path / "c")
+    assert other["final_train_loss"] != first["final_train_loss"]
+
+
+def test_full_batch_is_one_exact_gradient_descent_step_per_epoch(tmp_path):
+    """batch_size=full: the logged loss and the new weights match a hand-made GD step."""
+    cfg = make_config("model=linear", "batch_size=full", "epochs=1", "optimizer.lr=0.5")
+    metrics = train(cfg, tmp_path)
+    assert metrics["steps"] == 1
+
+    data = load(cfg.data, torch.device("cpu"))
+    torch.manual_seed(cfg.seed)
+    model = MLP(data.num_features, data.num_classes)
+    logits = model(data.train.x)
+    loss = F.cross_entropy(logits, data.train.y)
+    loss.backward()
+    expected = {k: p - 0.5 * p.grad for k, p in model.named_parameters()}
+
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["model"]
+    for name, value in expected.items():
+        torch.testing.assert_close(last[name], value)
+    step_loss = read_events(tmp_path)["step/loss"][0].value
+    assert step_loss == pytest.approx(loss.item(), rel=1e-6)
+    grad_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert read_events(tmp_path)["step/grad_norm"][0].value == pytest.approx(grad_norm.item(), rel=1e-5)
+    accuracy = (logits.argmax(1) == data.train.y).float().mean().item()
+    assert metrics["final_train_acc"] == pytest.approx(accuracy)
+
+
+def test_batch_size_one_is_stochastic_gradient_descent(tmp_path):
+    metrics = train(make_config("model=linear", "batch_size=1", "epochs=1", "optimizer.lr=0.01"), tmp_path)
+    assert metrics["steps"] == TRAIN_SIZE
+
+
+def test_model_overrides_change_the_network(tmp_path):
+    metrics = train(
+        make_config("model.hidden=[32,16]", "model.activation=tanh", "epochs=1", "optimizer=adam",
+                    "batch_size=64"),
+        tmp_path,
+    )
+    assert metrics["num_params"] == 64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert state["config"]["model"]["activation"] == "tanh"
+    assert "exp_avg" in state["optimizer"]["state"][0]  # Adam's moment estimates
+
+
+def test_multirun_names_each_run_from_its_overrides(tmp_path):
+    result = optlab(
+        "train", "-m", "optimizer=sgd,adam", "epochs=1", "batch_size=full",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert runs == ["0_batch_size=full,epochs=1,optimizer=sgd", "1_batch_size=full,epochs=1,optimizer=adam"]
+    for run in runs:
+        assert json.loads((tmp_path / "sweep" / run / "metrics.json").read_text())["status"] == "completed"
