@@ -1,15 +1,18 @@
-"""optlab's training loop against plain PyTorch loops, side by side in one process.
+"""optlab's training loop against hand-written PyTorch loops, side by side in one process.
 
-Three loops train the same MLP on the same digits tensors with Adam, the same batch size,
-epochs and thread count, and evaluate on the validation split after every epoch:
-  optlab      optlab.train.train() with all its logging (TensorBoard, checkpoints, history)
-  plain       a hand-written loop that indexes in-memory tensors with a random permutation
-  dataloader  the same loop fed by torch.utils.data.DataLoader(TensorDataset, shuffle=True)
+All loops train the same MLP on the same digits tensors with Adam, the same batch size, epochs
+and thread count, and evaluate on the validation split after every epoch:
+  optlab      optlab.train.train(): TensorBoard events, history, checkpoints, metrics
+  plain       a hand-written loop that indexes in-memory tensors with a random permutation and
+              records what optlab records (per-step loss and gradient norm, per-epoch train
+              loss and accuracy), kept as tensors and read once per epoch
+  bare        the same loop recording nothing: forward, backward, step
+  dataloader  the bare loop fed by torch.utils.data.DataLoader(TensorDataset, shuffle=True)
 They run alternated, `--repeats` times, in a rotating order; the script prints the median
 samples/s of each and the median of the per-round ratios (robust to a machine whose speed
-drifts). Timing covers the epoch loop only (data loading and start-up excluded) in all three.
+drifts). Timing covers the epoch loop only (data loading and start-up excluded) in all.
 
-    python scripts/bench_train.py [--epochs 20] [--batch-size 64] [--repeats 5] [--threads 2]
+    python scripts/bench_train.py [--epochs 20] [--batch-size 64] [--repeats 9] [--threads 2]
 """
 
 from __future__ import annotations
@@ -39,25 +42,39 @@ def plain_model(data, hidden: list[int]) -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(widths[-1], data.num_classes))
 
 
-def plain(data, cfg, use_dataloader: bool) -> float:
+def hand_written(data, cfg, batches: str, record: bool) -> float:
+    """Samples/s of a loop written by hand; `batches` is 'index' or 'dataloader'."""
     torch.manual_seed(cfg.seed)
     model = plain_model(data, list(cfg.model.hidden))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.optimizer.lr)
     x, y = data.train.x, data.train.y
     loader = DataLoader(TensorDataset(x, y), batch_size=cfg.batch_size, shuffle=True)
+    history = []
     start = time.perf_counter()
     for _ in range(cfg.epochs):
         model.train()
-        if use_dataloader:
-            batches = loader
+        if batches == "dataloader":
+            epoch = loader
         else:
-            batches = ((x[i], y[i]) for i in torch.randperm(len(y)).split(cfg.batch_size))
-        for xb, yb in batches:
-            loss = F.cross_entropy(model(xb), yb)
+            epoch = ((x[i], y[i]) for i in torch.randperm(len(y)).split(cfg.batch_size))
+        losses, norms, loss_sum, correct = [], [], 0, 0
+        for xb, yb in epoch:
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad()
             loss.backward()
+            if record:
+                norms.append(torch.nn.utils.get_total_norm([p.grad for p in params]))
             optimizer.step()
-        evaluate(model, data.val)
+            if record:
+                losses.append(loss.detach())
+                loss_sum += loss.detach() * len(yb)
+                correct += (logits.argmax(dim=1) == yb).sum()
+        if record:
+            history.append((torch.stack(losses).tolist(), torch.stack(norms).tolist(),
+                            loss_sum.item() / len(y), correct.item() / len(y)))
+        history.append(evaluate(model, data.val))
     return cfg.epochs * len(y) / (time.perf_counter() - start)
 
 
@@ -65,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -85,13 +102,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         loops = {
             "optlab": lambda r: train(cfg, Path(tmp) / str(r))["train_samples_per_s"],
-            "plain": lambda r: plain(data, cfg, use_dataloader=False),
-            "dataloader": lambda r: plain(data, cfg, use_dataloader=True),
+            "plain": lambda r: hand_written(data, cfg, "index", record=True),
+            "bare": lambda r: hand_written(data, cfg, "index", record=False),
+            "dataloader": lambda r: hand_written(data, cfg, "dataloader", record=False),
         }
         names = list(loops)
         rounds = []
         for r in range(args.repeats + 1):  # round 0 warms up and is dropped
-            order = names[r % 3 :] + names[: r % 3]
+            order = names[r % len(names) :] + names[: r % len(names)]
             rounds.append({name: loops[name](r) for name in order})
         rounds = rounds[1:]
 
@@ -101,7 +119,7 @@ def main() -> None:
     )
     for name in names:
         print(f"  {name:<11} {statistics.median(r[name] for r in rounds):>10,.0f} samples/s")
-    for other in ("plain", "dataloader"):
+    for other in names[1:]:
         ratio = statistics.median(r["optlab"] / r[other] for r in rounds)
         print(f"  optlab / {other:<11} {ratio:.3f}")
 
