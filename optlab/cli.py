@@ -82,15 +82,22 @@ def _run_train(args: list[str]) -> int:
     def train_app(cfg) -> float | None:
         from hydra.core.hydra_config import HydraConfig
 
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
             config.validate(cfg)
-            from optlab.train import train  # torch is imported only now
+            if cfg.surface is not None:
+                from optlab.surfaces import run  # torch is imported only now
 
-            metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-        except config.ConfigError as error:  # exit here: Hydra would print the job as failed
-            print(f"optlab train: {error}", file=sys.stderr)
+                return run(cfg, run_dir)["final_loss"]
+            from optlab.train import train
+
+            return train(cfg, run_dir)["best_val_acc"]
+        except Exception as error:  # exit here: Hydra would print the job as failed
+            mistake = _usage_error(error)
+            if mistake is None:
+                raise
+            print(f"optlab train: {mistake}", file=sys.stderr)
             sys.exit(2)
-        return metrics["best_val_acc"]
 
     try:
         train_app()
@@ -100,6 +107,15 @@ def _run_train(args: list[str]) -> int:
         print(f"optlab train: {describe(error, args)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _usage_error(error: BaseException | None) -> BaseException | None:
+    """The user's mistake behind `error`, if any (Hydra's instantiate wraps it)."""
+    from optlab.config import UsageError
+
+    while error is not None and not isinstance(error, UsageError):
+        error = error.__cause__
+    return error
 
 
 def describe(error: Exception, args: list[str]) -> str:

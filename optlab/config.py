@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-GROUPS = ("model", "data", "optimizer", "scheduler")
+GROUPS = ("model", "data", "optimizer", "scheduler", "surface")
 
 # Activation names a model may use, mapped to their torch.nn class names.
 ACTIVATIONS = {
@@ -30,8 +30,12 @@ ACTIVATIONS = {
 }
 
 
-class ConfigError(ValueError):
-    """A user's mistake in the config: names the key, the bad value and what is allowed."""
+class UsageError(ValueError):
+    """A user's mistake: the CLI prints its one-line message and exits with code 2."""
+
+
+class ConfigError(UsageError):
+    """A bad config value: names the key, the bad value and what is allowed."""
 
     def __init__(self, key: str, value: Any, allowed: str, problem: str = "invalid value for"):
         self.key, self.value, self.allowed = key, value, allowed
@@ -67,6 +71,10 @@ def one_of(*choices: str) -> Rule:
     return Rule(", ".join(choices), lambda v: v in choices)
 
 
+def pair(allowed: str, ok: Callable[[Any, Any], bool]) -> Rule:
+    return Rule(allowed, lambda v: _is_list(v, _is_number) and len(v) == 2 and ok(*v))
+
+
 POSITIVE_INT = Rule("an integer >= 1", lambda v: _is_int(v) and v >= 1)
 NON_NEGATIVE_INT = Rule("an integer >= 0", lambda v: _is_int(v) and v >= 0)
 POSITIVE = Rule("a number > 0", lambda v: _is_number(v) and v > 0)
@@ -94,6 +102,7 @@ class Config:
     data: Any = MISSING
     optimizer: Any = MISSING
     scheduler: Any = MISSING
+    surface: Any = None
     batch_size: Any = key(
         BATCH_SIZE, "examples per optimizer step; 'full' = batch gradient descent, 1 = SGD"
     )
@@ -101,6 +110,10 @@ class Config:
     seed: int = key(NON_NEGATIVE_INT, "seeds weight init and batch order (not the data split)")
     device: str = key(DEVICE, "where to train: auto = CUDA when available, else CPU")
     shuffle: bool = key(BOOLEAN, "draw a new random batch order every epoch")
+    steps: int = key(POSITIVE_INT, "optimizer steps on a 2-D surface (with surface=...)")
+    diagnostics: bool = key(
+        BOOLEAN, "log per-step step/grad_norm and step/update_ratio (false: faster)"
+    )
 
 
 GROUP_RULES: dict[str, Rule] = {
@@ -117,14 +130,34 @@ GROUP_RULES: dict[str, Rule] = {
     "optimizer.dampening": FRACTION,
     "optimizer.weight_decay": NON_NEGATIVE,
     "optimizer.nesterov": BOOLEAN,
-    "optimizer.betas": Rule(
-        "two numbers in [0, 1), e.g. [0.9,0.999]",
-        lambda v: _is_list(v, FRACTION.ok) and len(v) == 2,
+    "optimizer.betas": pair(
+        "two numbers in [0, 1), e.g. [0.9,0.999]", lambda a, b: FRACTION.ok(a) and FRACTION.ok(b)
     ),
     "optimizer.eps": POSITIVE,
     "optimizer.amsgrad": BOOLEAN,
+    "optimizer.alpha": FRACTION,
+    "optimizer.centered": BOOLEAN,
+    "optimizer.lr_decay": NON_NEGATIVE,
+    "optimizer.initial_accumulator_value": NON_NEGATIVE,
+    "optimizer.rho": FRACTION,
+    "optimizer.momentum_decay": NON_NEGATIVE,
+    "optimizer.decoupled_weight_decay": BOOLEAN,
+    "optimizer.etas": pair("two numbers 0 < eta- < 1 < eta+, e.g. [0.5,1.2]", lambda a, b: 0 < a < 1 < b),
+    "optimizer.step_sizes": pair("two numbers 0 < min <= max, e.g. [1e-6,50]", lambda a, b: 0 < a <= b),
+    "optimizer.max_iter": POSITIVE_INT,
+    "optimizer.history_size": POSITIVE_INT,
+    "optimizer.tolerance_grad": NON_NEGATIVE,
+    "optimizer.tolerance_change": NON_NEGATIVE,
+    "optimizer.line_search_fn": Rule("strong_wolfe or null", lambda v: v in ("strong_wolfe", None)),
+    "optimizer.mu": POSITIVE,
+    "optimizer.decay": NON_NEGATIVE,
+    "optimizer.damping": NON_NEGATIVE,
+    "optimizer.max_params": POSITIVE_INT,
     "scheduler.factor": Rule("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1),
     "scheduler.total_iters": NON_NEGATIVE_INT,
+    "surface.kappa": Rule("a number >= 1", lambda v: _is_number(v) and v >= 1),
+    "surface.angle": Rule("a number (degrees)", _is_number),
+    "surface.start": pair("two numbers [x,y]", lambda x, y: True),
 }
 
 
@@ -158,6 +191,8 @@ def validate(cfg: DictConfig) -> None:
         if name not in GROUPS and name not in top_level_keys():
             raise ConfigError(name, cfg[name], ", ".join(top_level_keys()), "unknown key")
     for group in GROUPS:
+        if cfg.get(group) is None:  # an optional group left out (surface)
+            continue
         for path, value, parent in _leaves(cfg[group], group):
             rule = GROUP_RULES.get(path)
             if rule is None:

@@ -46,11 +46,11 @@ class RunLog:
         self.history: list[dict] = []
         self.bar: tqdm | None = None
 
-    def progress(self, epochs: Iterable[int]) -> Iterable[int]:
-        """A progress bar over epochs on a terminal; a plain line per epoch otherwise."""
+    def progress(self, items: Iterable[int], unit: str = "epoch") -> Iterable[int]:
+        """A progress bar on a terminal; plain lines (from `epoch`) otherwise."""
         if not sys.stdout.isatty():
-            return epochs
-        self.bar = tqdm(epochs, desc="train", unit="epoch", dynamic_ncols=True, leave=True)
+            return items
+        self.bar = tqdm(items, desc="train", unit=unit, dynamic_ncols=True, leave=True)
         return self.bar
 
     def _scalars(self, step: int, values: dict[str, float], walltime: float) -> None:
@@ -74,18 +74,16 @@ class RunLog:
                 *(row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")),
             )
 
-    def close(self, metrics: dict) -> None:
+    def finish(self, metrics: dict, summary: str) -> None:
+        """Write history.csv (if there are epochs) and metrics.json; print the summary."""
         if self.bar is not None:
             self.bar.close()
-        write_csv(self.run_dir / "history.csv", self.history)
+        if self.history:
+            write_csv(self.run_dir / "history.csv", self.history)
         write_json(self.run_dir / "metrics.json", metrics)
         self.writer.close()
         where = _relative(self.run_dir)
-        log.info(
-            "best val acc %.4f (epoch %d) · test acc %.4f · %d epochs in %.1f s (%.0f samples/s)",
-            metrics["best_val_acc"], metrics["best_epoch"], metrics["test_acc"],
-            metrics["epochs_run"], metrics["wall_time_s"], metrics["train_samples_per_s"],
-        )
+        log.info("%s", summary)
         log.info("run folder: %s", where)
         log.info("curves:     tensorboard --logdir %s", where)
 

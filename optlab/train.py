@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,9 @@ from optlab import data as datasets
 from optlab.callbacks import Checkpoint
 from optlab.config import ConfigError
 from optlab.logs import RunLog
+from optlab.optim import FULL_BATCH, needs_closure
+
+log = logging.getLogger("optlab")
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -38,6 +43,21 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     n = len(data.train)
     batch_size = n if cfg.batch_size == "full" else min(cfg.batch_size, n)
+    if batch_size < n and cfg.optimizer._target_ in FULL_BATCH:
+        log.warning(
+            "warning: %s is a full-batch method and batch_size=%s gives mini-batches: %s. "
+            "Use batch_size=full.",
+            cfg.optimizer._target_.rsplit(".", 1)[-1], cfg.batch_size, FULL_BATCH[cfg.optimizer._target_],
+        )
+    closure_based = needs_closure(optimizer)
+
+    def closure(x: torch.Tensor, y: torch.Tensor, backward: bool = True) -> torch.Tensor:
+        """The batch loss, re-evaluated by closure-based optimizers (LBFGS, Newton)."""
+        loss = F.cross_entropy(model(x), y)
+        if backward:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        return loss
     order = torch.Generator().manual_seed(cfg.seed)  # batch order: its own stream
     run = RunLog(run_dir, cfg)
     checkpoint = Checkpoint(run_dir / "checkpoints")
@@ -61,20 +81,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             },
         }
 
+    probe = StepProbe(params, cfg.diagnostics)
     loop_started = time.perf_counter()
     for epoch in run.progress(range(1, cfg.epochs + 1)):
         model.train()
         first_step = step + 1
-        indices, losses, predictions, grad_norms, lrs, times = [], [], [], [], [], []
+        indices, losses, predictions, lrs, times = [], [], [], [], []
         for index in datasets.batches(n, batch_size, cfg.shuffle, order, device):
             x, y = data.train.x[index], data.train.y[index]
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norms.append(torch._foreach_norm([p.grad for p in params]))  # per tensor
+            probe.before_step()
             lrs.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
+            optimizer.step(partial(closure, x, y) if closure_based else None)
+            probe.after_step()
             step += 1
             # keep tensors, not numbers: no host sync inside the loop
             indices.append(index)
@@ -87,16 +109,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         sizes = torch.tensor([len(i) for i in indices], device=device, dtype=torch.float32)
         losses = torch.stack(losses)
         correct = (torch.cat(predictions) == data.train.y[torch.cat(indices)]).sum()
-        grad_norms = torch.stack([t for norms in grad_norms for t in norms]).view(len(times), -1)
-        run.steps(
-            first_step,
-            {
-                "step/loss": losses.tolist(),
-                "step/grad_norm": torch.linalg.vector_norm(grad_norms, dim=1).tolist(),
-                "step/lr": lrs,
-            },
-            times,
-        )
+        run.steps(first_step, {"step/loss": losses.tolist(), "step/lr": lrs, **probe.epoch()}, times)
         val_loss, val_acc = evaluate(model, data.val)
         row = {
             "epoch": epoch,
@@ -132,8 +145,58 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "train_time_s": train_time,
         "train_samples_per_s": epoch * n / train_time,
     }
-    run.close(metrics)
+    run.finish(
+        metrics,
+        f"best val acc {metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']}) · "
+        f"test acc {test_acc:.4f} · {epoch} epochs in {metrics['wall_time_s']:.1f} s "
+        f"({metrics['train_samples_per_s']:,.0f} samples/s)",
+    )
     return metrics
+
+
+class StepProbe:
+    """Per-step ‖∇L‖ (`step/grad_norm`) and ‖Δθ‖/‖θ‖ (`step/update_ratio`), when enabled.
+
+    θ is the parameter vector before the step. Norms are taken per tensor with one foreach
+    kernel, kept on the device, and combined and read once per epoch. They cost a few kernels
+    a step: `diagnostics=false` skips them.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], enabled: bool):
+        self.params, self.enabled = params, enabled
+        self.before = [p.detach().clone() for p in params] if enabled else []
+        self.norm = _total_norm(self.before) if enabled else None
+        self.grad_norms: list[list[torch.Tensor]] = []
+        self.moves: list[list[torch.Tensor]] = []
+
+    def before_step(self) -> None:
+        if self.enabled:
+            self.grad_norms.append(torch._foreach_norm([p.grad for p in self.params]))
+
+    def after_step(self) -> None:
+        if self.enabled:
+            torch._foreach_sub_(self.before, self.params)  # before = −Δθ
+            self.moves.append(torch._foreach_norm(self.before + self.params))  # ‖Δθ‖, ‖θ_new‖
+            torch._foreach_copy_(self.before, self.params)
+
+    def epoch(self) -> dict[str, list[float]]:
+        """This epoch's values per step, by TensorBoard tag; then start afresh."""
+        if not self.enabled:
+            return {}
+        steps = len(self.grad_norms)
+        grads = torch.stack([t for norms in self.grad_norms for t in norms]).view(steps, -1)
+        moves = torch.stack([t for norms in self.moves for t in norms]).view(steps, 2, -1)
+        delta, after = torch.linalg.vector_norm(moves, dim=2).unbind(dim=1)
+        before = torch.cat([self.norm.view(1), after[:-1]])  # ‖θ‖ before each step
+        self.norm, self.grad_norms, self.moves = after[-1], [], []
+        return {
+            "step/grad_norm": torch.linalg.vector_norm(grads, dim=1).tolist(),
+            "step/update_ratio": (delta / before).tolist(),
+        }
+
+
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
 @torch.inference_mode()

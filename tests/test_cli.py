@@ -36,9 +36,10 @@ def test_train_help_lists_groups_options_and_keys(tmp_path):
     result = optlab("train", "--help", cwd=tmp_path)
     assert result.returncode == 0
     out = result.stdout
-    assert "optimizer: adam, sgd" in out and "model: linear, mlp" in out
+    assert "optimizer: adadelta, adagrad, adam, adamax, adamw, lbfgs, momentum, nadam" in out
+    assert "model: linear, mlp" in out and "surface: beale, quadratic, rosenbrock, saddle" in out
     assert "scheduler: constant" in out and "data: digits" in out
-    for key in ("batch_size", "epochs", "seed", "device", "shuffle"):
+    for key in ("batch_size", "epochs", "seed", "device", "shuffle", "steps", "diagnostics"):
         assert f"\n  {key} " in out, key
     assert "batch gradient descent" in out
 
@@ -82,7 +83,7 @@ def test_shell_completion(tmp_path):
 
     assert query("optlab tr") == ["train"]
     assert "optimizer=" in query("optlab train opt")
-    assert query("optlab train optimizer=") == ["optimizer=adam", "optimizer=sgd"]
+    assert "optimizer=quickprop" in query("optlab train optimizer=")
 
 
 BAD_INPUT = [
@@ -91,7 +92,10 @@ BAD_INPUT = [
     (["epochs=-1"], "invalid value for 'epochs': -1 (allowed: an integer >= 1)"),
     (["epochs=abc"], "invalid value for 'epochs': 'abc' (allowed: an integer >= 1)"),
     (["optimizer.lr=-1"], "invalid value for 'optimizer.lr': -1 (allowed: a number > 0)"),
-    (["optimizer=nope"], "unknown option for 'optimizer': 'nope' (allowed: adam, sgd)"),
+    (["optimizer=nope"], "unknown option for 'optimizer': 'nope' (allowed: adadelta, adagrad, adam,"),
+    (["surface=sphere"], "unknown option for 'surface': 'sphere' (allowed: beale, quadratic, rosenbrock, saddle)"),
+    (["surface=quadratic", "surface.kappa=0.5"], "invalid value for 'surface.kappa': 0.5 (allowed: a number >= 1)"),
+    (["optimizer=rprop", "optimizer.etas=[1.2,0.5]"], "invalid value for 'optimizer.etas': [1.2, 0.5]"),
     (["epochz=3"], "unknown key 'epochz': 3; did you mean 'epochs'?"),
     (["optimizer.lrr=0.1"], "unknown key 'optimizer.lrr': 0.1; did you mean 'lr'?"),
     (["model.activation=swish"], "invalid value for 'model.activation': 'swish' (allowed: relu, tanh"),

@@ -35,4 +35,4 @@ def test_wheel_install_runs_train_cfg_job(tmp_path):
     assert str(venv) in where  # the wheel's copy, not the source tree
     result = run(str(venv / "bin" / "optlab"), "train", "optimizer=adam", "--cfg", "job", cwd=tmp_path)
     assert "_target_: torch.optim.Adam" in result.stdout
-    assert "optimizer: adam, sgd" in run(str(venv / "bin" / "optlab"), "train", "--help", cwd=tmp_path).stdout
+    assert "surface: beale, quadratic, rosenbrock, saddle" in run(str(venv / "bin" / "optlab"), "train", "--help", cwd=tmp_path).stdout

@@ -28,12 +28,30 @@ def read_events(run_dir):
 
 def test_run_writes_tensorboard_curves(trained_run):
     scalars = read_events(trained_run)
-    for tag in ("step/loss", "step/lr", "step/grad_norm"):
+    for tag in ("step/loss", "step/lr", "step/grad_norm", "step/update_ratio"):
         assert [e.step for e in scalars[tag]] == list(range(1, 2 * STEPS_PER_EPOCH + 1)), tag
     for tag in ("train/loss", "train/acc", "val/loss", "val/acc"):
         assert [e.step for e in scalars[tag]] == [1, 2], tag
     assert all(e.value == pytest.approx(0.1) for e in scalars["step/lr"])
     assert all(e.value > 0 for e in scalars["step/grad_norm"])
+    assert all(0 < e.value < 1 for e in scalars["step/update_ratio"])
+
+
+def test_update_ratio_is_the_relative_size_of_each_step(tmp_path):
+    """One full-batch SGD step: ‖Δθ‖/‖θ‖ = lr·‖∇L‖/‖θ₀‖, from the checkpoint and the events."""
+    cfg = make_config("model=linear", "batch_size=full", "epochs=1", "optimizer.lr=0.5")
+    train(cfg, tmp_path)
+    torch.manual_seed(cfg.seed)
+    theta0 = torch.cat([p.detach().flatten() for p in MLP(64, 10).parameters()])
+    scalars = read_events(tmp_path)
+    expected = 0.5 * scalars["step/grad_norm"][0].value / theta0.norm().item()
+    assert scalars["step/update_ratio"][0].value == pytest.approx(expected, rel=1e-5)
+
+
+def test_diagnostics_off_skips_the_per_step_norms(tmp_path):
+    train(make_config("diagnostics=false", "epochs=1", "batch_size=full"), tmp_path)
+    tags = set(read_events(tmp_path))
+    assert {"step/loss", "step/lr"} <= tags and not {"step/grad_norm", "step/update_ratio"} & tags
 
 
 def test_run_writes_metrics_history_and_checkpoints(trained_run):

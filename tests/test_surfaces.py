@@ -1,0 +1,119 @@
+"""The 2-D geometry: convergence rates on an ill-conditioned quadratic, paths and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import make_config, optlab
+from optlab.surfaces import Quadratic, linear_rate, run
+
+
+def surface_run(tmp_path, *overrides):
+    return run(make_config(*overrides), tmp_path)
+
+
+@pytest.mark.parametrize("name", ["quadratic", "rosenbrock", "beale", "saddle"])
+def test_each_surface_is_stationary_at_its_optimum(name):
+    surface = instantiate(make_config(f"surface={name}").surface, _convert_="all")
+    with torch.no_grad():
+        surface.point.copy_(torch.tensor(surface.optimum))
+    surface().backward()
+    assert surface.point.grad.abs().max() < 1e-12
+
+
+def test_quadratic_has_the_asked_condition_number():
+    surface = Quadratic(kappa=100, angle=30)
+    eigenvalues = torch.linalg.eigvalsh(surface.A)
+    assert eigenvalues.tolist() == pytest.approx([1, 100])
+
+
+def test_linear_rate_of_a_geometric_sequence():
+    assert linear_rate([0.5**t for t in range(60)]) == pytest.approx(0.5)
+    assert linear_rate([1.0, 0.0, 0.0]) == 0.0
+
+
+def test_gd_and_optimal_momentum_reach_their_analytic_rates_on_kappa_100(tmp_path):
+    rates = Quadratic(kappa=100).rates()
+    gd = surface_run(
+        tmp_path / "gd", "surface=quadratic", "surface.kappa=100", "optimizer=sgd",
+        f"optimizer.lr={rates['lr_gd_optimal']}", "steps=1000",
+    )
+    heavy_ball = surface_run(
+        tmp_path / "hb", "surface=quadratic", "surface.kappa=100", "optimizer=momentum",
+        f"optimizer.lr={rates['lr_momentum_optimal']}",
+        f"optimizer.momentum={rates['momentum_optimal']}", "steps=1000",
+    )
+    assert gd["rate_gd_optimal"] == pytest.approx(99 / 101)
+    assert gd["rate_momentum_optimal"] == pytest.approx(9 / 11)
+    assert gd["rate_measured"] == pytest.approx(gd["rate_gd_optimal"], rel=0.05)
+    assert heavy_ball["rate_measured"] == pytest.approx(heavy_ball["rate_momentum_optimal"], rel=0.05)
+
+    def steps_to(run_dir, tolerance=1e-4):
+        rows = list(csv.DictReader((run_dir / "trajectory.csv").open()))
+        return next(int(r["step"]) for r in rows if float(r["distance"]) < tolerance)
+
+    assert steps_to(tmp_path / "hb") * 5 < steps_to(tmp_path / "gd")
+
+
+def test_newton_solves_the_quadratic_surface_in_one_step(tmp_path):
+    metrics = surface_run(
+        tmp_path, "surface=quadratic", "surface.kappa=1000", "optimizer=newton",
+        "optimizer.damping=0", "steps=1",
+    )
+    assert metrics["final_distance"] < 1e-6 and metrics["start_distance"] == pytest.approx(5)
+
+
+def test_a_surface_run_writes_path_plot_and_curves(tmp_path):
+    metrics = surface_run(tmp_path, "surface=rosenbrock", "optimizer=adam", "optimizer.lr=0.05", "steps=30")
+    assert metrics["status"] == "completed" and metrics["steps"] == 30
+    assert metrics["final_loss"] < metrics["start_loss"]
+    rows = list(csv.DictReader((tmp_path / "trajectory.csv").open()))
+    assert len(rows) == 31 and [float(rows[0]["x"]), float(rows[0]["y"])] == [-1.2, 1.0]
+    assert (tmp_path / "trajectory.png").read_bytes()[:4] == b"\x89PNG"
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    for tag in ("step/loss", "step/distance", "step/x", "step/y", "step/update_ratio", "step/grad_norm"):
+        assert len(events.Scalars(tag)) == 30, tag
+    assert events.Tags()["images"] == ["trajectory"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["final_distance"] == metrics["final_distance"]
+
+
+def test_a_sweep_overlays_every_path_on_one_plot(tmp_path):
+    result = optlab(
+        "train", "-m", "surface=quadratic", "optimizer=sgd,momentum,adam", "steps=20",
+        f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sweep" / "trajectories.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((tmp_path / "sweep").glob("*/trajectory.png"))) == 3
+
+
+def test_the_overlay_labels_runs_by_what_sets_them_apart(tmp_path):
+    from optlab.compare import overlay_trajectories
+
+    for i, name in enumerate(["sgd", "adam"]):
+        overrides = ["surface=quadratic", f"optimizer={name}", "steps=5"]
+        run_dir = tmp_path / f"{i}_{name}"
+        surface_run(run_dir, *overrides)
+        (run_dir / ".hydra").mkdir()
+        (run_dir / ".hydra" / "overrides.yaml").write_text("\n".join(f"- {o}" for o in overrides))
+        (run_dir / ".hydra" / "config.yaml").write_text(
+            __import__("omegaconf").OmegaConf.to_yaml(make_config(*overrides))
+        )
+    import matplotlib.pyplot as plt
+
+    labels = []
+    original = plt.Axes.plot
+    try:
+        plt.Axes.plot = lambda self, *a, label=None, **k: labels.append(label) or original(self, *a, label=label, **k)
+        (written,) = overlay_trajectories(tmp_path)
+    finally:
+        plt.Axes.plot = original
+    assert written == tmp_path / "trajectories.png"
+    assert labels == ["optimizer=sgd", "optimizer=adam", "optimum"]
