@@ -29,12 +29,14 @@ def snapshot(state):
 class Checkpoint:
     """Keep the best state by `monitor` (lower is better); write best.pt and last.pt at the end.
 
+    Each file holds the state (model, optimizer, scheduler, epoch, step, RNG states) and the
+    run's config.
     The best state is copied in memory when it improves, so the training loop never waits on
     the disk; both files are written atomically (temporary file, then rename).
     """
 
-    def __init__(self, folder: Path, monitor: str = "val_loss"):
-        self.folder, self.monitor = folder, monitor
+    def __init__(self, folder: Path, config: dict, monitor: str = "val_loss"):
+        self.folder, self.config, self.monitor = folder, config, monitor
         self.best_value, self.best_epoch, self.best_state = math.inf, 0, None
 
     def on_epoch_end(self, epoch: int, metrics: dict, state: Callable[[], dict]) -> None:
@@ -47,4 +49,5 @@ class Checkpoint:
         if self.best_state is None:  # no epoch beat +inf (a NaN loss): the last state is the best
             self.best_state = last
         for name, saved in (("best.pt", self.best_state), ("last.pt", last)):
+            saved = {**saved, "config": self.config}
             atomic_write(self.folder / name, lambda f, s=saved: torch.save(s, f))

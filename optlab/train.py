@@ -60,9 +60,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         return loss
     order = torch.Generator().manual_seed(cfg.seed)  # batch order: its own stream
     run = RunLog(run_dir, cfg)
-    checkpoint = Checkpoint(run_dir / "checkpoints")
+    checkpoint = Checkpoint(run_dir / "checkpoints", OmegaConf.to_container(cfg))
     step, epoch = 0, 0
-    config = OmegaConf.to_container(cfg)
 
     def state() -> dict:
         return {
@@ -71,7 +70,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             "scheduler": scheduler.state_dict(),
             "epoch": epoch,
             "step": step,
-            "config": config,
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -86,7 +84,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     for epoch in run.progress(range(1, cfg.epochs + 1)):
         model.train()
         first_step = step + 1
-        indices, losses, predictions, lrs, times = [], [], [], [], []
+        indices, losses, outputs, lrs, times = [], [], [], [], []
         for index in datasets.batches(n, batch_size, cfg.shuffle, order, device):
             x, y = data.train.x[index], data.train.y[index]
             logits = model(x)
@@ -101,15 +99,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             # keep tensors, not numbers: no host sync inside the loop
             indices.append(index)
             losses.append(loss.detach())
-            predictions.append(logits.detach().argmax(dim=1))
+            outputs.append(logits.detach())
             times.append(time.time())
         scheduler.step()
 
         # once per epoch: reduce on the device, then one transfer to the host
         sizes = torch.tensor([len(i) for i in indices], device=device, dtype=torch.float32)
         losses = torch.stack(losses)
-        correct = (torch.cat(predictions) == data.train.y[torch.cat(indices)]).sum()
-        run.steps(first_step, {"step/loss": losses.tolist(), "step/lr": lrs, **probe.epoch()}, times)
+        correct = (torch.cat(outputs).argmax(dim=1) == data.train.y[torch.cat(indices)]).sum()
         val_loss, val_acc = evaluate(model, data.val)
         row = {
             "epoch": epoch,
@@ -120,6 +117,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             "lr": lrs[-1],
             "elapsed_s": time.perf_counter() - loop_started,
         }
+        run.steps(first_step, {"step/loss": losses.tolist(), "step/lr": lrs, **probe.epoch()}, times)
         run.epoch(row)
         checkpoint.on_epoch_end(epoch, row, state)
     train_time = time.perf_counter() - loop_started
