@@ -241,9 +241,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         **(surface.rates() if isinstance(surface, Quadratic) else {}),
         "wall_time_s": time.perf_counter() - started,
     }
+    rate = metrics["rate_measured"]
     log.finish(
         metrics,
-        f"{name}: {metrics['steps']} steps, loss {losses[0]:.4g} → {losses[-1]:.4g}, "
-        f"distance to optimum {distances[-1]:.3g}, measured rate {metrics['rate_measured']}",
+        f"{name}: {metrics['steps']} steps, loss {losses[0]:.4g} → {losses[-1]:.4g}, distance "
+        f"to optimum {distances[-1]:.3g}, measured rate {'n/a' if rate is None else f'{rate:.4f}'}",
     )
     return metrics

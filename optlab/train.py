@@ -43,11 +43,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     n = len(data.train)
     batch_size = n if cfg.batch_size == "full" else min(cfg.batch_size, n)
-    if batch_size < n and cfg.optimizer._target_ in FULL_BATCH:
+    method = cfg.optimizer._target_
+    if batch_size < n and method in FULL_BATCH:
         log.warning(
             "warning: %s is a full-batch method and batch_size=%s gives mini-batches: %s. "
             "Use batch_size=full.",
-            cfg.optimizer._target_.rsplit(".", 1)[-1], cfg.batch_size, FULL_BATCH[cfg.optimizer._target_],
+            method.rsplit(".", 1)[-1], cfg.batch_size, FULL_BATCH[method],
         )
     closure_based = needs_closure(optimizer)
 
@@ -58,6 +59,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         return loss
+
     order = torch.Generator().manual_seed(cfg.seed)  # batch order: its own stream
     run = RunLog(run_dir, cfg)
     checkpoint = Checkpoint(run_dir / "checkpoints", OmegaConf.to_container(cfg))
