@@ -27,7 +27,8 @@ def snapshot(state):
 
 
 class Checkpoint:
-    """Keep the best state by `monitor` (lower is better); write best.pt and last.pt at the end.
+    """Keep the best state by `monitor` (lowest loss or highest accuracy); write best.pt and
+    last.pt at the end.
 
     Each file holds the state (model, optimizer, scheduler, epoch, step, RNG states) and the
     run's config.
@@ -37,11 +38,12 @@ class Checkpoint:
 
     def __init__(self, folder: Path, config: dict, monitor: str = "val_loss"):
         self.folder, self.config, self.monitor = folder, config, monitor
+        self.sign = 1 if "loss" in monitor else -1  # compare as "lower is better"
         self.best_value, self.best_epoch, self.best_state = math.inf, 0, None
 
     def on_epoch_end(self, epoch: int, metrics: dict, state: Callable[[], dict]) -> None:
-        if metrics[self.monitor] < self.best_value:
-            self.best_value, self.best_epoch = metrics[self.monitor], epoch
+        if self.sign * metrics[self.monitor] < self.best_value:
+            self.best_value, self.best_epoch = self.sign * metrics[self.monitor], epoch
             self.best_state = snapshot(state())
 
     def on_train_end(self, state: Callable[[], dict]) -> None:
@@ -51,3 +53,47 @@ class Checkpoint:
         for name, saved in (("best.pt", self.best_state), ("last.pt", last)):
             saved = {**saved, "config": self.config}
             atomic_write(self.folder / name, lambda f, s=saved: torch.save(s, f))
+
+
+class EarlyStopping:
+    """Stop when `monitor` stops improving, with Keras's EarlyStopping semantics.
+
+    An epoch improves on the best so far when it beats it by more than `min_delta`
+    (absolute; lower is better for a loss, higher for an accuracy). Epochs before
+    `start_epoch` are not watched. Training stops once `patience` epochs in a row have not
+    improved; with `restore_best`, the best epoch's weights are put back at the end (whether
+    or not training stopped early).
+    """
+
+    def __init__(
+        self,
+        monitor: str,
+        patience: int = 0,
+        min_delta: float = 0.0,
+        restore_best: bool = True,
+        start_epoch: int = 0,
+    ):
+        self.monitor, self.patience, self.min_delta = monitor, patience, abs(min_delta)
+        self.restore_best, self.start_epoch = restore_best, start_epoch
+        self.sign = 1 if "loss" in monitor else -1  # minimize losses, maximize accuracies
+        self.best, self.best_epoch, self.best_weights = None, 0, None
+        self.wait, self.stopped_epoch, self.stop = 0, 0, False
+
+    def on_epoch_end(self, epoch: int, metrics: dict, weights: Callable[[], dict]) -> None:
+        """`epoch` counts from 1; Keras's `epoch > 0` and `start_from_epoch` count from 0."""
+        if epoch - 1 < self.start_epoch:
+            return
+        current = self.sign * metrics[self.monitor]
+        if self.restore_best and self.best_weights is None:
+            self.best_weights, self.best_epoch = snapshot(weights()), epoch
+        self.wait += 1
+        if self.best is None or current + self.min_delta < self.best:
+            self.best, self.best_epoch, self.wait = current, epoch, 0
+            if self.restore_best:
+                self.best_weights = snapshot(weights())
+        elif self.wait >= self.patience and epoch > 1:
+            self.stopped_epoch, self.stop = epoch, True
+
+    def on_train_end(self, model: torch.nn.Module) -> None:
+        if self.restore_best and self.best_weights is not None:
+            model.load_state_dict(self.best_weights)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-GROUPS = ("model", "data", "optimizer", "scheduler", "surface")
+GROUPS = ("model", "data", "optimizer", "scheduler", "surface", "init", "early_stopping")
 
 # Activation names a model may use, mapped to their torch.nn class names.
 ACTIVATIONS = {
@@ -103,6 +103,8 @@ class Config:
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     surface: Any = None
+    init: Any = MISSING
+    early_stopping: Any = MISSING
     batch_size: Any = key(
         BATCH_SIZE, "examples per optimizer step; 'full' = batch gradient descent, 1 = SGD"
     )
@@ -112,7 +114,18 @@ class Config:
     shuffle: bool = key(BOOLEAN, "draw a new random batch order every epoch")
     steps: int = key(POSITIVE_INT, "optimizer steps on a 2-D surface (with surface=...)")
     diagnostics: bool = key(
-        BOOLEAN, "log per-step step/grad_norm and step/update_ratio (false: faster)"
+        BOOLEAN, "log step/grad_norm, step/update_ratio, init/distinct_units (false: faster)"
+    )
+    dropout: float = key(FRACTION, "dropout probability on every hidden layer (0 = none)")
+    batchnorm: bool = key(BOOLEAN, "BatchNorm1d after each hidden affine layer, before its activation")
+    l2: float = key(NON_NEGATIVE, "adds ½·l2·‖θ‖² to the loss (logged as step/l2_penalty)")
+    weight_decay_mode: str = key(
+        one_of("coupled", "decoupled"),
+        "optimizer.weight_decay as torch applies it, or decoupled: θ ← θ − Δθ − w·θ",
+    )
+    weight_decay_exclude: Any = key(
+        Rule("a list of: bias, norm", lambda v: _is_list(v, lambda x: x in ("bias", "norm"))),
+        "parameters that get no weight decay or l2: biases, normalization layers",
     )
 
 
@@ -125,6 +138,7 @@ GROUP_RULES: dict[str, Rule] = {
     "data.val_fraction": OPEN_FRACTION,
     "data.test_fraction": OPEN_FRACTION,
     "data.split_seed": NON_NEGATIVE_INT,
+    "data.order": one_of("random", "sorted"),
     "optimizer.lr": POSITIVE,
     "optimizer.momentum": FRACTION,
     "optimizer.dampening": FRACTION,
@@ -153,8 +167,48 @@ GROUP_RULES: dict[str, Rule] = {
     "optimizer.decay": NON_NEGATIVE,
     "optimizer.damping": NON_NEGATIVE,
     "optimizer.max_params": POSITIVE_INT,
+    "scheduler.interval": one_of("epoch", "step"),
     "scheduler.factor": Rule("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1),
     "scheduler.total_iters": NON_NEGATIVE_INT,
+    "scheduler.step_size": POSITIVE_INT,
+    "scheduler.gamma": Rule("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1),
+    "scheduler.milestones": Rule("a list of epochs, e.g. [10,15]", lambda v: _is_list(v, POSITIVE_INT.ok)),
+    "scheduler.k": NON_NEGATIVE,
+    "scheduler.mode": one_of("min"),
+    "scheduler.patience": NON_NEGATIVE_INT,
+    "scheduler.threshold": NON_NEGATIVE,
+    "scheduler.cooldown": NON_NEGATIVE_INT,
+    "scheduler.min_lr": NON_NEGATIVE,
+    "scheduler.T_max": POSITIVE_INT,
+    "scheduler.eta_min": NON_NEGATIVE,
+    "scheduler.warmup_epochs": NON_NEGATIVE_INT,
+    "scheduler.start_factor": Rule("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1),
+    "scheduler.epochs": POSITIVE_INT,
+    "scheduler.steps_per_epoch": Rule("null (optlab fills it in)", lambda v: v is None),
+    "scheduler.max_lr": POSITIVE,
+    "scheduler.pct_start": OPEN_FRACTION,
+    "init.scheme": one_of(
+        "default", "zeros", "constant", "normal", "uniform", "xavier_uniform", "xavier_normal",
+        "kaiming_uniform", "kaiming_normal", "orthogonal", "pretrained", "layerwise",
+    ),
+    "init.bias": Rule("a number", _is_number),
+    "init.value": Rule("a number", _is_number),
+    "init.std": POSITIVE,
+    "init.a": POSITIVE,
+    "init.gain": POSITIVE,
+    "init.nonlinearity": one_of("relu", "leaky_relu", "tanh", "sigmoid", "linear", "selu"),
+    "init.path": Rule("a checkpoint file or run folder", lambda v: v is None or isinstance(v, str)),
+    "init.base": one_of(
+        "default", "zeros", "xavier_uniform", "xavier_normal", "kaiming_uniform",
+        "kaiming_normal", "orthogonal",
+    ),
+    "init.epochs": POSITIVE_INT,
+    "init.lr": POSITIVE,
+    "early_stopping.monitor": Rule("val_loss, val_acc or null", lambda v: v in ("val_loss", "val_acc", None)),
+    "early_stopping.patience": NON_NEGATIVE_INT,
+    "early_stopping.min_delta": NON_NEGATIVE,
+    "early_stopping.restore_best": BOOLEAN,
+    "early_stopping.start_epoch": NON_NEGATIVE_INT,
     "surface.kappa": Rule("a number >= 1", lambda v: _is_number(v) and v >= 1),
     "surface.angle": Rule("a number (degrees)", _is_number),
     "surface.start": pair("two numbers [x,y]", lambda x, y: True),
@@ -200,6 +254,11 @@ def validate(cfg: DictConfig) -> None:
                 raise ConfigError(path, value, ", ".join(known) or "none", "unknown key")
             if not rule.ok(value):
                 raise ConfigError(path, value, rule.allowed)
+    if cfg.batchnorm and cfg.batch_size == 1:
+        raise ConfigError(
+            "batch_size", 1, "2 or more with batchnorm=true: batch norm normalizes by the "
+            "statistics of the batch, and one example has no variance",
+        )
     data = cfg.data
     if data.val_fraction + data.test_fraction >= 1:
         raise ConfigError(

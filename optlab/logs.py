@@ -62,10 +62,11 @@ class RunLog:
         for i, walltime in enumerate(times):
             self._scalars(first + i, {tag: v[i] for tag, v in columns.items()}, walltime)
 
-    def epoch(self, row: dict) -> None:
+    def epoch(self, row: dict, extra: dict[str, float] | None = None) -> None:
+        """One epoch's row of history.csv, its curves (x = epoch) and the console line."""
         self.history.append(row)
-        epoch = row["epoch"]
-        self._scalars(epoch, {f"{s}/{m}": row[f"{s}_{m}"] for s in ("train", "val") for m in ("loss", "acc")}, time.time())
+        curves = {f"{s}/{m}": row[f"{s}_{m}"] for s in ("train", "val") for m in ("loss", "acc")}
+        self._scalars(row["epoch"], {**curves, **(extra or {})}, time.time())
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_acc=f"{row['val_acc']:.4f}")
         else:

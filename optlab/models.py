@@ -10,9 +10,11 @@ from optlab.config import ACTIVATIONS
 
 
 class MLP(nn.Sequential):
-    """Flatten → (Linear → activation) per hidden width → Linear to class scores.
+    """Flatten → (Linear → [BatchNorm1d] → activation → [Dropout]) per hidden width → Linear.
 
-    With no hidden layers it is multinomial logistic regression (`model=linear`).
+    Batch norm normalizes each affine output before the activation (Ioffe & Szegedy, 2015);
+    dropout zeroes each hidden unit with probability `dropout` in training only. With no
+    hidden layers it is multinomial logistic regression (`model=linear`).
     """
 
     def __init__(
@@ -21,11 +23,18 @@ class MLP(nn.Sequential):
         num_classes: int,
         hidden: Sequence[int] = (),
         activation: str = "relu",
+        dropout: float = 0.0,
+        batchnorm: bool = False,
     ):
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for size in hidden:
-            layers += [nn.Linear(width, size), getattr(nn, ACTIVATIONS[activation])()]
+            layers.append(nn.Linear(width, size))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(getattr(nn, ACTIVATIONS[activation])())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
             width = size
         layers.append(nn.Linear(width, num_classes))
         super().__init__(*layers)

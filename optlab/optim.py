@@ -25,6 +25,20 @@ FULL_BATCH = {
 }
 
 
+NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)
+
+
+def decay_groups(model: torch.nn.Module, exclude: Iterable[str]) -> tuple[list, list]:
+    """(decayed, exempt) parameters: `exclude` may name `bias` (biases of affine layers) and
+    `norm` (every parameter of a normalization layer)."""
+    decayed, exempt = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            kind = "norm" if isinstance(module, NORM_LAYERS) else "bias" if name == "bias" else "weight"
+            (exempt if kind in exclude else decayed).append(p)
+    return decayed, exempt
+
+
 def needs_closure(optimizer: Optimizer) -> bool:
     """True for optimizers whose step() must re-evaluate the loss (LBFGS, Newton)."""
     closure = inspect.signature(optimizer.step).parameters.get("closure")

@@ -18,7 +18,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from optlab import schedules
 from optlab.files import atomic_write, write_csv
 from optlab.logs import RunLog
 from optlab.optim import needs_closure
@@ -174,7 +176,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     torch.manual_seed(cfg.seed)
     surface: Surface = instantiate(cfg.surface, _convert_="all")
     optimizer = instantiate(cfg.optimizer, params=list(surface.parameters()), _convert_="all")
-    scheduler = instantiate(cfg.scheduler, optimizer=optimizer, _convert_="all")
+    scheduler = schedules.build(cfg.scheduler, optimizer, steps_per_epoch=1)[0]  # a step = an epoch
     closure_based = needs_closure(optimizer)
     log = RunLog(run_dir, cfg)
 
@@ -192,7 +194,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         grad_norms.append(surface.point.grad.norm().item())
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step(closure if closure_based else None)
-        scheduler.step()
+        scheduler.step(surface().item()) if isinstance(scheduler, ReduceLROnPlateau) else scheduler.step()
         points.append(surface.point.detach().clone())
         times.append(time.time())
         if not torch.isfinite(points[-1]).all():

@@ -14,11 +14,15 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
 from optlab import data as datasets
-from optlab.callbacks import Checkpoint
+from optlab import schedules
+from optlab.callbacks import Checkpoint, EarlyStopping
 from optlab.config import ConfigError
+from optlab.init import distinct_units, initialize
 from optlab.logs import RunLog
-from optlab.optim import FULL_BATCH, needs_closure
+from optlab.optim import FULL_BATCH, decay_groups, needs_closure
 
 log = logging.getLogger("optlab")
 
@@ -33,16 +37,25 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     # data and model
     data = datasets.load(cfg.data, device)
-    model = instantiate(cfg.model, in_features=data.num_features, num_classes=data.num_classes)
-    model = model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    # optimizer and schedule (torch.optim classes, straight from their _target_)
-    optimizer = instantiate(cfg.optimizer, params=params, _convert_="all")
-    scheduler = instantiate(cfg.scheduler, optimizer=optimizer, _convert_="all")
-
     n = len(data.train)
     batch_size = n if cfg.batch_size == "full" else min(cfg.batch_size, n)
+    min_batch = 2 if cfg.batchnorm else 1  # batch norm cannot train on a batch of one
+    model = instantiate(
+        cfg.model,
+        in_features=data.num_features,
+        num_classes=data.num_classes,
+        dropout=cfg.dropout,
+        batchnorm=cfg.batchnorm,
+    ).to(device)
+    initialize(model, cfg.init, data.train.x, batch_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    # optimizer, weight decay and schedule (torch.optim classes, straight from their _target_)
+    optimizer, decoupled = build_optimizer(cfg, model)
+    decayed = decay_groups(model, cfg.weight_decay_exclude)[0]
+    scheduler, per_step = schedules.build(
+        cfg.scheduler, optimizer, datasets.count_batches(n, batch_size, min_batch)
+    )
     method = cfg.optimizer._target_
     if batch_size < n and method in FULL_BATCH:
         log.warning(
@@ -52,18 +65,25 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         )
     closure_based = needs_closure(optimizer)
 
+    def objective(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(data loss, what is minimized): cross-entropy, plus ½·l2·‖θ‖² when l2 > 0."""
+        loss = F.cross_entropy(logits, y)
+        return loss, (loss + 0.5 * cfg.l2 * _total_norm(decayed) ** 2 if cfg.l2 else loss)
+
     def closure(x: torch.Tensor, y: torch.Tensor, backward: bool = True) -> torch.Tensor:
-        """The batch loss, re-evaluated by closure-based optimizers (LBFGS, Newton)."""
-        loss = F.cross_entropy(model(x), y)
+        """The batch objective, re-evaluated by closure-based optimizers (LBFGS, Newton)."""
+        total = objective(model(x), y)[1]
         if backward:
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        return loss
+            total.backward()
+        return total
 
     order = torch.Generator().manual_seed(cfg.seed)  # batch order: its own stream
     run = RunLog(run_dir, cfg)
-    checkpoint = Checkpoint(run_dir / "checkpoints", OmegaConf.to_container(cfg))
-    step, epoch = 0, 0
+    watch = cfg.early_stopping.monitor
+    checkpoint = Checkpoint(run_dir / "checkpoints", OmegaConf.to_container(cfg), watch or "val_loss")
+    stopper = EarlyStopping(**cfg.early_stopping) if watch else None
+    step, epoch, seen = 0, 0, 0
 
     def state() -> dict:
         return {
@@ -86,47 +106,68 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     for epoch in run.progress(range(1, cfg.epochs + 1)):
         model.train()
         first_step = step + 1
-        indices, losses, outputs, lrs, times = [], [], [], [], []
-        for index in datasets.batches(n, batch_size, cfg.shuffle, order, device):
+        indices, losses, totals, outputs, lrs, times = [], [], [], [], [], []
+        for index in datasets.batches(n, batch_size, cfg.shuffle, order, device, min_batch):
             x, y = data.train.x[index], data.train.y[index]
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss, total = objective(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             probe.before_step()
             lrs.append(optimizer.param_groups[0]["lr"])
+            if decoupled:  # θ ← θ − Δθ − w·θ, the decay taken before Δθ as AdamW does
+                torch._foreach_mul_(decayed, 1 - decoupled)
             optimizer.step(partial(closure, x, y) if closure_based else None)
+            if per_step:
+                scheduler.step()
             probe.after_step()
             step += 1
             # keep tensors, not numbers: no host sync inside the loop
             indices.append(index)
             losses.append(loss.detach())
+            totals.append(total.detach())
             outputs.append(logits.detach())
             times.append(time.time())
-        scheduler.step()
 
         # once per epoch: reduce on the device, then one transfer to the host
         sizes = torch.tensor([len(i) for i in indices], device=device, dtype=torch.float32)
+        count = sum(len(i) for i in indices)
+        seen += count
         losses = torch.stack(losses)
         correct = (torch.cat(outputs).argmax(dim=1) == data.train.y[torch.cat(indices)]).sum()
         val_loss, val_acc = evaluate(model, data.val)
+        if not per_step:
+            scheduler.step(val_loss) if isinstance(scheduler, ReduceLROnPlateau) else scheduler.step()
         row = {
             "epoch": epoch,
-            "train_loss": (losses @ sizes).item() / n,
-            "train_acc": correct.item() / n,
+            "train_loss": (losses @ sizes).item() / count,
+            "train_acc": correct.item() / count,
             "val_loss": val_loss,
             "val_acc": val_acc,
             "lr": lrs[-1],
             "elapsed_s": time.perf_counter() - loop_started,
         }
-        run.steps(first_step, {"step/loss": losses.tolist(), "step/lr": lrs, **probe.epoch()}, times)
-        run.epoch(row)
+        columns = {"step/loss": losses.tolist(), "step/lr": lrs, **probe.epoch()}
+        if cfg.l2:
+            columns["step/l2_penalty"] = (torch.stack(totals) - losses).tolist()
+        run.steps(first_step, columns, times)
+        units = distinct_units(model) if cfg.diagnostics else []
+        run.epoch(row, {f"init/distinct_units/layer{i}": u for i, u in enumerate(units, 1)})
         checkpoint.on_epoch_end(epoch, row, state)
+        if stopper:
+            stopper.on_epoch_end(epoch, row, model.state_dict)
+            if stopper.stop:
+                log.info("early stopping at epoch %d: %s has not improved since epoch %d",
+                         epoch, watch, stopper.best_epoch)
+                break
     train_time = time.perf_counter() - loop_started
 
-    # test the best-validation state
+    # test the best state: early stopping's restored weights, else the best checkpoint
     checkpoint.on_train_end(state)
-    model.load_state_dict(checkpoint.best_state["model"])
+    if stopper:
+        stopper.on_train_end(model)
+    else:
+        model.load_state_dict(checkpoint.best_state["model"])
     test_loss, test_acc = evaluate(model, data.test)
     metrics = {
         "status": "completed",
@@ -134,7 +175,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "test_loss": test_loss,
         "best_val_acc": max(r["val_acc"] for r in run.history),
         "best_val_loss": min(r["val_loss"] for r in run.history),
-        "best_epoch": checkpoint.best_epoch,
+        "best_epoch": stopper.best_epoch if stopper else checkpoint.best_epoch,
+        "stopped_epoch": stopper.stopped_epoch or None if stopper else None,
         "epochs_run": epoch,
         "steps": step,
         "final_train_loss": run.history[-1]["train_loss"],
@@ -143,7 +185,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "device": str(device),
         "wall_time_s": time.perf_counter() - started,
         "train_time_s": train_time,
-        "train_samples_per_s": epoch * n / train_time,
+        "train_samples_per_s": seen / train_time,
     }
     run.finish(
         metrics,
@@ -152,6 +194,21 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         f"({metrics['train_samples_per_s']:,.0f} samples/s)",
     )
     return metrics
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, float]:
+    """The optimizer, with biases and norm layers exempt from decay as `weight_decay_exclude`
+    says; and the decoupled decay w to apply per step (0 unless weight_decay_mode=decoupled)."""
+    decayed, exempt = decay_groups(model, cfg.weight_decay_exclude)
+    has_decay = "weight_decay" in cfg.optimizer
+    if has_decay and exempt:
+        params = [{"params": decayed}, {"params": exempt, "weight_decay": 0.0}]
+        params = [group for group in params if group["params"]]
+    else:
+        params = decayed + exempt
+    decoupled = cfg.optimizer.weight_decay if has_decay and cfg.weight_decay_mode == "decoupled" else 0.0
+    extra = {"weight_decay": 0.0} if decoupled else {}
+    return instantiate(cfg.optimizer, params=params, _convert_="all", **extra), decoupled
 
 
 class StepProbe:

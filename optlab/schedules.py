@@ -1,0 +1,50 @@
+"""Learning-rate schedules torch has no ready class for, and how optlab builds and steps them.
+
+Each `conf/scheduler/*.yaml` names a `_target_` and an `interval`: `epoch` schedules step
+after every epoch (ReduceLROnPlateau with the validation loss), `step` schedules after every
+optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, LinearLR, SequentialLR
+
+
+class Exponential(ExponentialLR):
+    """The recitation's lr = lr0·e^(−k·t): ExponentialLR with gamma = e^(−k), stepped per iteration."""
+
+    def __init__(self, optimizer: Optimizer, k: float):
+        super().__init__(optimizer, gamma=math.exp(-k))
+
+
+def warmup_cosine(
+    optimizer: Optimizer,
+    warmup_epochs: int,
+    epochs: int,
+    steps_per_epoch: int,
+    start_factor: float = 0.01,
+    eta_min: float = 0.0,
+) -> SequentialLR:
+    """Linear warm-up over `warmup_epochs`, then cosine annealing to `eta_min`, per step."""
+    warmup = max(1, warmup_epochs * steps_per_epoch)
+    total = max(warmup + 1, epochs * steps_per_epoch)
+    return SequentialLR(
+        optimizer,
+        [
+            LinearLR(optimizer, start_factor=start_factor, total_iters=warmup),
+            CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=eta_min),
+        ],
+        milestones=[warmup],
+    )
+
+
+def build(cfg: DictConfig, optimizer: Optimizer, steps_per_epoch: int):
+    """(scheduler, per_step) from a scheduler config; fills in `steps_per_epoch` if it asks."""
+    target = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "interval"])
+    extra = {"steps_per_epoch": steps_per_epoch} if "steps_per_epoch" in cfg else {}
+    return instantiate(target, optimizer=optimizer, _convert_="all", **extra), cfg.interval == "step"
