@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from torch import nn
@@ -26,15 +27,17 @@ class MLP(nn.Sequential):
         dropout: float = 0.0,
         batchnorm: bool = False,
     ):
-        layers: list[nn.Module] = [nn.Flatten()]
+        # named layers (fc1, bn1, act1, drop1, …, head): a checkpoint's tensor names do not
+        # depend on whether dropout or batch norm is on, so init=pretrained can match them
+        layers: dict[str, nn.Module] = {"flatten": nn.Flatten()}
         width = in_features
-        for size in hidden:
-            layers.append(nn.Linear(width, size))
+        for i, size in enumerate(hidden, start=1):
+            layers[f"fc{i}"] = nn.Linear(width, size)
             if batchnorm:
-                layers.append(nn.BatchNorm1d(size))
-            layers.append(getattr(nn, ACTIVATIONS[activation])())
+                layers[f"bn{i}"] = nn.BatchNorm1d(size)
+            layers[f"act{i}"] = getattr(nn, ACTIVATIONS[activation])()
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers[f"drop{i}"] = nn.Dropout(dropout)
             width = size
-        layers.append(nn.Linear(width, num_classes))
-        super().__init__(*layers)
+        layers["head"] = nn.Linear(width, num_classes)
+        super().__init__(OrderedDict(layers))

@@ -45,6 +45,6 @@ def warmup_cosine(
 
 def build(cfg: DictConfig, optimizer: Optimizer, steps_per_epoch: int):
     """(scheduler, per_step) from a scheduler config; fills in `steps_per_epoch` if it asks."""
-    target = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "interval"])
+    target = OmegaConf.create({k: v for k, v in cfg.items() if k != "interval"})  # resolved
     extra = {"steps_per_epoch": steps_per_epoch} if "steps_per_epoch" in cfg else {}
     return instantiate(target, optimizer=optimizer, _convert_="all", **extra), cfg.interval == "step"

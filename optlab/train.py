@@ -116,7 +116,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             probe.before_step()
             lrs.append(optimizer.param_groups[0]["lr"])
             if decoupled:  # θ ← θ − Δθ − w·θ, the decay taken before Δθ as AdamW does
-                torch._foreach_mul_(decayed, 1 - decoupled)
+                with torch.no_grad():
+                    torch._foreach_mul_(decayed, 1 - decoupled)
             optimizer.step(partial(closure, x, y) if closure_based else None)
             if per_step:
                 scheduler.step()
