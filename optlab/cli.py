@@ -15,7 +15,10 @@ from pathlib import Path
 
 from optlab import __version__
 
-COMMANDS = {"train": "train a network on real data (see: optlab train --help)"}
+COMMANDS = {
+    "train": "train a network on real data (see: optlab train --help)",
+    "compare": "one summary of runs and sweeps: table, CSV, plots (see: optlab compare --help)",
+}
 
 USAGE = f"""usage: optlab [-h] [--version] <command> [overrides ...]
 
@@ -28,6 +31,7 @@ examples:
   optlab train
   optlab train optimizer=adam batch_size=64
   optlab train -m optimizer=sgd,adam batch_size=16,256
+  optlab compare outputs/sweeps/2026-11-25_10-00-00 outputs/sweeps/2026-11-25_11-00-00
   eval "$(optlab train -sc install=bash)"      # shell completion
 """
 
@@ -49,7 +53,44 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return _run_train(rest)
+    return _run_compare(rest) if command == "compare" else _run_train(rest)
+
+
+def _run_compare(args: list[str]) -> int:
+    """`optlab compare PATH [PATH ...]`: the summary a sweep ends with, over any runs."""
+    import argparse
+    import time
+
+    from optlab.config import CURVE_X, METRICS
+
+    parser = argparse.ArgumentParser(
+        prog="optlab compare",
+        description="Compare runs: every run folder at or below each PATH (sweeps, single "
+        "runs, several sweeps at once). Runs that differ only in seed are grouped (mean ± std).",
+    )
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="run or sweep folders")
+    parser.add_argument("--metric", default="best_val_acc", choices=METRICS, help="rank by this")
+    parser.add_argument("--x", default="epoch", choices=CURVE_X, help="x-axis of the curves")
+    parser.add_argument(
+        "--out", type=Path,
+        help="where to write the summary (default: the PATH if one, else outputs/comparisons/<time>)",
+    )
+    options = parser.parse_args(args)
+    missing = [str(p) for p in options.paths if not p.is_dir()]
+    if missing:
+        print(f"optlab compare: no such folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    out = options.out or (
+        options.paths[0] if len(options.paths) == 1
+        else Path("outputs/comparisons") / time.strftime("%Y-%m-%d_%H-%M-%S")
+    )
+    from optlab.compare import summarize
+
+    if not summarize(options.paths, out, options.metric, options.x):
+        where = ", ".join(map(str, options.paths))
+        print(f"optlab compare: no runs (folders with metrics.json) under {where}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _complete(args: list[str]) -> int:
@@ -81,23 +122,26 @@ def _run_train(args: list[str]) -> int:
     @hydra.main(config_path="pkg://optlab.conf", config_name="config", version_base="1.3")
     def train_app(cfg) -> float | None:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
         try:
-            config.validate(cfg)
-            if cfg.surface is not None:
-                from optlab.surfaces import run  # torch is imported only now
+            return _train_job(cfg, run_dir)
+        except Exception as error:
+            from optlab.sweep import record_failure
 
-                return run(cfg, run_dir)["final_loss"]
-            from optlab.train import train
-
-            return train(cfg, run_dir)["best_val_acc"]
-        except Exception as error:  # exit here: Hydra would print the job as failed
             mistake = _usage_error(error)
+            if in_sweep or mistake is None:  # a sweep goes on; a bug ends in its traceback
+                record_failure(run_dir, cfg, mistake or error)
+            if in_sweep:
+                name = f"{run_dir.parent.name}/{run_dir.name}"
+                print(f"optlab train: run {name} failed: {mistake or error}", file=sys.stderr)
+                return None
             if mistake is None:
                 raise
             print(f"optlab train: {mistake}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(2)  # exit here: Hydra would print the job as failed
 
     try:
         train_app()
@@ -107,6 +151,32 @@ def _run_train(args: list[str]) -> int:
         print(f"optlab train: {describe(error, args)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _train_job(cfg, run_dir: Path) -> float | None:
+    """One run: validate, skip it if it already finished with this config, else train."""
+    import logging
+
+    from optlab import config, sweep
+
+    config.validate(cfg)
+    log = logging.getLogger("optlab")
+    done = None if cfg.rerun else sweep.finished(run_dir, cfg)
+    if done is not None:
+        log.info("skipped: %s already %s with this config (rerun=true trains it again)",
+                 run_dir, done["status"])
+        return done.get("best_val_acc", done.get("final_loss"))
+    archived = sweep.archive_previous(run_dir)
+    if archived:
+        log.info("an earlier attempt's outputs moved to %s", archived)
+    sweep.set_threads()
+    if cfg.surface is not None:
+        from optlab.surfaces import run  # torch is imported only now
+
+        return run(cfg, run_dir)["final_loss"]
+    from optlab.train import train
+
+    return train(cfg, run_dir)["best_val_acc"]
 
 
 def _usage_error(error: BaseException | None) -> BaseException | None:

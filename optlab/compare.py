@@ -1,51 +1,376 @@
-"""Comparing runs: what a sweep shows when it ends.
+"""Comparing runs: the summary that ends every sweep, and `optlab compare` across sweeps.
 
-`SweepCallback` is a Hydra callback (conf/config.yaml, hydra.callbacks): when a multirun ends
-it overlays the paths of every surface run in the sweep on one contour plot per surface,
-each labelled by the overrides that set it apart.
+A run is a folder with a `metrics.json` (and Hydra's `.hydra/`). Runs whose resolved configs
+differ only in `seed` form one configuration: the table shows its mean ± std over seeds and n,
+the plots its mean curve with a shaded band. Each configuration is labelled by the overrides
+that set it apart from the others. Written into the output folder:
+
+- `summary.csv` and `summary.md`: one row per configuration, best first by `summary.metric`;
+- `curves.png`: training and validation curves overlaid, against `summary.x`;
+- `<metric>_vs_<key>.png`: the ranking metric against each swept key;
+- `trajectories.png`: for surface runs, every path on one contour plot.
+
+`SweepCallback` (conf/config.yaml, hydra.callbacks) writes it when a multirun ends.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import math
+import statistics
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from optlab.config import METRICS
+
+# lower is better for these; higher for the rest
+MINIMIZED = {
+    "best_val_loss", "test_loss", "final_train_loss", "generalization_gap", "epoch_time_s",
+    "wall_time_s", "final_loss", "final_distance", "rate_measured",
+}
+# columns of the table, after the ranking metric, where some run has them
+COLUMNS = (
+    "best_val_acc", "best_val_loss", "test_acc", "generalization_gap", "epoch_time_s", "epochs_run",
+    "final_loss", "final_distance", "rate_measured",
+)
+CURVE_X = {"epoch": "epoch", "step": "step", "examples": "examples", "time": "elapsed_s"}
+
 
 class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        overlay_trajectories(Path(config.hydra.sweep.dir))
+        summary = config.get("summary") or {}
+        sweep_dir = Path(config.hydra.sweep.dir)
+        summarize([sweep_dir], sweep_dir, summary.get("metric", "best_val_acc"), summary.get("x", "epoch"))
 
 
-def overlay_trajectories(sweep_dir: Path) -> list[Path]:
-    """Write trajectories.png (one per distinct surface) into `sweep_dir`; return the files."""
-    runs = sorted(p.parent for p in sweep_dir.glob("*/trajectory.csv"))
+@dataclass
+class Run:
+    path: Path
+    metrics: dict
+    overrides: dict[str, str]  # key → value as typed on the command line
+    config: dict  # flattened resolved config: "optimizer.lr" → 0.1
+
+    def read_csv(self, name: str) -> list[dict[str, float]]:
+        try:
+            with open(self.path / name) as f:
+                return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        except OSError:
+            return []
+
+
+@dataclass
+class Group:
+    """The runs of one configuration (differing in seed only)."""
+
+    label: str
+    runs: list[Run]
+    params: dict[str, str] = field(default_factory=dict)  # the swept keys' values
+
+    def values(self, metric: str) -> list[float]:
+        out = [r.metrics.get(metric) for r in self.runs]
+        return [float(v) for v in out if isinstance(v, (int, float)) and math.isfinite(v)]
+
+    def mean(self, metric: str) -> float | None:
+        values = self.values(metric)
+        return statistics.fmean(values) if values else None
+
+    def std(self, metric: str) -> float | None:
+        values = self.values(metric)
+        return statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
+
+    @property
+    def status(self) -> str:
+        counts: dict[str, int] = {}
+        for run in self.runs:
+            status = run.metrics.get("status", "unknown")
+            counts[status] = counts.get(status, 0) + 1
+        return ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
+def find_runs(paths: list[Path]) -> list[Run]:
+    """Every run folder at or below `paths` (hidden folders, like earlier attempts, skipped)."""
+    found: dict[Path, Run] = {}
+    for root in paths:
+        for file in sorted(root.rglob("metrics.json")):
+            relative = file.parent.relative_to(root).parts
+            if any(part.startswith(".") for part in relative) or file.parent in found:
+                continue
+            run = _load(file.parent)
+            if run is not None:
+                found[file.parent] = run
+    return list(found.values())
+
+
+def _load(path: Path) -> Run | None:
+    try:
+        metrics = json.loads((path / "metrics.json").read_text())
+        overrides = OmegaConf.load(path / ".hydra" / "overrides.yaml")
+        config = OmegaConf.load(path / ".hydra" / "config.yaml")
+    except (OSError, ValueError):  # a half-made folder (no .hydra): not a run to compare
+        return None
+    pairs = (str(o).partition("=") for o in overrides)
+    try:
+        plain = OmegaConf.to_container(config, resolve=True)
+    except Exception:  # an interpolation that only Hydra could resolve
+        plain = OmegaConf.to_container(config)
+    return Run(path, metrics, {k.lstrip("+~"): v for k, _, v in pairs}, _flatten(plain))
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Configurations: runs whose configs are equal but for the seed, labelled by the overrides
+    that differ between runs (a label shared by two configurations gets its folder added)."""
+    ignore = ("seed", "rerun")
+    keys = {k for run in runs for k in run.overrides if k not in ignore}
+    swept = sorted(k for k in keys if len({run.overrides.get(k) for run in runs}) > 1)
+    groups: dict[str, Group] = {}
+    for run in runs:
+        identity = json.dumps(
+            {k: v for k, v in run.config.items() if k not in ignore and not k.startswith("summary.")},
+            sort_keys=True, default=str,
+        )
+        if identity not in groups:
+            params = {k: run.overrides[k] for k in swept if k in run.overrides}
+            label = " ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
+            groups[identity] = Group(label, [], params)
+        groups[identity].runs.append(run)
+    labels = [g.label for g in groups.values()]
+    for group in groups.values():
+        if labels.count(group.label) > 1:
+            group.label += f" [{group.runs[0].path.parent}]"
+    return list(groups.values())
+
+
+def rank(groups: list[Group], metric: str) -> list[Group]:
+    """Best first by the mean of `metric`; configurations without it last."""
+    sign = 1 if metric in MINIMIZED else -1
+    return sorted(groups, key=lambda g: (g.mean(metric) is None, sign * (g.mean(metric) or 0)))
+
+
+def _cell(group: Group, metric: str) -> str:
+    mean, std = group.mean(metric), group.std(metric)
+    if mean is None:
+        return "—"
+    if len(group.values(metric)) == 1 or std == 0:
+        return f"{mean:.4g}"
+    return f"{mean:.4g} ± {std:.2g}"
+
+
+def table(groups: list[Group], metric: str) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the summary, ranked."""
+    columns = [metric] + [c for c in COLUMNS if c != metric and any(g.values(c) for g in groups)]
+    header = ["#", "configuration", "n", "status", *columns]
+    rows = [
+        [str(i), g.label, str(len(g.runs)), g.status, *(_cell(g, c) for c in columns)]
+        for i, g in enumerate(rank(groups, metric), start=1)
+    ]
+    return header, rows
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summarize(paths: list[Path], out: Path, metric: str = "best_val_acc", x: str = "epoch") -> list[Path]:
+    """Compare every run under `paths`; write the summary files into `out`; print the table."""
+    from optlab.files import atomic_write, write_csv
+
+    runs = find_runs(paths)
     if not runs:
+        return []
+    groups = group_runs(runs)
+    if not any(g.values(metric) for g in groups):  # e.g. best_val_acc over surface runs
+        metric = next((m for m in METRICS if any(g.values(m) for g in groups)), metric)
+    header, rows = table(groups, metric)
+    text = format_table(header, rows)
+    order = f"ranked by {metric}, {'lower' if metric in MINIMIZED else 'higher'} is better"
+    print(f"\n{len(runs)} runs in {len(groups)} configurations (mean ± std over seeds), {order}:")
+    print(text)
+
+    ranked = rank(groups, metric)
+    swept = sorted({k for g in groups for k in g.params})
+    records = []
+    for g in ranked:
+        record = {"configuration": g.label, "n": len(g.runs), "status": g.status}
+        record.update({k: g.params.get(k, "") for k in swept})
+        for m in METRICS:
+            if any(grp.values(m) for grp in groups):
+                record[f"{m}_mean"], record[f"{m}_std"] = g.mean(m), g.std(m)
+        records.append(record)
+    write_csv(out / "summary.csv", records)
+    markdown = "\n".join(
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        + ["| " + " | ".join(r) + " |" for r in rows]
+    )
+    atomic_write(out / "summary.md", lambda f: f.write(f"# {len(runs)} runs, {order}\n\n{markdown}\n".encode()))
+
+    written = [out / "summary.csv", out / "summary.md"]
+    written += plot_curves(groups, out / "curves.png", x)
+    written += [plot_metric(groups, metric, key, out / f"{metric}_vs_{key}.png") for key in swept]
+    written += overlay_trajectories(groups, out)
+    print(f"summary written to {out}: " + ", ".join(p.name for p in written))
+    return written
+
+
+# --- plots ---------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _band(curves: list[list[dict]], key: str):
+    """Mean and std over seeds of one history column, aligned by row (epoch or step)."""
+    import numpy as np
+
+    length = max(len(c) for c in curves)
+    values = np.full((len(curves), length), np.nan)
+    for i, curve in enumerate(curves):
+        values[i, : len(curve)] = [row.get(key, np.nan) for row in curve]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns of diverged runs
+        return np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+
+
+def plot_curves(groups: list[Group], path: Path, x: str) -> list[Path]:
+    """Curves of every configuration, mean over seeds with a ±1 std band."""
+    from optlab.surfaces import save_figure
+
+    networks = [g for g in groups if g.runs[0].read_csv("history.csv")]
+    surfaces = [g for g in groups if g.runs[0].read_csv("trajectory.csv")]
+    if networks:
+        file, panels, x_key = "history.csv", ("train_loss", "val_loss", "val_acc"), CURVE_X[x]
+        chosen = networks
+    elif surfaces:
+        file, panels, x_key, x = "trajectory.csv", ("loss", "distance"), "step", "step"
+        chosen = surfaces
+    else:
+        return []
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), layout="constrained")
+    for group in chosen:
+        curves = [c for c in (r.read_csv(file) for r in group.runs) if c]
+        xs = _band(curves, x_key)[0]
+        for ax, panel in zip(axes, panels):
+            mean, std = _band(curves, panel)
+            (line,) = ax.plot(xs, mean, lw=1.4, label=group.label)
+            if len(curves) > 1:
+                ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    for ax, panel in zip(axes, panels):
+        ax.set(xlabel={"elapsed_s": "wall time (s)"}.get(x_key, x_key), ylabel=panel, title=panel)
+        if panel in ("loss", "distance", "train_loss"):
+            ax.set_yscale("log")
+        if x_key != "elapsed_s":
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="best")
+    save_figure(fig, path)
+    return [path]
+
+
+def plot_metric(groups: list[Group], metric: str, key: str, path: Path) -> Path:
+    """`metric` (mean ± std over seeds) against the values of one swept key; one line per
+    combination of the other swept keys. Numbers spanning decades get a log axis."""
+    from optlab.surfaces import save_figure
+
+    plt = _pyplot()
+    values = sorted({g.params.get(key) for g in groups if key in g.params}, key=_sort_key)
+    numeric = all(isinstance(_number(v), float) for v in values)
+    lines: dict[str, list[Group]] = {}
+    for g in groups:
+        if key in g.params:
+            rest = " ".join(f"{k}={v}" for k, v in g.params.items() if k != key)
+            lines.setdefault(rest, []).append(g)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    for rest, members in lines.items():
+        members = sorted(members, key=lambda g: _sort_key(g.params[key]))
+        points = [(g.params[key], g.mean(metric), g.std(metric)) for g in members if g.mean(metric) is not None]
+        if not points:
+            continue
+        xs = [_number(p[0]) if numeric else values.index(p[0]) for p in points]
+        ax.errorbar(xs, [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                    capsize=3, label=rest or None, linestyle="-" if numeric else "none")
+    if numeric:
+        positive = [float(v) for v in values if float(v) > 0]
+        if len(positive) == len(values) and max(positive) / min(positive) >= 100:
+            ax.set_xscale("log")
+    else:
+        ax.set_xticks(range(len(values)), values, rotation=30 if len(values) > 4 else 0)
+    ax.set(xlabel=key, ylabel=metric, title=f"{metric} against {key}")
+    ax.grid(alpha=0.3)
+    if any(lines):
+        ax.legend(fontsize=7, loc="best")
+    save_figure(fig, path)
+    return path
+
+
+def overlay_trajectories(groups: list[Group], out: Path) -> list[Path]:
+    """One contour plot per distinct surface with the path of every configuration on it."""
+    surface_groups = [g for g in groups if (g.runs[0].path / "trajectory.csv").exists()]
+    if not surface_groups:
         return []
     import numpy as np
     from hydra.utils import instantiate
 
     from optlab.surfaces import plot_paths, save_figure
 
-    overrides = {run: OmegaConf.load(run / ".hydra" / "overrides.yaml") for run in runs}
-    shared = set.intersection(*(set(o) for o in overrides.values()))
-    groups: dict[str, list[Path]] = {}
-    for run in runs:
-        surface = OmegaConf.load(run / ".hydra" / "config.yaml").surface
-        groups.setdefault(OmegaConf.to_yaml(surface), []).append(run)
-
+    by_surface: dict[str, list[Group]] = {}
+    for g in surface_groups:
+        surface = {k[8:]: v for k, v in g.runs[0].config.items() if k.startswith("surface.")}
+        by_surface.setdefault(json.dumps(surface, sort_keys=True), []).append(g)
     written = []
-    for i, (surface_yaml, members) in enumerate(groups.items()):
-        surface = instantiate(OmegaConf.create(surface_yaml), _convert_="all")
-        paths = {}
-        for run in members:
-            label = ",".join(o for o in overrides[run] if o not in shared) or run.name
-            with open(run / "trajectory.csv") as f:
-                paths[label] = np.array([[float(r["x"]), float(r["y"])] for r in csv.DictReader(f)])
+    for i, (spec, members) in enumerate(by_surface.items()):
+        surface = instantiate(OmegaConf.create(_unflatten(json.loads(spec))), _convert_="all")
+        paths = {
+            g.label: np.array([[row["x"], row["y"]] for row in g.runs[0].read_csv("trajectory.csv")])
+            for g in members
+        }
         name = type(surface).__name__.lower()
-        target = sweep_dir / ("trajectories.png" if len(groups) == 1 else f"trajectories_{i}_{name}.png")
+        target = out / ("trajectories.png" if len(by_surface) == 1 else f"trajectories_{i}_{name}.png")
         save_figure(plot_paths(surface, paths, f"{name}: {len(paths)} runs"), target)
         written.append(target)
     return written
+
+
+def _unflatten(flat: dict) -> dict:
+    out: dict = {}
+    for dotted, value in flat.items():
+        *parents, last = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return out
+
+
+def _number(text):
+    """A CSV or override value as a float where it is one, else as it was."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def _sort_key(value):
+    number = _number(value)
+    return (0, number, "") if isinstance(number, float) else (1, 0.0, str(value))

@@ -16,7 +16,16 @@ from typing import Any, Callable
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-GROUPS = ("model", "data", "optimizer", "scheduler", "surface", "init", "early_stopping")
+# config groups, plus `summary`: a plain node whose keys are checked like a group's
+GROUPS = ("model", "data", "optimizer", "scheduler", "surface", "init", "early_stopping", "summary")
+
+# what a sweep summary can rank by and plot against (optlab/compare.py)
+METRICS = (
+    "best_val_acc", "best_val_loss", "test_acc", "test_loss", "final_train_loss", "final_train_acc",
+    "generalization_gap", "epoch_time_s", "wall_time_s", "epochs_run", "final_loss", "final_distance",
+    "rate_measured",
+)
+CURVE_X = ("epoch", "step", "examples", "time")
 
 # Activation names a model may use, mapped to their torch.nn class names.
 ACTIVATIONS = {
@@ -120,13 +129,18 @@ class Config:
     batchnorm: bool = key(BOOLEAN, "BatchNorm1d after each hidden affine layer, before its activation")
     l2: float = key(NON_NEGATIVE, "adds ½·l2·‖θ‖² to the loss (logged as step/l2_penalty)")
     weight_decay_mode: str = key(
-        one_of("coupled", "decoupled"),
-        "optimizer.weight_decay as torch applies it, or decoupled: θ ← θ − Δθ − w·θ",
+        one_of("coupled", "decoupled", "l2"),
+        "how optimizer.weight_decay=w acts: coupled (torch's), decoupled (θ ← θ − Δθ − w·θ) or l2",
     )
     weight_decay_exclude: Any = key(
         Rule("a list of: bias, norm", lambda v: _is_list(v, lambda x: x in ("bias", "norm"))),
         "parameters that get no weight decay or l2: biases, normalization layers",
     )
+    diverge_threshold: float = key(
+        POSITIVE, "stop a run as diverged once its loss exceeds this times its first loss (or NaN)"
+    )
+    rerun: bool = key(BOOLEAN, "in a sweep, train again runs already completed with this config")
+    summary: Any = MISSING
 
 
 GROUP_RULES: dict[str, Rule] = {
@@ -209,6 +223,8 @@ GROUP_RULES: dict[str, Rule] = {
     "early_stopping.min_delta": NON_NEGATIVE,
     "early_stopping.restore_best": BOOLEAN,
     "early_stopping.start_epoch": NON_NEGATIVE_INT,
+    "summary.metric": one_of(*METRICS),
+    "summary.x": one_of(*CURVE_X),
     "surface.kappa": Rule("a number >= 1", lambda v: _is_number(v) and v >= 1),
     "surface.angle": Rule("a number (degrees)", _is_number),
     "surface.start": pair("two numbers [x,y]", lambda x, y: True),
@@ -272,12 +288,32 @@ def suggest(name: str, known: list[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def run_name(prefix: Any, overrides: str) -> str:
-    """A run folder's name from its overrides, safe on any file system and in a shell."""
-    safe = re.sub(r"[^\w.=,+-]+", "_", str(overrides)).strip("_")
+def overrides_name(overrides: Any, drop: tuple[str, ...] = ()) -> str:
+    """`key=value` per override, sorted by key and joined by commas (Hydra's override_dirname),
+    made safe for any file system, shell and TensorBoard: no `/`, no spaces or quotes.
+    `rerun` and `summary.*` change no result, so they leave the name (and the folder) alone."""
+    pairs = sorted(
+        (name.lstrip("+~"), value)
+        for name, _, value in (str(o).partition("=") for o in overrides or [])
+        if name.lstrip("+~") not in (*drop, "rerun") and not name.lstrip("+~").startswith("summary.")
+    )
+    safe = re.sub(r"[^\w.=,+-]+", "_", ",".join(f"{k}={v}" for k, v in pairs)).strip("_")
     if len(safe) > 120:  # file names stop at 255 bytes; keep them readable and unique
         safe = f"{safe[:100]}_{hashlib.sha1(safe.encode()).hexdigest()[:8]}"
-    return f"{prefix}_{safe}" if safe else str(prefix)
+    return safe
+
+
+def run_name(prefix: Any, overrides: Any) -> str:
+    """A single run's folder: `<time>_<overrides>`."""
+    name = overrides_name(overrides)
+    return f"{prefix}_{name}" if name else str(prefix)
+
+
+def job_dir(overrides: Any, seed: Any) -> str:
+    """A sweep job's folder: `<overrides but seed>/seed=<seed>`, so that runs differing only in
+    seed sit side by side and TensorBoard names each `optimizer=adam,batch_size=16/seed=0`.
+    An `experiment=` preset already names the sweep folder, so it stays out of the job's."""
+    return f"{overrides_name(overrides, drop=('seed', 'experiment')) or 'defaults'}/seed={seed}"
 
 
 def keys_help() -> str:
@@ -293,6 +329,7 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="optlab_schema", node=Config)
-    for name, resolver in (("optlab_run_name", run_name), ("optlab_keys_help", keys_help)):
+    resolvers = {"optlab_run_name": run_name, "optlab_job_dir": job_dir, "optlab_keys_help": keys_help}
+    for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -30,7 +31,9 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
 
 
 def write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2) + "\n"
+    """JSON with NaN and infinities as null (JSON has no NaN; other readers choke on it)."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in data.items()}
+    text = json.dumps(clean, indent=2) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
 
 

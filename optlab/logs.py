@@ -7,6 +7,7 @@ carrying all step tags, so logging costs the training loop almost nothing.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterable
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer import record_writer
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
 from optlab.files import write_csv, write_json
@@ -37,6 +39,12 @@ def masked_crc32c(data: bytes) -> int:
 
 record_writer.masked_crc32c = masked_crc32c
 
+# the final metrics a run reports to HParams (network runs and surface runs)
+HPARAM_METRICS = (
+    "best_val_acc", "best_val_loss", "test_acc", "epochs_run", "wall_time_s",
+    "final_loss", "final_distance", "rate_measured",
+)
+
 
 class RunLog:
     def __init__(self, run_dir: Path, cfg: DictConfig):
@@ -52,6 +60,22 @@ class RunLog:
             return items
         self.bar = tqdm(items, desc="train", unit=unit, dynamic_ncols=True, leave=True)
         return self.bar
+
+    def hparams(self, values: dict, metrics: dict) -> None:
+        """This run's row of TensorBoard's HParams table: `values`, and the numeric entries of
+        `metrics` named in HPARAM_METRICS as `final/<name>` scalars.
+
+        Written through the run's own event file: SummaryWriter.add_hparams would open a new
+        timestamped subfolder, a run of its own (Lightning's logger does the same).
+        """
+        final = {
+            f"final/{k}": float(metrics[k])
+            for k in HPARAM_METRICS
+            if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k])
+        }
+        for summary in hparams_summary(values, {k: 0.0 for k in final}):
+            self.writer.file_writer.add_summary(summary)
+        self._scalars(0, final, time.time())
 
     def _scalars(self, step: int, values: dict[str, float], walltime: float) -> None:
         summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
@@ -75,13 +99,15 @@ class RunLog:
                 *(row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")),
             )
 
-    def finish(self, metrics: dict, summary: str) -> None:
-        """Write history.csv (if there are epochs) and metrics.json; print the summary."""
+    def finish(self, metrics: dict, summary: str, hparams: dict) -> None:
+        """Write history.csv (if there are epochs), metrics.json and the run's HParams entry;
+        print the summary."""
         if self.bar is not None:
             self.bar.close()
         if self.history:
             write_csv(self.run_dir / "history.csv", self.history)
         write_json(self.run_dir / "metrics.json", metrics)
+        self.hparams({**hparams, "status": metrics["status"]}, metrics)
         self.writer.close()
         where = _relative(self.run_dir)
         log.info("%s", summary)

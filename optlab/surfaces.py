@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from optlab import schedules
+from optlab import schedules, sweep
 from optlab.files import atomic_write, write_csv
 from optlab.logs import RunLog
 from optlab.optim import needs_closure
@@ -161,15 +161,6 @@ def save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _optimizer_name(cfg: DictConfig) -> str:
-    """The optimizer option the user picked (e.g. `momentum`), or its class name."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return HydraConfig.get().runtime.choices["optimizer"]
-    return cfg.optimizer._target_.rsplit(".", 1)[-1]
-
-
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Run `cfg.optimizer` for `cfg.steps` steps on `cfg.surface`; write path, plot and metrics."""
     started = time.perf_counter()
@@ -227,7 +218,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         ],
     )
     name = type(surface).__name__.lower()
-    fig = plot_paths(surface, {_optimizer_name(cfg): path.numpy()}, name)
+    fig = plot_paths(surface, {sweep.choices(cfg)["optimizer"]: path.numpy()}, name)
     log.writer.add_figure("trajectory", fig, close=False)
     save_figure(fig, run_dir / "trajectory.png")
 
@@ -242,11 +233,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "rate_measured": linear_rate(distances),
         **(surface.rates() if isinstance(surface, Quadratic) else {}),
         "wall_time_s": time.perf_counter() - started,
+        "config_hash": sweep.config_hash(cfg),
     }
     rate = metrics["rate_measured"]
     log.finish(
         metrics,
         f"{name}: {metrics['steps']} steps, loss {losses[0]:.4g} → {losses[-1]:.4g}, distance "
         f"to optimum {distances[-1]:.3g}, measured rate {'n/a' if rate is None else f'{rate:.4f}'}",
+        sweep.hparams(cfg),
     )
     return metrics

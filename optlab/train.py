@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from optlab import data as datasets
-from optlab import schedules
+from optlab import schedules, sweep
 from optlab.callbacks import Checkpoint, EarlyStopping
 from optlab.config import ConfigError
 from optlab.init import distinct_units, initialize
@@ -51,7 +51,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
 
     # optimizer, weight decay and schedule (torch.optim classes, straight from their _target_)
-    optimizer, decoupled = build_optimizer(cfg, model)
+    optimizer, decoupled, l2 = build_optimizer(cfg, model)
     decayed = decay_groups(model, cfg.weight_decay_exclude)[0]
     scheduler, per_step = schedules.build(
         cfg.scheduler, optimizer, datasets.count_batches(n, batch_size, min_batch)
@@ -68,7 +68,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     def objective(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(data loss, what is minimized): cross-entropy, plus ½·l2·‖θ‖² when l2 > 0."""
         loss = F.cross_entropy(logits, y)
-        return loss, (loss + 0.5 * cfg.l2 * _total_norm(decayed) ** 2 if cfg.l2 else loss)
+        return loss, (loss + 0.5 * l2 * _total_norm(decayed) ** 2 if l2 else loss)
 
     def closure(x: torch.Tensor, y: torch.Tensor, backward: bool = True) -> torch.Tensor:
         """The batch objective, re-evaluated by closure-based optimizers (LBFGS, Newton)."""
@@ -102,6 +102,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         }
 
     probe = StepProbe(params, cfg.diagnostics)
+    status, diverged_step, first_loss = "completed", None, None
     loop_started = time.perf_counter()
     for epoch in run.progress(range(1, cfg.epochs + 1)):
         model.train()
@@ -135,6 +136,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         count = sum(len(i) for i in indices)
         seen += count
         losses = torch.stack(losses)
+        columns = {"step/loss": losses.tolist(), "step/lr": lrs, **probe.epoch()}
+        if l2:
+            columns["step/l2_penalty"] = (torch.stack(totals) - losses).tolist()
+        run.steps(first_step, columns, times)
+        first_loss = losses[0] if first_loss is None else first_loss
+        bad = ~torch.isfinite(losses) | (losses > cfg.diverge_threshold * first_loss)
+        if bad.any():  # NaN, Inf or blown up: nothing more to learn from this run
+            status, diverged_step = "diverged", first_step + int(bad.nonzero()[0])
+            log.warning("diverged at step %d: loss %s (first loss %.4g, diverge_threshold=%g)",
+                        diverged_step, columns["step/loss"][diverged_step - first_step],
+                        first_loss, cfg.diverge_threshold)
+            break
         correct = (torch.cat(outputs).argmax(dim=1) == data.train.y[torch.cat(indices)]).sum()
         val_loss, val_acc = evaluate(model, data.val)
         if not per_step:
@@ -146,12 +159,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             "val_loss": val_loss,
             "val_acc": val_acc,
             "lr": lrs[-1],
+            "step": step,
+            "examples": seen,
             "elapsed_s": time.perf_counter() - loop_started,
         }
-        columns = {"step/loss": losses.tolist(), "step/lr": lrs, **probe.epoch()}
-        if cfg.l2:
-            columns["step/l2_penalty"] = (torch.stack(totals) - losses).tolist()
-        run.steps(first_step, columns, times)
         units = distinct_units(model) if cfg.diagnostics else []
         run.epoch(row, {f"init/distinct_units/layer{i}": u for i, u in enumerate(units, 1)})
         checkpoint.on_epoch_end(epoch, row, state)
@@ -169,47 +180,57 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         stopper.on_train_end(model)
     else:
         model.load_state_dict(checkpoint.best_state["model"])
-    test_loss, test_acc = evaluate(model, data.test)
+    nan = float("nan")
+    test_loss, test_acc = evaluate(model, data.test) if run.history else (nan, nan)
+    last = run.history[-1] if run.history else {}
     metrics = {
-        "status": "completed",
+        "status": status,
         "test_acc": test_acc,
         "test_loss": test_loss,
-        "best_val_acc": max(r["val_acc"] for r in run.history),
-        "best_val_loss": min(r["val_loss"] for r in run.history),
+        "best_val_acc": max((r["val_acc"] for r in run.history), default=nan),
+        "best_val_loss": min((r["val_loss"] for r in run.history), default=nan),
         "best_epoch": stopper.best_epoch if stopper else checkpoint.best_epoch,
         "stopped_epoch": stopper.stopped_epoch or None if stopper else None,
+        "diverged_step": diverged_step,
         "epochs_run": epoch,
         "steps": step,
-        "final_train_loss": run.history[-1]["train_loss"],
-        "final_train_acc": run.history[-1]["train_acc"],
+        "final_train_loss": last.get("train_loss", nan),
+        "final_train_acc": last.get("train_acc", nan),
+        "generalization_gap": last.get("train_acc", nan) - last.get("val_acc", nan),
         "num_params": sum(p.numel() for p in params),
         "device": str(device),
         "wall_time_s": time.perf_counter() - started,
         "train_time_s": train_time,
+        "epoch_time_s": train_time / epoch,
         "train_samples_per_s": seen / train_time,
+        "config_hash": sweep.config_hash(cfg),
     }
     run.finish(
         metrics,
-        f"best val acc {metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']}) · "
+        f"{status} · best val acc {metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']}) · "
         f"test acc {test_acc:.4f} · {epoch} epochs in {metrics['wall_time_s']:.1f} s "
         f"({metrics['train_samples_per_s']:,.0f} samples/s)",
+        sweep.hparams(cfg),
     )
     return metrics
 
 
-def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, float]:
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, float, float]:
     """The optimizer, with biases and norm layers exempt from decay as `weight_decay_exclude`
-    says; and the decoupled decay w to apply per step (0 unless weight_decay_mode=decoupled)."""
+    says; and the decay optlab applies itself: (w for θ ← θ − Δθ − w·θ per step, the l2
+    coefficient of ½·l2·‖θ‖² in the loss). `weight_decay_mode` moves `optimizer.weight_decay`
+    out of the optimizer: `decoupled` into the former, `l2` into the latter (added to `l2`)."""
     decayed, exempt = decay_groups(model, cfg.weight_decay_exclude)
-    has_decay = "weight_decay" in cfg.optimizer
-    if has_decay and exempt:
+    w = cfg.optimizer.get("weight_decay", 0.0)
+    if "weight_decay" in cfg.optimizer and exempt:
         params = [{"params": decayed}, {"params": exempt, "weight_decay": 0.0}]
         params = [group for group in params if group["params"]]
     else:
         params = decayed + exempt
-    decoupled = cfg.optimizer.weight_decay if has_decay and cfg.weight_decay_mode == "decoupled" else 0.0
-    extra = {"weight_decay": 0.0} if decoupled else {}
-    return instantiate(cfg.optimizer, params=params, _convert_="all", **extra), decoupled
+    mode = cfg.weight_decay_mode
+    extra = {"weight_decay": 0.0} if w and mode != "coupled" else {}
+    optimizer = instantiate(cfg.optimizer, params=params, _convert_="all", **extra)
+    return optimizer, (w if mode == "decoupled" else 0.0), cfg.l2 + (w if mode == "l2" else 0.0)
 
 
 class StepProbe:

@@ -154,10 +154,12 @@ def test_l2_penalty_and_coupled_weight_decay_agree_for_sgd(tmp_path):
     common = ["epochs=2", "model.hidden=[32]"]
     train(make_config("l2=0.01", *common), tmp_path / "l2")
     train(make_config("optimizer.weight_decay=0.01", *common), tmp_path / "coupled")
+    train(make_config("optimizer.weight_decay=0.01", "weight_decay_mode=l2", *common), tmp_path / "mode")
     train(make_config(*common), tmp_path / "none")
-    l2, coupled, none = (last_weights(tmp_path / d) for d in ("l2", "coupled", "none"))
+    l2, coupled, mode, none = (last_weights(tmp_path / d) for d in ("l2", "coupled", "mode", "none"))
     for name in l2:
         torch.testing.assert_close(l2[name], coupled[name], atol=1e-6, rtol=0)
+        torch.testing.assert_close(l2[name], mode[name], atol=0, rtol=0)  # the same computation
     assert not torch.allclose(l2["fc1.weight"], none["fc1.weight"], atol=1e-4)
     penalties = scalars(tmp_path / "l2", "step/l2_penalty")
     assert len(penalties) == 2 * 17 and all(p > 0 for p in penalties)

@@ -91,17 +91,18 @@ def test_a_sweep_overlays_every_path_on_one_plot(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "sweep" / "trajectories.png").read_bytes()[:4] == b"\x89PNG"
-    assert len(list((tmp_path / "sweep").glob("*/trajectory.png"))) == 3
+    assert len(list((tmp_path / "sweep").glob("*/seed=0/trajectory.png"))) == 3
+    assert (tmp_path / "sweep" / "curves.png").exists()  # loss and distance per step
 
 
 def test_the_overlay_labels_runs_by_what_sets_them_apart(tmp_path):
-    from optlab.compare import overlay_trajectories
+    from optlab.compare import find_runs, group_runs, overlay_trajectories
 
     for i, name in enumerate(["sgd", "adam"]):
         overrides = ["surface=quadratic", f"optimizer={name}", "steps=5"]
-        run_dir = tmp_path / f"{i}_{name}"
+        run_dir = tmp_path / f"optimizer={name}" / "seed=0"
         surface_run(run_dir, *overrides)
-        (run_dir / ".hydra").mkdir()
+        (run_dir / ".hydra").mkdir(parents=True)
         (run_dir / ".hydra" / "overrides.yaml").write_text("\n".join(f"- {o}" for o in overrides))
         (run_dir / ".hydra" / "config.yaml").write_text(
             __import__("omegaconf").OmegaConf.to_yaml(make_config(*overrides))
@@ -112,8 +113,8 @@ def test_the_overlay_labels_runs_by_what_sets_them_apart(tmp_path):
     original = plt.Axes.plot
     try:
         plt.Axes.plot = lambda self, *a, label=None, **k: labels.append(label) or original(self, *a, label=label, **k)
-        (written,) = overlay_trajectories(tmp_path)
+        (written,) = overlay_trajectories(group_runs(find_runs([tmp_path])), tmp_path)
     finally:
         plt.Axes.plot = original
     assert written == tmp_path / "trajectories.png"
-    assert labels == ["optimizer=sgd", "optimizer=adam", "optimum"]
+    assert sorted(labels) == ["optimizer=adam", "optimizer=sgd", "optimum"]

@@ -1,0 +1,140 @@
+"""What a sweep asks of each run: an identity, a record whatever happens, no wasted work.
+
+- `config_hash`: the resolved config's fingerprint, stored in metrics.json, so re-running a
+  sweep into its folder skips the runs already finished with the same config (`finished`).
+- `hparams`: the values TensorBoard's HParams dashboard compares runs by.
+- `record_failure`: a run that raises still leaves a metrics.json (`status: failed`).
+- `set_threads`: parallel launchers share the cores instead of oversubscribing them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from optlab.config import GROUPS
+from optlab.files import write_json
+
+# The values every run reports to HParams, beside each key its own command line set.
+MAIN_KEYS = ("optimizer.lr", "batch_size", "epochs", "seed", "dropout", "batchnorm", "l2", "shuffle")
+FINISHED = ("completed", "diverged")  # outcomes a re-run would only repeat
+OUTPUTS = ("events.out.tfevents.*", "metrics.json", "history.csv", "checkpoints", "trajectory.*")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """SHA-1 of the resolved config, less what does not change training (`rerun`, `summary`)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = {k: v for k, v in plain.items() if k not in ("rerun", "summary", "hydra")}
+    return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def previous_metrics(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def finished(run_dir: Path, cfg: DictConfig) -> dict | None:
+    """The metrics of an earlier run in `run_dir` with this very config that ran to its end."""
+    metrics = previous_metrics(run_dir)
+    if metrics and metrics.get("status") in FINISHED and metrics.get("config_hash") == config_hash(cfg):
+        return metrics
+    return None
+
+
+def archive_previous(run_dir: Path) -> Path | None:
+    """Move an earlier attempt's outputs into `.previous/<time>/`, so that a re-run (or its
+    failure) never overwrites them and TensorBoard shows no duplicated curves."""
+    old = [p for pattern in OUTPUTS for p in run_dir.glob(pattern)]
+    if not old:
+        return None
+    target = run_dir / ".previous" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    target.mkdir(parents=True, exist_ok=True)
+    for path in old:
+        shutil.move(str(path), target / path.name)
+    return target
+
+
+def record_failure(run_dir: Path, cfg: DictConfig, error: BaseException) -> None:
+    """metrics.json for a run that raised: its status, the error, and the traceback in the log."""
+    write_json(
+        run_dir / "metrics.json",
+        {
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "config_hash": config_hash(cfg),
+        },
+    )
+    with open(run_dir / "error.txt", "w") as f:
+        f.write("".join(traceback.format_exception(error)))
+
+
+def choices(cfg: DictConfig) -> dict[str, str]:
+    """The option picked in each config group (`optimizer: adam`), as Hydra recorded it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        picked = HydraConfig.get().runtime.choices
+        return {g: str(picked[g]) for g in (*GROUPS, "experiment") if picked.get(g) is not None}
+    return {g: cfg[g]._target_.rsplit(".", 1)[-1] for g in ("model", "optimizer") if "_target_" in cfg[g]}
+
+
+def overridden_keys() -> list[str]:
+    """The keys this run's command line (or sweep) set, e.g. ['optimizer', 'batch_size']."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [o.partition("=")[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+
+
+def hparams(cfg: DictConfig) -> dict[str, object]:
+    """Group choices, the main values and every overridden key, as HParams values.
+
+    Values keep one type per key across runs (TensorBoard drops a key whose values mix
+    types): `batch_size` is always text, since it may be `full`; lists become text.
+    """
+    values: dict[str, object] = dict(choices(cfg))
+    for key in [*MAIN_KEYS, *overridden_keys()]:
+        if key in values or key in GROUPS:
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None or isinstance(value, DictConfig):
+            continue
+        if key == "batch_size" or not isinstance(value, (bool, int, float, str)):
+            value = str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+        values[key] = value
+    return values
+
+
+def set_threads() -> int | None:
+    """Under the joblib launcher, give each of its parallel jobs an equal share of the cores.
+
+    Each job is its own process, and torch in each would use every core: two jobs of two
+    threads on two cores run several times slower than one job at a time.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
+    if launcher is None or "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    import torch
+
+    cores = os.cpu_count() or 1
+    jobs = launcher.get("n_jobs") or 1
+    jobs = cores + 1 + jobs if jobs < 0 else jobs  # joblib: -1 = every core, -2 = all but one
+    threads = max(1, cores // max(1, min(jobs, cores)))
+    torch.set_num_threads(threads)
+    logging.getLogger("optlab").info(
+        "joblib launcher: up to %d jobs at once on %d cores, %d torch threads per job", jobs, cores, threads
+    )
+    return threads

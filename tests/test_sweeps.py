@@ -1,0 +1,179 @@
+"""Sweeps that compare: run names, HParams, the summary, seeds, divergence, re-runs, launchers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata
+
+from conftest import optlab
+from optlab.compare import Group, Run, group_runs, rank, table
+from optlab.config import job_dir, run_name
+
+TINY = ["epochs=1", "model.hidden=[16]"]
+
+
+def sweep(tmp_path: Path, folder: str, *overrides: str, timeout: float = 240):
+    result = optlab("train", "-m", *overrides, f"hydra.sweep.dir={tmp_path / folder}", cwd=tmp_path,
+                    timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def summary_rows(folder: Path) -> list[dict]:
+    return list(csv.DictReader((folder / "summary.csv").open()))
+
+
+def metrics_of(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_names_are_safe_and_put_the_seed_on_its_own_level():
+    assert job_dir(["optimizer=adam", "batch_size=16", "seed=2"], 2) == "batch_size=16,optimizer=adam/seed=2"
+    assert job_dir(["seed=1"], 1) == "defaults/seed=1"
+    name = job_dir(["init.path=/runs/a b/c", "model.hidden=[8,8]"], 0)
+    assert name == "init.path=_runs_a_b_c,model.hidden=_8,8/seed=0"
+    assert run_name("2026-01-01_00-00-00", ["+x='a;b'"]) == "2026-01-01_00-00-00_x=_a_b"
+    assert len(job_dir([f"k{i}=v" for i in range(60)], 0).split("/")[0]) <= 120
+
+
+def test_a_2x2_sweep_names_runs_records_hparams_and_ends_with_a_summary(tmp_path):
+    result = sweep(tmp_path, "sweep", "optimizer=sgd,adam", "batch_size=32,full", *TINY)
+    root = tmp_path / "sweep"
+    runs = sorted(p.parent for p in root.rglob("metrics.json"))
+    names = sorted(str(p.relative_to(root)) for p in runs)
+    assert names == [
+        f"batch_size={b},epochs=1,model.hidden=_16_,optimizer={o}/seed=0"
+        for b in ("32", "full") for o in ("adam", "sgd")
+    ]
+    # HParams inside each run's own folder: no timestamped subfolder
+    for run in runs:
+        assert sorted(p.name for p in run.iterdir() if p.is_dir()) == [".hydra", "checkpoints"]
+        events = EventAccumulator(str(run))
+        events.Reload()
+        content = events.PluginTagToContent(metadata.PLUGIN_NAME)
+        start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+        values = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+        overrides = dict(part.split("=") for part in run.parent.name.split(",") if "hidden" not in part)
+        assert values["optimizer"] == overrides["optimizer"]
+        assert values["batch_size"] == overrides["batch_size"] and values["status"] == "completed"
+        assert values["seed"] == 0 and values["epochs"] == 1
+        final = events.Scalars("final/best_val_acc")[0].value
+        assert final == pytest.approx(metrics_of(run)["best_val_acc"])
+        assert metadata.EXPERIMENT_TAG in content
+    # the summary: console table, CSV and Markdown with one row per configuration, and plots
+    rows = summary_rows(root)
+    assert len(rows) == 4 and {r["n"] for r in rows} == {"1"}
+    labels = {r["configuration"] for r in rows}
+    assert labels == {f"batch_size={b} optimizer={o}" for b in ("32", "full") for o in ("sgd", "adam")}
+    accuracies = [float(r["best_val_acc_mean"]) for r in rows]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert "ranked by best_val_acc, higher is better" in result.stdout
+    assert (root / "summary.md").read_text().count("\n| ") == 5  # header and 4 rows
+    for png in ("curves.png", "best_val_acc_vs_optimizer.png", "best_val_acc_vs_batch_size.png"):
+        assert (root / png).read_bytes()[:4] == b"\x89PNG", png
+
+
+def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    result = sweep(tmp_path, "sweep", "optimizer.lr=1e6,0.1", "batch_size=full", "epochs=3", "model=linear")
+    root = tmp_path / "sweep"
+    diverged = metrics_of(next(root.glob("*lr=1000000.0*/seed=0")))
+    assert diverged["status"] == "diverged" and diverged["diverged_step"] == 2
+    assert diverged["epochs_run"] == 2 and diverged["test_acc"] is not None  # from epoch 1's weights
+    assert metrics_of(next(root.glob("*lr=0.1*/seed=0")))["status"] == "completed"
+    statuses = {r["configuration"]: r["status"] for r in summary_rows(root)}
+    assert statuses == {"optimizer.lr=1000000.0": "1 diverged", "optimizer.lr=0.1": "1 completed"}
+    assert "diverged at step 2" in result.stdout
+
+
+def test_a_run_that_raises_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
+    """newton refuses a model over max_params; in a sweep that fails one run, not the sweep."""
+    result = sweep(tmp_path, "sweep", "optimizer=sgd,newton", "batch_size=full", "epochs=1",
+                   "model.hidden=[128]")
+    failed = metrics_of(next((tmp_path / "sweep").glob("*newton*/seed=0")))
+    assert failed["status"] == "failed" and "9,610 parameters" in failed["error"]
+    assert "failed: newton: the model has 9,610 parameters" in result.stderr
+    assert {r["status"] for r in summary_rows(tmp_path / "sweep")} == {"1 completed", "1 failed"}
+
+
+def fake_run(path: str, seed: int, acc: float, **overrides: str) -> Run:
+    config = {"seed": seed, **{f"cfg.{k}": v for k, v in overrides.items()}}
+    return Run(Path(path), {"status": "completed", "best_val_acc": acc, "best_val_loss": 1 - acc},
+               {**overrides, "seed": str(seed)}, config)
+
+
+def test_runs_differing_only_in_seed_are_grouped_with_mean_and_std():
+    accs = {"sgd": [0.90, 0.80, 0.70], "adam": [0.95, 0.97]}
+    runs = [fake_run(f"/{o}/{s}", s, a, optimizer=o) for o, values in accs.items() for s, a in enumerate(values)]
+    groups = {g.label: g for g in group_runs(runs)}
+    assert set(groups) == {"optimizer=sgd", "optimizer=adam"}
+    sgd = groups["optimizer=sgd"]
+    assert len(sgd.runs) == 3 and sgd.mean("best_val_acc") == pytest.approx(0.8)
+    assert sgd.std("best_val_acc") == pytest.approx(0.1)  # sample std of 0.9, 0.8, 0.7
+    assert groups["optimizer=adam"].std("best_val_acc") == pytest.approx(statistics.stdev([0.95, 0.97]))
+    assert [g.label for g in rank(list(groups.values()), "best_val_acc")] == ["optimizer=adam", "optimizer=sgd"]
+    assert [g.label for g in rank(list(groups.values()), "best_val_loss")] == ["optimizer=adam", "optimizer=sgd"]
+    header, rows = table(list(groups.values()), "best_val_acc")
+    assert rows[1][:5] == ["2", "optimizer=sgd", "3", "3 completed", "0.8 ± 0.1"]
+
+
+def test_a_seeded_sweep_and_compare_across_two_sweeps(tmp_path):
+    sweep(tmp_path, "a", "optimizer=sgd,adam", "seed=0,1", "batch_size=full", *TINY)
+    sweep(tmp_path, "b", "optimizer=momentum", "seed=0,1", "batch_size=full", *TINY)
+    rows = summary_rows(tmp_path / "a")
+    assert len(rows) == 2 and {r["n"] for r in rows} == {"2"}
+    for row in rows:
+        accs = [metrics_of(p)["best_val_acc"] for p in (tmp_path / "a").glob(
+            f"*optimizer={row['configuration'].split('=')[1]}/seed=*")]
+        assert float(row["best_val_acc_mean"]) == pytest.approx(statistics.fmean(accs))
+        assert float(row["best_val_acc_std"]) == pytest.approx(statistics.stdev(accs))
+
+    result = optlab("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "best_val_loss",
+                    "--x", "examples", "--out", str(tmp_path / "both"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    merged = summary_rows(tmp_path / "both")
+    assert {r["configuration"] for r in merged} == {"optimizer=sgd", "optimizer=adam", "optimizer=momentum"}
+    losses = [float(r["best_val_loss_mean"]) for r in merged]
+    assert losses == sorted(losses) and {r["n"] for r in merged} == {"2"}
+    assert (tmp_path / "both" / "curves.png").exists()
+
+    missing = optlab("compare", str(tmp_path / "nope"), cwd=tmp_path)
+    assert missing.returncode == 2 and "no such folder" in missing.stderr
+    empty = optlab("compare", str(tmp_path / "a" / "optimizer=sgd"), cwd=tmp_path)  # no such run
+    assert empty.returncode == 2
+
+
+def test_rerunning_a_sweep_skips_completed_runs_unless_rerun(tmp_path):
+    args = ("optimizer=sgd,adam", "batch_size=full", *TINY)
+    sweep(tmp_path, "sweep", *args)
+    runs = sorted((tmp_path / "sweep").glob("*/seed=0"))
+    before = {run: metrics_of(run) for run in runs}
+    again = sweep(tmp_path, "sweep", *args)
+    assert again.stdout.count("skipped:") == 2
+    assert {run: metrics_of(run) for run in runs} == before  # untouched
+    assert all(len(list(run.glob("events.out.tfevents.*"))) == 1 for run in runs)
+
+    forced = sweep(tmp_path, "sweep", *args, "rerun=true")
+    assert "skipped:" not in forced.stdout
+    for run in runs:  # trained again; the earlier attempt kept aside, out of TensorBoard's way
+        assert metrics_of(run)["wall_time_s"] != before[run]["wall_time_s"]
+        assert len(list(run.glob("events.out.tfevents.*"))) == 1
+        assert len(list(run.glob(".previous/*/metrics.json"))) == 1
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_parallel_and_cluster_launchers_complete_a_sweep(launcher, tmp_path):
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=5"]
+    sweep(tmp_path, "sweep", f"hydra/launcher={launcher}", *extra, "optimizer=sgd,adam",
+          "batch_size=full", *TINY, timeout=300)
+    runs = list((tmp_path / "sweep").glob("*/seed=0/metrics.json"))
+    assert len(runs) == 2 and all(json.loads(r.read_text())["status"] == "completed" for r in runs)
+    assert len(summary_rows(tmp_path / "sweep")) == 2
+    if launcher == "joblib":  # two jobs on this machine's cores: each gets its share of threads
+        logs = "".join(p.read_text() for p in (tmp_path / "sweep").glob("*/seed=0/train.log"))
+        assert "threads per job" in logs
