@@ -30,7 +30,7 @@ from optlab.config import METRICS
 
 # lower is better for these; higher for the rest
 MINIMIZED = {
-    "best_val_loss", "test_loss", "final_train_loss", "generalization_gap", "epoch_time_s",
+    "best_val_loss", "test_loss", "final_train_loss", "final_val_loss", "generalization_gap", "epoch_time_s",
     "wall_time_s", "final_loss", "final_distance", "rate_measured",
 }
 # columns of the table, after the ranking metric, where some run has them
@@ -342,7 +342,7 @@ def overlay_trajectories(groups: list[Group], out: Path) -> list[Path]:
     for i, (spec, members) in enumerate(by_surface.items()):
         surface = instantiate(OmegaConf.create(_unflatten(json.loads(spec))), _convert_="all")
         paths = {
-            g.label: np.array([[row["x"], row["y"]] for row in g.runs[0].read_csv("trajectory.csv")])
+            " ".join(t for t in g.label.split() if not t.startswith("surface=")) or g.label: np.array([[row["x"], row["y"]] for row in g.runs[0].read_csv("trajectory.csv")])
             for g in members
         }
         name = type(surface).__name__.lower()
@@ -364,11 +364,13 @@ def _unflatten(flat: dict) -> dict:
 
 
 def _number(text):
-    """A CSV or override value as a float where it is one, else as it was."""
+    """A CSV or override value as a float where it is one, else as it was. Values a plot cannot
+    place (NaN, ±inf, or beyond 1e30: a diverged run's last steps) become NaN."""
     try:
-        return float(text)
+        number = float(text)
     except (TypeError, ValueError):
         return text
+    return number if abs(number) < 1e30 else math.nan
 
 
 def _sort_key(value):

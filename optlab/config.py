@@ -22,6 +22,7 @@ GROUPS = ("model", "data", "optimizer", "scheduler", "surface", "init", "early_s
 # what a sweep summary can rank by and plot against (optlab/compare.py)
 METRICS = (
     "best_val_acc", "best_val_loss", "test_acc", "test_loss", "final_train_loss", "final_train_acc",
+    "final_val_loss", "final_val_acc",
     "generalization_gap", "epoch_time_s", "wall_time_s", "epochs_run", "final_loss", "final_distance",
     "rate_measured",
 )

@@ -230,7 +230,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "final_loss": losses[-1],
         "start_distance": distances[0],
         "final_distance": distances[-1],
-        "rate_measured": linear_rate(distances),
+        "rate_measured": linear_rate(distances) if status == "completed" else None,
         **(surface.rates() if isinstance(surface, Quadratic) else {}),
         "wall_time_s": time.perf_counter() - started,
         "config_hash": sweep.config_hash(cfg),

@@ -173,6 +173,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                          epoch, watch, stopper.best_epoch)
                 break
     train_time = time.perf_counter() - loop_started
+    nan = float("nan")
+    # the final weights on the training set in eval mode (dropout off): their accuracy minus the
+    # validation accuracy is the generalization gap
+    final_train_acc = evaluate(model, data.train)[1] if run.history else nan
 
     # test the best state: early stopping's restored weights, else the best checkpoint
     checkpoint.on_train_end(state)
@@ -180,7 +184,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         stopper.on_train_end(model)
     else:
         model.load_state_dict(checkpoint.best_state["model"])
-    nan = float("nan")
     test_loss, test_acc = evaluate(model, data.test) if run.history else (nan, nan)
     last = run.history[-1] if run.history else {}
     metrics = {
@@ -196,7 +199,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "steps": step,
         "final_train_loss": last.get("train_loss", nan),
         "final_train_acc": last.get("train_acc", nan),
-        "generalization_gap": last.get("train_acc", nan) - last.get("val_acc", nan),
+        "final_val_loss": last.get("val_loss", nan),
+        "final_val_acc": last.get("val_acc", nan),
+        "generalization_gap": final_train_acc - last.get("val_acc", nan),
         "num_params": sum(p.numel() for p in params),
         "device": str(device),
         "wall_time_s": time.perf_counter() - started,

@@ -82,12 +82,13 @@ def test_error_message_names_key_value_and_allowed():
 
 
 def test_run_names_are_flat_and_safe():
-    assert run_name("2026-01-01_10-00-00", "") == "2026-01-01_10-00-00"
-    assert run_name(3, "optimizer=adam,batch_size=64") == "3_optimizer=adam,batch_size=64"
-    name = run_name("t", "data.path=/tmp/x y,model.hidden=[8,8]")
+    assert run_name("2026-01-01_10-00-00", []) == "2026-01-01_10-00-00"
+    assert run_name(3, ["optimizer=adam", "batch_size=64"]) == "3_batch_size=64,optimizer=adam"
+    name = run_name("t", ["data.path=/tmp/x y", "model.hidden=[8,8]"])
     assert "/" not in name and " " not in name and "[" not in name
-    long = run_name("t", "a=" + "x" * 500)
-    assert len(long) < 140 and long != run_name("t", "a=" + "x" * 499)
+    long = run_name("t", ["a=" + "x" * 500])
+    assert len(long) < 140 and long != run_name("t", ["a=" + "x" * 499])
+    assert run_name("t", ["rerun=true", "summary.metric=test_acc"]) == "t"  # they change no result
 
 
 def test_run_dir_comes_from_time_and_overrides():
@@ -97,3 +98,22 @@ def test_run_dir_comes_from_time_and_overrides():
     HydraConfig.instance().set_config(cfg)
     assert cfg.hydra.run.dir.startswith("outputs/runs/")
     assert cfg.hydra.run.dir.endswith("_optimizer=adam")
+
+
+def test_every_experiment_preset_and_every_value_it_sweeps_composes_and_passes_its_rules():
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    for preset in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
+        cfg = make_config(f"experiment={preset}", return_hydra_config=True)
+        assert str(cfg.hydra.mode) == "RunMode.MULTIRUN", preset
+        assert cfg.hydra.sweep.dir.startswith(f"outputs/experiments/{preset}/"), preset
+        sweep = dict(cfg.hydra.sweeper.params)
+        assert sweep, preset
+        for key, values in sweep.items():
+            for value in str(values).split(","):
+                cfg = make_config(f"experiment={preset}", f"{key}={value}", return_hydra_config=True)
+                HydraConfig.instance().set_config(cfg)  # ${hydra:sweep.dir} in init.path
+                with open_dict(cfg):
+                    del cfg["hydra"]  # the job's config, as the run sees it
+                validate(cfg)

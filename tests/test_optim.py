@@ -166,7 +166,7 @@ def test_every_optimizer_runs_from_the_cli(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     for name in OPTIMIZERS:
-        (run,) = sweep.glob(f"*,optimizer={name}")
+        (run,) = sweep.glob(f"*,optimizer={name}/seed=0")
         assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
 
 
