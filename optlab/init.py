@@ -115,8 +115,7 @@ def distinct_units(model: nn.Module) -> list[int]:
     exact in exact arithmetic, but BLAS kernels sum rows in different orders and leave
     differences of ~1e-4 relative, far below the O(1) gaps between random units."""
     counts = []
-    for block in hidden_blocks(model):
-        layer = block[0]
+    for layer in [m for m in model.modules() if isinstance(m, nn.Linear)][:-1]:  # hidden layers
         rows = torch.cat([layer.weight, layer.bias[:, None]], dim=1)
         tolerance = 1e-3 * rows.norm(dim=1).max()
         same = torch.cdist(rows, rows) <= tolerance

@@ -140,13 +140,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         if l2:
             columns["step/l2_penalty"] = (torch.stack(totals) - losses).tolist()
         run.steps(first_step, columns, times)
-        first_loss = losses[0] if first_loss is None else first_loss
-        bad = ~torch.isfinite(losses) | (losses > cfg.diverge_threshold * first_loss)
-        if bad.any():  # NaN, Inf or blown up: nothing more to learn from this run
-            status, diverged_step = "diverged", first_step + int(bad.nonzero()[0])
+        first_loss = columns["step/loss"][0] if first_loss is None else first_loss
+        limit = cfg.diverge_threshold * first_loss
+        bad = [i for i, v in enumerate(columns["step/loss"]) if not v <= limit]  # NaN fails too
+        if bad:  # NaN, Inf or blown up: nothing more to learn from this run
+            status, diverged_step = "diverged", first_step + bad[0]
             log.warning("diverged at step %d: loss %s (first loss %.4g, diverge_threshold=%g)",
-                        diverged_step, columns["step/loss"][diverged_step - first_step],
-                        first_loss, cfg.diverge_threshold)
+                        diverged_step, columns["step/loss"][bad[0]], first_loss, cfg.diverge_threshold)
             break
         correct = (torch.cat(outputs).argmax(dim=1) == data.train.y[torch.cat(indices)]).sum()
         val_loss, val_acc = evaluate(model, data.val)
