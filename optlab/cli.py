@@ -8,6 +8,7 @@ completion) pass straight through. Nothing here imports torch.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -155,8 +156,6 @@ def _run_train(args: list[str]) -> int:
 
 def _train_job(cfg, run_dir: Path) -> float | None:
     """One run: validate, skip it if it already finished with this config, else train."""
-    import logging
-
     from optlab import config, sweep
 
     config.validate(cfg)

@@ -101,7 +101,7 @@ def hparams(cfg: DictConfig) -> dict[str, object]:
     """Group choices, the main values and every overridden key, as HParams values.
 
     Values keep one type per key across runs (TensorBoard drops a key whose values mix
-    types): `batch_size` is always text, since it may be `full`; lists become text.
+    types): `batch_size` is always text, since it may be `full`; lists and booleans become text.
     """
     values: dict[str, object] = dict(choices(cfg))
     for key in [*MAIN_KEYS, *overridden_keys()]:
@@ -110,7 +110,9 @@ def hparams(cfg: DictConfig) -> dict[str, object]:
         value = OmegaConf.select(cfg, key, default=None)
         if value is None or isinstance(value, DictConfig):
             continue
-        if key == "batch_size" or not isinstance(value, (bool, int, float, str)):
+        if isinstance(value, bool):  # torch would record True as 1.0
+            value = str(value).lower()
+        elif key == "batch_size" or not isinstance(value, (int, float, str)):
             value = str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
         values[key] = value
     return values
