@@ -123,6 +123,8 @@ class Config:
     device: str = key(DEVICE, "where to train: auto = CUDA when available, else CPU")
     shuffle: bool = key(BOOLEAN, "draw a new random batch order every epoch")
     steps: int = key(POSITIVE_INT, "optimizer steps on a 2-D surface (with surface=...)")
+    precision: str = key(one_of("fp32", "bf16", "fp16"), "autocast to bf16 or fp16 (gradient scaling for fp16)")
+    compile: bool = key(BOOLEAN, "torch.compile the model (slow to start, faster per step on a GPU)")
     diagnostics: bool = key(
         BOOLEAN, "log step/grad_norm, step/update_ratio, init/distinct_units (false: faster)"
     )
@@ -149,11 +151,39 @@ GROUP_RULES: dict[str, Rule] = {
         "a list of integers >= 1, e.g. [128,64]", lambda v: _is_list(v, POSITIVE_INT.ok)
     ),
     "model.activation": one_of(*ACTIVATIONS),
+    "model.channels": Rule("a list of integers >= 1, e.g. [16,32]", lambda v: _is_list(v, POSITIVE_INT.ok)),
+    "model.kernel_size": Rule("an odd integer >= 1", lambda v: _is_int(v) and v >= 1 and v % 2 == 1),
     "data.source.return_X_y": Rule("true", lambda v: v is True),
+    "data.source.n_samples": POSITIVE_INT,
+    "data.source.noise": NON_NEGATIVE,
+    "data.source.random_state": NON_NEGATIVE_INT,
+    "data.source.factor": OPEN_FRACTION,
+    "data.source.centers": POSITIVE_INT,
+    "data.source.n_features": POSITIVE_INT,
+    "data.source.cluster_std": POSITIVE,
+    "data.source.classes": Rule("an integer >= 2", lambda v: _is_int(v) and v >= 2),
+    "data.source.turns": POSITIVE,
+    "data.source.features": POSITIVE_INT,
+    "data.source.kappa": Rule("a number >= 1", lambda v: _is_number(v) and v >= 1),
+    "data.source.dataset": one_of("mnist", "fashion_mnist"),
+    "data.source.root": Rule("a folder", lambda v: isinstance(v, str)),
+    "data.source.download": BOOLEAN,
+    "data.source.path": Rule("a file or folder", lambda v: v is None or isinstance(v, str)),
+    "data.source.label": Rule("a column name", lambda v: isinstance(v, str)),
     "data.val_fraction": OPEN_FRACTION,
     "data.test_fraction": OPEN_FRACTION,
     "data.split_seed": NON_NEGATIVE_INT,
     "data.order": one_of("random", "sorted"),
+    "data.standardize": BOOLEAN,
+    "data.shape": Rule("null or a list of integers >= 1, e.g. [1,8,8]",
+                       lambda v: v is None or _is_list(v, POSITIVE_INT.ok)),
+    "data.in_memory": BOOLEAN,
+    "data.workers": NON_NEGATIVE_INT,
+    "data.root": Rule("a folder, e.g. ~/.cache/optlab", lambda v: isinstance(v, str)),
+    "data.download": BOOLEAN,
+    "data.path": Rule("a file or folder", lambda v: v is None or isinstance(v, str)),
+    "data.label": Rule("a column name", lambda v: isinstance(v, str)),
+    "data.context": NON_NEGATIVE_INT,
     "optimizer.lr": POSITIVE,
     "optimizer.momentum": FRACTION,
     "optimizer.dampening": FRACTION,

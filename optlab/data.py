@@ -1,27 +1,47 @@
 """Data: loaded once, split, standardized, and kept on the training device as tensors.
 
 Batches are index tensors into those tensors (one seeded permutation per epoch), so a step
-costs one gather instead of a DataLoader's per-sample Python work.
+costs one gather instead of a DataLoader's per-sample Python work. Frame-level data keeps one
+zero-padded matrix of frames and gathers each example's context window at batch time, so no
+windowed copy is ever made. Data too large for the device stays on the host
+(`data.in_memory=false`) and reaches the device batch by batch through a DataLoader.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from sklearn.model_selection import train_test_split
 
+from optlab.datasets import Source
+
 
 @dataclass
 class Split:
+    """Examples and targets. For frames, `x` is the padded frame matrix and `centers[i]` the row
+    of example i's frame; its input is rows centers[i]−k … centers[i]+k, flattened."""
+
     x: torch.Tensor
     y: torch.Tensor
+    centers: torch.Tensor | None = None
+    context: int = 0
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def get(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs and targets of the examples at `index`."""
+        if self.centers is None:
+            return self.x[index], self.y[index]
+        offsets = torch.arange(-self.context, self.context + 1, device=self.x.device)
+        rows = self.centers[index].to(self.x.device)[:, None] + offsets
+        return self.x[rows].flatten(1), self.y[index]
 
 
 @dataclass
@@ -29,39 +49,101 @@ class Data:
     train: Split
     val: Split
     test: Split
-    num_features: int
-    num_classes: int
+    input_shape: tuple[int, ...]  # one example's input (images: channels, height, width)
+    num_outputs: int  # classes, or regression targets
+    task: str  # "classification" or "regression"
+
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy for classes, mean squared error for regression targets."""
+        if self.task == "regression":
+            return F.mse_loss(output.float(), y)
+        return F.cross_entropy(output.float(), y)
+
+    def score(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Accuracy for classes; R² (1 − SSE/SST) for regression, reported as `acc`."""
+        if self.task == "regression":
+            return 1 - ((output - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+        return (output.argmax(dim=1) == y).float().mean()
 
 
 def load(cfg: DictConfig, device: torch.device) -> Data:
-    """Load `cfg.source`, split it stratified by `cfg.split_seed`, standardize by train stats.
+    """Load `cfg.source`, split it stratified by `cfg.split_seed` (an official test set stays
+    the test split), standardize with training statistics, window frames, move to `device`.
 
     `cfg.order` is the order of the training set as stored: `random` (the split's) or `sorted`
     (by class); with `shuffle=false` the batches follow it every epoch.
     """
-    x, y = instantiate(cfg.source)
-    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
-    classes, y = np.unique(y, return_inverse=True)
-    rest, test = train_test_split(
-        np.arange(len(y)), test_size=cfg.test_fraction, stratify=y, random_state=cfg.split_seed
-    )
-    train, val = train_test_split(
-        rest,
-        test_size=cfg.val_fraction / (1 - cfg.test_fraction),
-        stratify=y[rest],
-        random_state=cfg.split_seed,
-    )
-    if cfg.order == "sorted":  # the training set by class: what shuffling protects against
+    source = instantiate(cfg.source, _convert_="all")
+    if isinstance(source, tuple):  # scikit-learn's (X, y)
+        source = Source(*source)
+    regression = source.task == "regression"
+    x = np.asarray(source.x, dtype=np.float32)
+    if regression:
+        y, classes = np.asarray(source.y, dtype=np.float32).reshape(len(x), -1), None
+    else:
+        classes, y = np.unique(source.y, return_inverse=True)
+    # examples: the rows of x, or for frames the frames (each the centre of its window)
+    everything = np.arange(len(y))
+    if source.test is not None:
+        x_test = np.asarray(source.test[0], dtype=np.float32)
+        y_test = np.searchsorted(classes, source.test[1]) if classes is not None else source.test[1]
+        rest, test = everything, len(y) + np.arange(len(x_test))
+        x, y = np.concatenate([x, x_test]), np.concatenate([y, y_test])
+    else:
+        rest, test = _split(everything, y, cfg.test_fraction, cfg.split_seed, regression)
+    train, val = _split(rest, y, cfg.val_fraction / (1 - cfg.test_fraction), cfg.split_seed, regression)
+    if cfg.order == "sorted" and not regression:  # the training set by class: what shuffling protects against
         train = train[np.argsort(y[train], kind="stable")]
-    mean, std = x[train].mean(axis=0), x[train].std(axis=0)
-    x = (x - mean) / np.where(std > 0, std, 1)  # constant pixels (digits' borders) stay 0
 
-    def split(index: np.ndarray) -> Split:
-        return Split(
-            torch.from_numpy(x[index]).to(device), torch.from_numpy(y[index]).long().to(device)
-        )
+    if cfg.get("standardize", True):  # per input feature, with training statistics only
+        features = x.reshape(len(x), -1)
+        mean, std = features[train].mean(axis=0), features[train].std(axis=0)
+        x = ((features - mean) / np.where(std > 0, std, 1)).reshape(x.shape)  # constant inputs stay 0
+    shape = tuple(cfg.shape) if cfg.get("shape") else x.shape[1:]
+    x = x.reshape(len(x), *shape)
+    store = device if cfg.get("in_memory", True) else torch.device("cpu")
+    y_all = torch.from_numpy(np.asarray(y, dtype=np.float32 if regression else np.int64)).to(store)
 
-    return Data(split(train), split(val), split(test), x.shape[1], len(classes))
+    if source.lengths is not None:  # frames: one zero-padded matrix, windows gathered per batch
+        k = cfg.context
+        padded, centers = pad_utterances(x, source.lengths, k)
+        frames = torch.from_numpy(padded).to(store)
+        centers = torch.from_numpy(centers).to(store)
+
+        def split(index: np.ndarray) -> Split:
+            at = torch.from_numpy(index).to(store)
+            return Split(frames, y_all[at], centers[at], k)
+
+        shape = ((2 * k + 1) * x.shape[1],)
+    else:
+        x_all = torch.from_numpy(np.ascontiguousarray(x)).to(store)
+
+        def split(index: np.ndarray) -> Split:
+            at = torch.from_numpy(index).to(store)
+            return Split(x_all[at], y_all[at])
+
+    outputs = y.shape[1] if regression else len(classes)
+    return Data(split(train), split(val), split(test), shape, outputs, source.task)
+
+
+def _split(index: np.ndarray, y: np.ndarray, fraction: float, seed: int, regression: bool):
+    """Stratified by class where every class has two examples to split, else at random."""
+    labels = None if regression else y[index]
+    if labels is not None and np.unique(labels, return_counts=True)[1].min() < 2:
+        labels = None
+    return train_test_split(index, test_size=fraction, stratify=labels, random_state=seed)
+
+
+def pad_utterances(frames: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Utterances laid end to end with k zero frames before each and after the last, and the
+    row of every original frame in that matrix: a window of ±k rows around a frame then holds
+    frames of its own utterance or zeros, never its neighbour's."""
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    offset = k * (np.arange(len(lengths)) + 1)  # k zeros before each utterance
+    centers = np.concatenate([start + off + np.arange(n) for start, off, n in zip(starts, offset, lengths)])
+    padded = np.zeros((len(frames) + k * (len(lengths) + 1), frames.shape[1]), dtype=frames.dtype)
+    padded[centers] = frames
+    return padded, centers.astype(np.int64)
 
 
 def count_batches(n: int, batch_size: int, min_size: int = 1) -> int:
@@ -85,3 +167,30 @@ def batches(
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     chunks = order.to(device).split(batch_size)
     return chunks if len(chunks[-1]) >= min_size else chunks[:-1]
+
+
+def epoch(
+    split: Split,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator,
+    device: torch.device,
+    min_size: int = 1,
+    workers: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of (inputs, targets) on `device`, in the order `batches` draws.
+
+    In memory (the split lives on `device`) each batch is one gather. Otherwise a DataLoader
+    with `workers` processes gathers the same batches on the host and each is copied over.
+    """
+    order = batches(len(split), batch_size, shuffle, generator, split.y.device, min_size)
+    if split.y.device == device:
+        for index in order:
+            yield split.get(index)
+        return
+    loader = torch.utils.data.DataLoader(
+        order, batch_size=None, num_workers=workers, collate_fn=split.get,
+        pin_memory=device.type == "cuda",
+    )
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

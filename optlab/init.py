@@ -35,8 +35,9 @@ def affine_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
-def initialize(model: nn.Module, cfg: DictConfig, train_x: torch.Tensor, batch_size: int) -> None:
-    """Initialize `model` in place as `cfg` (the `init` group) says."""
+def initialize(model: nn.Module, cfg: DictConfig, train, batch_size: int) -> None:
+    """Initialize `model` in place as `cfg` (the `init` group) says; `train` (a data.Split)
+    feeds layer-wise pretraining."""
     scheme = cfg.get("base", "default") if cfg.scheme in ("pretrained", "layerwise") else cfg.scheme
     if scheme != "default":
         for layer in affine_layers(model):
@@ -46,7 +47,10 @@ def initialize(model: nn.Module, cfg: DictConfig, train_x: torch.Tensor, batch_s
     if cfg.scheme == "pretrained":
         load_matching(model, cfg.path)
     elif cfg.scheme == "layerwise":
-        pretrain_layerwise(model, train_x, cfg.epochs, cfg.lr, batch_size)
+        if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            raise UsageError("init=layerwise pretrains the hidden layers of an MLP; use model=mlp")
+        inputs = train.get(torch.arange(len(train), device=train.y.device))[0]
+        pretrain_layerwise(model, inputs, cfg.epochs, cfg.lr, batch_size)
 
 
 def load_matching(model: nn.Module, path: str | None) -> tuple[list[str], list[str]]:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import logging
 import random
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from optlab import data as datasets
+from optlab import data as dataset
 from optlab import schedules, sweep
 from optlab.callbacks import Checkpoint, EarlyStopping
 from optlab.config import ConfigError
@@ -36,25 +35,29 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     torch.manual_seed(cfg.seed)
 
     # data and model
-    data = datasets.load(cfg.data, device)
+    data = dataset.load(cfg.data, device)
     n = len(data.train)
     batch_size = n if cfg.batch_size == "full" else min(cfg.batch_size, n)
     min_batch = 2 if cfg.batchnorm else 1  # batch norm cannot train on a batch of one
     model = instantiate(
         cfg.model,
-        in_features=data.num_features,
-        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        num_classes=data.num_outputs,
         dropout=cfg.dropout,
         batchnorm=cfg.batchnorm,
     ).to(device)
-    initialize(model, cfg.init, data.train.x, batch_size)
+    initialize(model, cfg.init, data.train, batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
+    forward = torch.compile(model) if cfg.compile else model  # same parameters, fused kernels
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    autocast = partial(torch.autocast, device.type, dtype=half, enabled=half is not None)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")  # else a no-op
 
     # optimizer, weight decay and schedule (torch.optim classes, straight from their _target_)
     optimizer, decoupled, l2 = build_optimizer(cfg, model)
     decayed = decay_groups(model, cfg.weight_decay_exclude)[0]
     scheduler, per_step = schedules.build(
-        cfg.scheduler, optimizer, datasets.count_batches(n, batch_size, min_batch)
+        cfg.scheduler, optimizer, dataset.count_batches(n, batch_size, min_batch)
     )
     method = cfg.optimizer._target_
     if batch_size < n and method in FULL_BATCH:
@@ -64,15 +67,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             method.rsplit(".", 1)[-1], cfg.batch_size, FULL_BATCH[method],
         )
     closure_based = needs_closure(optimizer)
+    if closure_based and cfg.precision == "fp16":
+        raise ConfigError("precision", "fp16", "fp32 or bf16 with a closure-based optimizer "
+                          "(lbfgs, newton): gradient scaling cannot re-evaluate their closures")
 
     def objective(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(data loss, what is minimized): cross-entropy, plus ½·l2·‖θ‖² when l2 > 0."""
-        loss = F.cross_entropy(logits, y)
+        """(data loss, what is minimized): the task's loss, plus ½·l2·‖θ‖² when l2 > 0."""
+        loss = data.loss(logits, y)
         return loss, (loss + 0.5 * l2 * _total_norm(decayed) ** 2 if l2 else loss)
 
     def closure(x: torch.Tensor, y: torch.Tensor, backward: bool = True) -> torch.Tensor:
         """The batch objective, re-evaluated by closure-based optimizers (LBFGS, Newton)."""
-        total = objective(model(x), y)[1]
+        total = objective(forward(x), y)[1]
         if backward:
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -107,33 +113,37 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     for epoch in run.progress(range(1, cfg.epochs + 1)):
         model.train()
         first_step = step + 1
-        indices, losses, totals, outputs, lrs, times = [], [], [], [], [], []
-        for index in datasets.batches(n, batch_size, cfg.shuffle, order, device, min_batch):
-            x, y = data.train.x[index], data.train.y[index]
-            logits = model(x)
-            loss, total = objective(logits, y)
+        targets, losses, totals, outputs, lrs, times = [], [], [], [], [], []
+        batches = dataset.epoch(data.train, batch_size, cfg.shuffle, order, device, min_batch,
+                                cfg.data.workers)
+        for x, y in batches:
+            with autocast():
+                logits = forward(x)
+                loss, total = objective(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)  # true gradients for the probe (fp16 only)
             probe.before_step()
             lrs.append(optimizer.param_groups[0]["lr"])
             if decoupled:  # θ ← θ − Δθ − w·θ, the decay taken before Δθ as AdamW does
                 with torch.no_grad():
                     torch._foreach_mul_(decayed, 1 - decoupled)
-            optimizer.step(partial(closure, x, y) if closure_based else None)
+            scaler.step(optimizer, *([partial(closure, x, y)] if closure_based else []))
+            scaler.update()
             if per_step:
                 scheduler.step()
             probe.after_step()
             step += 1
             # keep tensors, not numbers: no host sync inside the loop
-            indices.append(index)
+            targets.append(y)
             losses.append(loss.detach())
             totals.append(total.detach())
             outputs.append(logits.detach())
             times.append(time.time())
 
         # once per epoch: reduce on the device, then one transfer to the host
-        sizes = torch.tensor([len(i) for i in indices], device=device, dtype=torch.float32)
-        count = sum(len(i) for i in indices)
+        sizes = torch.tensor([len(t) for t in targets], device=device, dtype=torch.float32)
+        count = sum(len(t) for t in targets)
         seen += count
         losses = torch.stack(losses)
         columns = {"step/loss": losses.tolist(), "step/lr": lrs, **probe.epoch()}
@@ -148,14 +158,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             log.warning("diverged at step %d: loss %s (first loss %.4g, diverge_threshold=%g)",
                         diverged_step, columns["step/loss"][bad[0]], first_loss, cfg.diverge_threshold)
             break
-        correct = (torch.cat(outputs).argmax(dim=1) == data.train.y[torch.cat(indices)]).sum()
-        val_loss, val_acc = evaluate(model, data.val)
+        train_acc = data.score(torch.cat(outputs), torch.cat(targets))  # as they trained
+        val_loss, val_acc = evaluate(forward, data, data.val, autocast)
         if not per_step:
             scheduler.step(val_loss) if isinstance(scheduler, ReduceLROnPlateau) else scheduler.step()
         row = {
             "epoch": epoch,
             "train_loss": (losses @ sizes).item() / count,
-            "train_acc": correct.item() / count,
+            "train_acc": train_acc.item(),
             "val_loss": val_loss,
             "val_acc": val_acc,
             "lr": lrs[-1],
@@ -176,7 +186,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     nan = float("nan")
     # the final weights on the training set in eval mode (dropout off): their accuracy minus the
     # validation accuracy is the generalization gap
-    final_train_acc = evaluate(model, data.train)[1] if run.history else nan
+    final_train_acc = evaluate(forward, data, data.train, autocast)[1] if run.history else nan
 
     # test the best state: early stopping's restored weights, else the best checkpoint
     checkpoint.on_train_end(state)
@@ -184,7 +194,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         stopper.on_train_end(model)
     else:
         model.load_state_dict(checkpoint.best_state["model"])
-    test_loss, test_acc = evaluate(model, data.test) if run.history else (nan, nan)
+    test_loss, test_acc = evaluate(forward, data, data.test, autocast) if run.history else (nan, nan)
     last = run.history[-1] if run.history else {}
     metrics = {
         "status": status,
@@ -284,15 +294,21 @@ def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, split: datasets.Split, chunk: int = 8192) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a split, in eval mode (dropout off, BN running stats)."""
+def evaluate(model, data: dataset.Data, split: dataset.Split, autocast=nullcontext,
+             chunk: int = 8192) -> tuple[float, float]:
+    """Mean loss and score (accuracy, or R²) over a split, in eval mode (dropout off, batch
+    norm on its running statistics), in chunks so that large splits fit."""
     model.eval()
-    loss_sum = correct = 0.0
-    for x, y in zip(split.x.split(chunk), split.y.split(chunk)):
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(dim=1) == y).sum().item()
-    return loss_sum / len(split), correct / len(split)
+    outputs, loss_sum = [], 0.0
+    device = next(p.device for p in model.parameters())
+    for index in torch.arange(len(split), device=split.y.device).split(chunk):
+        x, y = (t.to(device) for t in split.get(index))
+        with autocast():
+            out = model(x)
+        loss_sum += data.loss(out, y).item() * len(y)
+        outputs.append(out.float())
+    targets = split.y.to(device)
+    return loss_sum / len(split), data.score(torch.cat(outputs), targets).item()
 
 
 def resolve_device(name: str) -> torch.device:

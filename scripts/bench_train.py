@@ -19,6 +19,7 @@ drifts). Timing covers the epoch loop only (data loading and start-up excluded) 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -37,11 +38,11 @@ from optlab.train import evaluate, train
 
 
 def plain_model(data, hidden: list[int]) -> nn.Module:
-    widths = [data.num_features, *hidden]
+    widths = [math.prod(data.input_shape), *hidden]
     layers = [nn.Flatten()]
     for a, b in zip(widths, widths[1:]):
         layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(widths[-1], data.num_classes))
+    return nn.Sequential(*layers, nn.Linear(widths[-1], data.num_outputs))
 
 
 def hand_written(data, cfg, batches: str, record: bool) -> float:
@@ -79,7 +80,7 @@ def hand_written(data, cfg, batches: str, record: bool) -> float:
         if record:
             history.append([torch.stack(v).tolist() for v in (losses, norms, ratios)])
             history.append((loss_sum.item() / len(y), correct.item() / len(y)))
-        history.append(evaluate(model, data.val))
+        history.append(evaluate(model, data, data.val))
     return cfg.epochs * len(y) / (time.perf_counter() - start)
 
 

@@ -37,8 +37,8 @@ def test_train_help_lists_groups_options_and_keys(tmp_path):
     assert result.returncode == 0
     out = result.stdout
     assert "optimizer: adadelta, adagrad, adam, adamax, adamw, lbfgs, momentum, nadam" in out
-    assert "model: linear, mlp" in out and "surface: beale, quadratic, rosenbrock, saddle" in out
-    assert "scheduler: constant" in out and "data: digits" in out
+    assert "model: cnn, linear, mlp" in out and "surface: beale, quadratic, rosenbrock, saddle" in out
+    assert "scheduler: constant" in out and "data: blobs, cifar10, circles, csv, digits, fashion_mnist, frames" in out
     for key in ("batch_size", "epochs", "seed", "device", "shuffle", "steps", "diagnostics"):
         assert f"\n  {key} " in out, key
     assert "batch gradient descent" in out

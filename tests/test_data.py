@@ -15,17 +15,18 @@ CPU = torch.device("cpu")
 def test_digits_split_60_20_20_stratified_and_disjoint():
     data = load(make_config().data, CPU)
     assert (len(data.train), len(data.val), len(data.test)) == (1077, 360, 360)
-    assert (data.num_features, data.num_classes) == (64, 10)
+    assert (data.input_shape, data.num_outputs, data.task) == ((1, 8, 8), 10, "classification")
     for split in (data.val, data.test):
         counts = torch.bincount(split.y, minlength=10)
         assert counts.min() >= 35 and counts.max() <= 37  # ~36 of each digit
-    rows = {tuple(r.tolist()) for s in (data.train, data.val, data.test) for r in s.x}
+    rows = {tuple(r.tolist()) for s in (data.train, data.val, data.test) for r in s.x.flatten(1)}
     assert len(rows) >= 1790  # no image in two splits (digits has a few exact duplicates)
 
 
 def test_standardized_with_training_statistics_only():
     data = load(make_config().data, CPU)
-    mean, std = data.train.x.mean(0), data.train.x.std(0, unbiased=False)
+    x = data.train.x.flatten(1)
+    mean, std = x.mean(0), x.std(0, unbiased=False)
     varying = std > 0
     torch.testing.assert_close(mean, torch.zeros(64), atol=1e-5, rtol=0)
     torch.testing.assert_close(std[varying], torch.ones(int(varying.sum())), atol=1e-4, rtol=0)

@@ -110,7 +110,7 @@ def test_newton_on_softmax_regression_never_raises_the_loss(tmp_path):
 
 def test_newton_refuses_a_model_too_large_for_its_hessian():
     with pytest.raises(Exception, match=r"85,002 parameters.*28\.9 GB.*optimizer.max_params=5,000"):
-        Newton(list(instantiate(make_config().model, in_features=64, num_classes=10).parameters()))
+        Newton(list(instantiate(make_config().model, input_shape=(64,), num_classes=10).parameters()))
 
 
 def test_rprop_step_sizes_grow_while_the_sign_persists_and_shrink_when_it_flips():

@@ -42,7 +42,7 @@ def last_weights(run_dir):
 def test_weight_variances_match_their_formulas(scheme, variance):
     torch.manual_seed(0)
     model = MLP(300, 10, hidden=[400, 200])
-    initialize(model, make_config(f"init={scheme}").init, torch.zeros(1, 300), 64)
+    initialize(model, make_config(f"init={scheme}").init, None, 64)
     for layer in (model[1], model[3]):
         fan_out, fan_in = layer.weight.shape
         assert layer.weight.var().item() == pytest.approx(variance(fan_in, fan_out), rel=0.03)
@@ -299,7 +299,8 @@ def test_early_stopping_in_a_run_records_epochs_and_tests_the_restored_weights(t
 
     model = MLP(64, 10, hidden=[256, 256])
     model.load_state_dict(best["model"])
-    test_loss, test_acc = evaluate(model, load(cfg.data, torch.device("cpu")).test)
+    data = load(cfg.data, torch.device("cpu"))
+    test_loss, test_acc = evaluate(model, data, data.test)
     assert (metrics["test_loss"], metrics["test_acc"]) == pytest.approx((test_loss, test_acc))
 
 
@@ -317,4 +318,4 @@ def test_sorted_unshuffled_data_trains_measurably_worse(tmp_path):
 
 def test_pretrained_without_a_path_is_a_usage_error():
     with pytest.raises(UsageError, match="init.path"):
-        initialize(MLP(64, 10), make_config("init=pretrained").init, torch.zeros(1, 64), 64)
+        initialize(MLP(64, 10), make_config("init=pretrained").init, None, 64)

@@ -119,7 +119,7 @@ def test_full_batch_is_one_exact_gradient_descent_step_per_epoch(tmp_path):
 
     data = load(cfg.data, torch.device("cpu"))
     torch.manual_seed(cfg.seed)
-    model = MLP(data.num_features, data.num_classes)
+    model = MLP(data.input_shape, data.num_outputs)
     logits = model(data.train.x)
     loss = F.cross_entropy(logits, data.train.y)
     loss.backward()
