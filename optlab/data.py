@@ -91,7 +91,8 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
         x, y = np.concatenate([x, x_test]), np.concatenate([y, y_test])
     else:
         rest, test = _split(everything, y, cfg.test_fraction, cfg.split_seed, regression)
-    train, val = _split(rest, y, cfg.val_fraction / (1 - cfg.test_fraction), cfg.split_seed, regression)
+    held_out = cfg.val_fraction if source.test is not None else cfg.val_fraction / (1 - cfg.test_fraction)
+    train, val = _split(rest, y, held_out, cfg.split_seed, regression)  # val_fraction of all, or of train
     if cfg.order == "sorted" and not regression:  # the training set by class: what shuffling protects against
         train = train[np.argsort(y[train], kind="stable")]
 

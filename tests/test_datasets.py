@@ -1,0 +1,182 @@
+"""Every dataset through the path the CLI uses: fake files in the official formats, frames
+windows against a hand-built example, synthetic data, your own arrays, the DataLoader path."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_config, optlab
+from optlab.data import load, pad_utterances
+from optlab.train import train
+
+CPU = torch.device("cpu")
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """LeCun's IDX format: 0, 0, type 0x08 (ubyte), ndim; big-endian dimensions; the bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_mnist(root, name="mnist", n=60, n_test=20):
+    folder = root / name
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", n), ("t10k", n_test)):
+        labels = np.arange(count) % 10
+        images = rng.integers(0, 50, (count, 28, 28))
+        for i, label in enumerate(labels):  # learnable: each class lights up its own band of rows
+            images[i, 2 * label + 4 : 2 * label + 7] += 150
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+
+
+def fake_cifar(root, per_batch=10):
+    folder = root / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = list(rng.integers(0, 10, per_batch))
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), b"labels": labels}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_idx_images_load_with_the_official_test_split(name, tmp_path):
+    fake_mnist(tmp_path, name)
+    data = load(make_config(f"data={name}", f"data.root={tmp_path}").data, CPU)
+    assert data.input_shape == (1, 28, 28) and data.num_outputs == 10
+    assert (len(data.train), len(data.val), len(data.test)) == (48, 12, 20)  # val: 20% of train
+    assert data.test.y.tolist() == [i % 10 for i in range(20)]  # the official test set, in order
+
+
+def test_cifar10_loads_from_the_official_python_batches(tmp_path):
+    fake_cifar(tmp_path)
+    data = load(make_config("data=cifar10", f"data.root={tmp_path}").data, CPU)
+    assert data.input_shape == (3, 32, 32)
+    assert (len(data.train) + len(data.val), len(data.test)) == (50, 10)
+
+
+def test_a_missing_image_dataset_exits_2_with_the_command_to_fetch_it(tmp_path):
+    result = optlab("train", "data=mnist", f"data.root={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "optlab train data=mnist data.download=true" in result.stderr
+    assert str(tmp_path / "mnist") in result.stderr
+
+
+def test_cnn_trains_on_images_from_the_cli(tmp_path):
+    fake_mnist(tmp_path, n=200, n_test=50)
+    result = optlab("train", "data=mnist", f"data.root={tmp_path}", "model=cnn", "model.channels=[4]",
+                    "model.hidden=[16]", "batchnorm=true", "dropout=0.1", "epochs=5", "batch_size=16", "optimizer=adam",
+                    "optimizer.lr=0.01", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test_acc"] > 0.8  # the fake classes light up different rows
+    state = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)["model"]
+    assert {"conv1.weight", "bn1.weight", "fc2.weight", "head.weight"} <= set(state)
+
+
+@pytest.mark.parametrize("name", ["moons", "circles", "blobs", "spirals"])
+def test_synthetic_datasets_are_seeded_and_learnable(name, tmp_path):
+    a = load(make_config(f"data={name}").data, CPU)
+    b = load(make_config(f"data={name}").data, CPU)
+    c = load(make_config(f"data={name}", "data.source.random_state=1").data, CPU)
+    assert torch.equal(a.train.x, b.train.x) and not torch.equal(a.train.x, c.train.x)
+    assert a.input_shape == (2,) and len(a.train) == 600
+    metrics = train(make_config(f"data={name}", "model.hidden=[64,64]", "epochs=20", "optimizer=adam",
+                                "optimizer.lr=0.01"), tmp_path)
+    assert metrics["test_acc"] > 0.8, metrics
+
+
+def test_regression_has_its_condition_number_and_trains_on_mse(tmp_path):
+    data = load(make_config("data=regression").data, CPU)
+    assert data.task == "regression" and data.num_outputs == 1
+    x = data.train.x.double()
+    eigenvalues = torch.linalg.eigvalsh(x.T @ x / len(x))
+    assert eigenvalues.max() / eigenvalues.min() == pytest.approx(100, rel=0.5)  # κ of the full set
+    metrics = train(make_config("data=regression", "model=linear", "optimizer=newton", "batch_size=full",
+                                "epochs=2", "optimizer.damping=0"), tmp_path)
+    assert metrics["best_val_acc"] > 0.99  # R² after one Newton step on a least-squares problem
+    assert metrics["final_train_loss"] < 0.02  # ≈ noise² = 0.01
+
+
+def test_npz_and_csv_of_your_own(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((100, 3)), np.array(["a", "b"] * 50)
+    np.savez(tmp_path / "mine.npz", X=x, y=y)
+    data = load(make_config("data=npz", f"data.path={tmp_path / 'mine.npz'}").data, CPU)
+    assert data.input_shape == (3,) and data.num_outputs == 2 and len(data.test) == 20
+    lines = ["f1,label,f2"] + [f"{a:.4f},{lab},{b:.4f}" for (a, b, _), lab in zip(x, y)]
+    (tmp_path / "mine.csv").write_text("\n".join(lines))
+    data = load(make_config("data=csv", f"data.path={tmp_path / 'mine.csv'}").data, CPU)
+    assert data.input_shape == (2,) and data.num_outputs == 2 and len(data.train) == 60
+    wrong = optlab("train", "data=csv", f"data.path={tmp_path / 'mine.csv'}", "data.label=class", cwd=tmp_path)
+    assert wrong.returncode == 2 and "no column 'class'" in wrong.stderr and "f1, label, f2" in wrong.stderr
+
+
+def test_frame_windows_match_a_hand_built_example_at_utterance_edges():
+    frames = np.arange(1, 6, dtype=np.float32)[:, None] * [1, 10]  # 5 frames × 2 features
+    padded, centers = pad_utterances(frames, np.array([3, 2]), k=1)
+    zero = [0, 0]
+    assert padded.tolist() == [zero, [1, 10], [2, 20], [3, 30], zero, [4, 40], [5, 50], zero]
+    assert centers.tolist() == [1, 2, 3, 5, 6]
+    # the window of frame 3 (last of utterance 1) ends in zeros, not in frame 4 of utterance 2
+    assert padded[centers[2] - 1 : centers[2] + 2].tolist() == [[2, 20], [3, 30], zero]
+    assert padded[centers[3] - 1 : centers[3] + 2].tolist() == [zero, [4, 40], [5, 50]]
+
+
+def write_utterances(folder, lengths, features=3):
+    folder.mkdir()
+    for u, n in enumerate(lengths):
+        # feature 0 holds the utterance number, so a window shows where its frames came from
+        x = np.full((n, features), u + 1, dtype=np.float32)
+        x[:, 1] = np.arange(n)
+        np.save(folder / f"utt{u:02d}.npy", x)
+        np.save(folder / f"utt{u:02d}.labels.npy", np.arange(n) % 4)
+
+
+def test_frames_give_windows_of_width_2k_plus_1_that_never_mix_utterances(tmp_path):
+    write_utterances(tmp_path / "speech", [7, 3, 12, 5, 9])
+    cfg = make_config("data=frames", f"data.path={tmp_path / 'speech'}", "data.context=2",
+                      "data.standardize=false")
+    data = load(cfg.data, CPU)
+    assert data.input_shape == (5 * 3,) and len(data.train) + len(data.val) + len(data.test) == 36
+    for split in (data.train, data.val, data.test):
+        x, _ = split.get(torch.arange(len(split)))
+        windows = x.view(len(split), 5, 3)
+        utterance = windows[:, 2, 0]  # the centre frame's utterance
+        for row in range(5):
+            source = windows[:, row, 0]
+            assert torch.all((source == utterance) | (windows[:, row].abs().sum(1) == 0))
+    metrics = train(make_config("data=frames", f"data.path={tmp_path / 'speech'}", "data.context=2",
+                                "epochs=2", "batch_size=8"), tmp_path / "run")
+    assert metrics["status"] == "completed"
+
+
+def test_the_dataloader_path_trains_the_same_batches(tmp_path):
+    common = ["epochs=2", "model.hidden=[32]"]
+    in_memory = train(make_config(*common), tmp_path / "memory")
+    loader = train(make_config(*common, "data.in_memory=false"), tmp_path / "loader")
+    for key in ("test_acc", "test_loss", "best_val_loss", "final_train_loss"):
+        assert loader[key] == pytest.approx(in_memory[key], rel=1e-6), key
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    metrics = train(make_config("precision=bf16", "epochs=3", "model.hidden=[64]"), tmp_path)
+    assert metrics["test_acc"] > 0.85
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("extra", [[], ["precision=bf16"], ["precision=fp16"], ["compile=true"]])
+def test_cuda_trains_with_every_precision_and_compile(extra, tmp_path):
+    metrics = train(make_config("device=cuda", "epochs=3", *extra), tmp_path)
+    assert metrics["device"].startswith("cuda") and metrics["test_acc"] > 0.9
