@@ -50,6 +50,7 @@ def initialize(model: nn.Module, cfg: DictConfig, train, batch_size: int) -> Non
         if any(isinstance(m, nn.Conv2d) for m in model.modules()):
             raise UsageError("init=layerwise pretrains the hidden layers of an MLP; use model=mlp")
         inputs = train.get(torch.arange(len(train), device=train.y.device))[0]
+        inputs = inputs.to(next(model.parameters()).device)
         pretrain_layerwise(model, inputs, cfg.epochs, cfg.lr, batch_size)
 
 
