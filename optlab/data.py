@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from sklearn.model_selection import train_test_split
 
+from optlab.config import UsageError
 from optlab.datasets import Source
 
 
@@ -101,6 +102,9 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
         mean, std = features[train].mean(axis=0), features[train].std(axis=0)
         x = ((features - mean) / np.where(std > 0, std, 1)).reshape(x.shape)  # constant inputs stay 0
     shape = tuple(cfg.shape) if cfg.get("shape") else x.shape[1:]
+    if np.prod(shape) != np.prod(x.shape[1:]):
+        raise UsageError(f"data.shape: {list(shape)} holds {np.prod(shape)} values, but each example "
+                         f"of this data has {np.prod(x.shape[1:])} (shape {list(x.shape[1:])})")
     x = x.reshape(len(x), *shape)
     store = device if cfg.get("in_memory", True) else torch.device("cpu")
     y_all = torch.from_numpy(np.asarray(y, dtype=np.float32 if regression else np.int64)).to(store)

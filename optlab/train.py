@@ -220,10 +220,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "train_samples_per_s": seen / train_time,
         "config_hash": sweep.config_hash(cfg),
     }
+    score = "R²" if data.task == "regression" else "acc"  # what `acc` means for this task
     run.finish(
         metrics,
-        f"{status} · best val acc {metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']}) · "
-        f"test acc {test_acc:.4f} · {epoch} epochs in {metrics['wall_time_s']:.1f} s "
+        f"{status} · best val {score} {metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']}) · "
+        f"test {score} {test_acc:.4f} · {epoch} epochs in {metrics['wall_time_s']:.1f} s "
         f"({metrics['train_samples_per_s']:,.0f} samples/s)",
         sweep.hparams(cfg),
     )

@@ -170,8 +170,10 @@ def test_the_dataloader_path_trains_the_same_batches(tmp_path):
         assert loader[key] == pytest.approx(in_memory[key], rel=1e-6), key
 
 
-def test_bf16_autocast_trains_on_cpu(tmp_path):
-    metrics = train(make_config("precision=bf16", "epochs=3", "model.hidden=[64]"), tmp_path)
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_autocast_trains_on_cpu(precision, tmp_path):
+    """bf16 and fp16 (with gradient scaling) autocast on the CPU too; on a GPU see below."""
+    metrics = train(make_config(f"precision={precision}", "epochs=3", "model.hidden=[64]"), tmp_path)
     assert metrics["test_acc"] > 0.85
 
 
