@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,13 +49,22 @@ class Checkpoint:
             self.best_value, self.best_epoch = self.sign * metrics[self.monitor], epoch
             self.best_state = snapshot(state())
 
-    def on_train_end(self, state: Callable[[], dict]) -> None:
-        last = state()
+    def save(self, last: dict) -> None:
+        """Write best.pt and `last` as last.pt (also during training, so a killed run can resume)."""
         if self.best_state is None:  # no epoch beat +inf (a NaN loss): the last state is the best
             self.best_state = last
         for name, saved in (("best.pt", self.best_state), ("last.pt", last)):
             saved = {**saved, "config": self.config}
             atomic_write(self.folder / name, lambda f, s=saved: torch.save(s, f))
+
+    def state_dict(self) -> dict:
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue a run: the best value and epoch, and the best state from best.pt."""
+        self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
+        best = torch.load(self.folder / "best.pt", map_location="cpu", weights_only=False)
+        self.best_state = {k: v for k, v in best.items() if k != "config"}
 
 
 class EarlyStopping:
@@ -97,3 +109,43 @@ class EarlyStopping:
     def on_train_end(self, model: torch.nn.Module) -> None:
         if self.restore_best and self.best_weights is not None:
             model.load_state_dict(self.best_weights)
+
+    STATE = ("best", "best_epoch", "best_weights", "wait", "stopped_epoch", "stop")
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self.STATE:
+            setattr(self, k, state[k])
+
+
+class StopOnSignal:
+    """Ctrl-C (SIGINT) or SIGTERM (a cluster preempting the job) asks training to stop after the
+    current step, so that the run can save itself; a second Ctrl-C stops at once.
+
+    A context manager around the loop: `signal` is the signal received, or None.
+    """
+
+    def __init__(self):
+        self.signal: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():  # handlers live there only
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C
+        self.signal = signum
+        logging.getLogger("optlab").warning(
+            "%s: stopping after this step and saving the run (Ctrl-C again to quit at once)",
+            signal.Signals(signum).name,
+        )
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)

@@ -116,6 +116,15 @@ def _run_train(args: list[str]) -> int:
     from optlab import config
 
     config.register()
+    resume = [a for a in args if a.split("=", 1)[0] in ("resume", "resume.allow_changes")]
+    if resume:
+        try:
+            args = _resume_args(args, resume)
+        except config.UsageError as mistake:
+            print(f"optlab train: {mistake}", file=sys.stderr)
+            return 2
+        if args is None:
+            return 0
     sys.argv = [sys.argv[0], *args]
     user_wants_traceback = "HYDRA_FULL_ERROR" in os.environ
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us instead of exit(1)
@@ -146,28 +155,100 @@ def _run_train(args: list[str]) -> int:
 
     try:
         train_app()
-    except (HydraException, OmegaConfBaseException) as error:
+    except KeyboardInterrupt:  # the second Ctrl-C: no time to save
+        print("optlab train: stopped at once; the run folder keeps its last save", file=sys.stderr)
+        return 130
+    except (HydraException, OmegaConfBaseException) as error:  # (some are OSErrors too)
         if user_wants_traceback:
             raise
         print(f"optlab train: {describe(error, args)}", file=sys.stderr)
         return 2
+    except OSError as error:  # Hydra cannot make or write the run folder
+        print(f"optlab train: cannot write {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        return 2
     return 0
 
 
+# set by `resume=<run folder>`: the run's folder, its saved config and .hydra files, allow_changes
+_RESUME: dict = {}
+
+
+def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:
+    """The arguments that continue a run: its own overrides, the user's others, its folder.
+    None when the run already completed (it says so; nothing changes)."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from optlab.config import UsageError
+
+    options = dict(a.split("=", 1) for a in resume)
+    folder = Path(options.get("resume", "")).expanduser()
+    if not options.get("resume") or not (folder / ".hydra" / "config.yaml").exists():
+        raise UsageError(f"resume: {str(folder)!r} is not a run folder (it needs .hydra/config.yaml); "
+                         f"give the folder an interrupted run printed")
+    if not (folder / "checkpoints" / "last.pt").exists():
+        raise UsageError(f"resume: {folder} has no checkpoints/last.pt to continue from")
+    try:
+        status = json.loads((folder / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError):
+        status = None  # killed before it wrote metrics.json: resume from its last save
+    if status == "completed":
+        print(f"optlab train: {folder} already completed: nothing to resume (metrics.json)")
+        return None
+    hydra_files = {p: p.read_bytes() for p in (folder / ".hydra").glob("*.yaml")}
+    _RESUME.update(
+        dir=folder.resolve(),
+        config=OmegaConf.load(folder / ".hydra" / "config.yaml"),
+        allow_changes=options.get("resume.allow_changes", "false").lower() == "true",
+        hydra_files=hydra_files,
+    )
+    saved = [str(o) for o in OmegaConf.load(folder / ".hydra" / "overrides.yaml")]
+    own = [a for a in args if a not in resume]
+    return [*saved, *own, f"hydra.run.dir={folder}"]
+
+
+def _config_changes(saved, cfg) -> list[str]:
+    """`key: old → new` for every value that differs between two configs."""
+    from omegaconf import OmegaConf
+
+    from optlab.compare import _flatten
+
+    ignore = ("rerun", "summary.metric", "summary.x")
+    old, new = (_flatten(OmegaConf.to_container(c)) for c in (saved, cfg))
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignore)
+    return [f"{k}: {old.get(k)} → {new.get(k)}" for k in keys]
+
+
 def _train_job(cfg, run_dir: Path) -> float | None:
-    """One run: validate, skip it if it already finished with this config, else train."""
+    """One run: validate; continue it if resumed or interrupted in a sweep; skip it if it
+    already finished with this config; else train."""
     from optlab import config, sweep
 
     config.validate(cfg)
     log = logging.getLogger("optlab")
-    done = None if cfg.rerun else sweep.finished(run_dir, cfg)
+    resume = bool(_RESUME) and run_dir.resolve() == _RESUME["dir"]
+    if resume:
+        changes = _config_changes(_RESUME["config"], cfg)
+        if changes and not _RESUME["allow_changes"]:
+            for path, text in _RESUME["hydra_files"].items():  # the run's record stays as it was
+                path.write_bytes(text)
+            raise config.UsageError(
+                f"resume: the config differs from the run's in {'; '.join(changes)} "
+                f"(resume.allow_changes=true resumes anyway)"
+            )
+    else:
+        previous = sweep.previous_metrics(run_dir) or {}
+        resume = previous.get("status") == "interrupted" and previous.get("config_hash") == sweep.config_hash(cfg)
+    done = None if cfg.rerun or resume else sweep.finished(run_dir, cfg)
     if done is not None:
         log.info("skipped: %s already %s with this config (rerun=true trains it again)",
                  run_dir, done["status"])
         return done.get("best_val_acc", done.get("final_loss"))
-    archived = sweep.archive_previous(run_dir)
-    if archived:
-        log.info("an earlier attempt's outputs moved to %s", archived)
+    if not resume:
+        archived = sweep.archive_previous(run_dir)
+        if archived:
+            log.info("an earlier attempt's outputs moved to %s", archived)
     sweep.set_threads()
     if cfg.surface is not None:
         from optlab.surfaces import run  # torch is imported only now
@@ -175,7 +256,16 @@ def _train_job(cfg, run_dir: Path) -> float | None:
         return run(cfg, run_dir)["final_loss"]
     from optlab.train import train
 
-    return train(cfg, run_dir)["best_val_acc"]
+    metrics = train(cfg, run_dir, resume=resume)
+    if metrics["status"] == "interrupted":
+        from optlab.logs import relative
+
+        code = 130 if metrics["interrupted_by"] == "SIGINT" else 143
+        print(f"optlab train: interrupted after epoch {metrics['epochs_run']}; resume with: "
+              f"optlab train resume={relative(run_dir)}", file=sys.stderr)
+        sys.exit(code)
+    return metrics["best_val_acc"]
+
 
 
 def _usage_error(error: BaseException | None) -> BaseException | None:

@@ -143,6 +143,9 @@ class Config:
         POSITIVE, "stop a run as diverged once its loss exceeds this times its first loss (or NaN)"
     )
     rerun: bool = key(BOOLEAN, "in a sweep, train again runs already completed with this config")
+    checkpoint_every_s: float = key(
+        NON_NEGATIVE, "write checkpoints/last.pt at the end of an epoch this often (seconds; 0: every epoch)"
+    )
     summary: Any = MISSING
 
 

@@ -109,13 +109,14 @@ class RunLog:
         write_json(self.run_dir / "metrics.json", metrics)
         self.hparams({**hparams, "status": metrics["status"]}, metrics)
         self.writer.close()
-        where = _relative(self.run_dir)
+        where = relative(self.run_dir)
         log.info("%s", summary)
         log.info("run folder: %s", where)
         log.info("curves:     tensorboard --logdir %s", where)
 
 
-def _relative(path: Path) -> Path:
+def relative(path: Path) -> Path:
+    """`path` from the working directory when it lies below it, as a user would type it."""
     try:
         return path.resolve().relative_to(Path.cwd().resolve())
     except ValueError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import time
 from contextlib import nullcontext
 from functools import partial
@@ -17,8 +18,8 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from optlab import data as dataset
 from optlab import schedules, sweep
-from optlab.callbacks import Checkpoint, EarlyStopping
-from optlab.config import ConfigError
+from optlab.callbacks import Checkpoint, EarlyStopping, StopOnSignal, snapshot
+from optlab.config import ConfigError, UsageError
 from optlab.init import distinct_units, initialize
 from optlab.logs import RunLog
 from optlab.optim import FULL_BATCH, decay_groups, needs_closure
@@ -26,8 +27,13 @@ from optlab.optim import FULL_BATCH, decay_groups, needs_closure
 log = logging.getLogger("optlab")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train as `cfg` says, write everything into `run_dir`, and return the final metrics."""
+def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
+    """Train as `cfg` says, write everything into `run_dir`, and return the final metrics.
+
+    With `resume`, continue the run in `run_dir` from its checkpoints/last.pt: the state at the
+    end of its last finished epoch, every RNG stream included, so that it ends exactly as if it
+    had never stopped.
+    """
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     random.seed(cfg.seed)
@@ -89,15 +95,23 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     watch = cfg.early_stopping.monitor
     checkpoint = Checkpoint(run_dir / "checkpoints", OmegaConf.to_container(cfg), watch or "val_loss")
     stopper = EarlyStopping(**cfg.early_stopping) if watch else None
-    step, epoch, seen = 0, 0, 0
+    step, epoch, seen, first_loss = 0, 0, 0, None
 
     def state() -> dict:
         return {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
             "epoch": epoch,
             "step": step,
+            "loop": {
+                "seen": seen,
+                "first_loss": first_loss,
+                "history": list(run.history),
+                "checkpoint": checkpoint.state_dict(),
+                "stopper": stopper.state_dict() if stopper else None,
+            },
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -107,78 +121,118 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             },
         }
 
-    probe = StepProbe(params, cfg.diagnostics)
-    status, diverged_step, first_loss = "completed", None, None
-    loop_started = time.perf_counter()
-    for epoch in run.progress(range(1, cfg.epochs + 1)):
-        model.train()
-        first_step = step + 1
-        targets, losses, totals, outputs, lrs, times = [], [], [], [], [], []
-        batches = dataset.epoch(data.train, batch_size, cfg.shuffle, order, device, min_batch,
-                                cfg.data.workers)
-        for x, y in batches:
-            with autocast():
-                logits = forward(x)
-                loss, total = objective(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.unscale_(optimizer)  # true gradients for the probe (fp16 only)
-            probe.before_step()
-            lrs.append(optimizer.param_groups[0]["lr"])
-            if decoupled:  # θ ← θ − Δθ − w·θ, the decay taken before Δθ as AdamW does
-                with torch.no_grad():
-                    torch._foreach_mul_(decayed, 1 - decoupled)
-            scaler.step(optimizer, *([partial(closure, x, y)] if closure_based else []))
-            scaler.update()
-            if per_step:
-                scheduler.step()
-            probe.after_step()
-            step += 1
-            # keep tensors, not numbers: no host sync inside the loop
-            targets.append(y)
-            losses.append(loss.detach())
-            totals.append(total.detach())
-            outputs.append(logits.detach())
-            times.append(time.time())
-
-        # once per epoch: reduce on the device, then one transfer to the host
-        sizes = torch.tensor([len(t) for t in targets], device=device, dtype=torch.float32)
-        count = sum(len(t) for t in targets)
-        seen += count
-        losses = torch.stack(losses)
-        columns = {"step/loss": losses.tolist(), "step/lr": lrs, **probe.epoch()}
-        if l2:
-            columns["step/l2_penalty"] = (torch.stack(totals) - losses).tolist()
-        run.steps(first_step, columns, times)
-        first_loss = columns["step/loss"][0] if first_loss is None else first_loss
-        limit = cfg.diverge_threshold * first_loss
-        bad = [i for i, v in enumerate(columns["step/loss"]) if not v <= limit]  # NaN fails too
-        if bad:  # NaN, Inf or blown up: nothing more to learn from this run
-            status, diverged_step = "diverged", first_step + bad[0]
-            log.warning("diverged at step %d: loss %s (first loss %.4g, diverge_threshold=%g)",
-                        diverged_step, columns["step/loss"][bad[0]], first_loss, cfg.diverge_threshold)
-            break
-        train_acc = data.score(torch.cat(outputs), torch.cat(targets))  # as they trained
-        val_loss, val_acc = evaluate(forward, data, data.val, autocast)
-        if not per_step:
-            scheduler.step(val_loss) if isinstance(scheduler, ReduceLROnPlateau) else scheduler.step()
-        row = {
-            "epoch": epoch,
-            "train_loss": (losses @ sizes).item() / count,
-            "train_acc": train_acc.item(),
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": lrs[-1],
-            "step": step,
-            "examples": seen,
-            "elapsed_s": time.perf_counter() - loop_started,
-        }
-        units = distinct_units(model) if cfg.diagnostics else []
-        run.epoch(row, {f"init/distinct_units/layer{i}": u for i, u in enumerate(units, 1)})
-        checkpoint.on_epoch_end(epoch, row, state)
+    def restore() -> tuple[int, int, int, float | None]:
+        """The mirror of `state`: load last.pt into every piece of the run."""
+        file = run_dir / "checkpoints" / "last.pt"
+        try:
+            saved = torch.load(file, map_location=device, weights_only=False)
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            scaler.load_state_dict(saved["scaler"])
+            loop, rng = saved["loop"], saved["rng"]
+        except Exception as error:  # truncated, foreign, or for another model: the user's to fix
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UsageError(f"resume: cannot continue from {file}: {reason}") from None
+        run.history[:] = loop["history"]
+        checkpoint.load_state_dict(loop["checkpoint"])
         if stopper:
-            stopper.on_epoch_end(epoch, row, model.state_dict)
-            if stopper.stop:
+            stopper.load_state_dict(loop["stopper"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
+        order.set_state(rng["order"].cpu())
+        log.info("resumed %s after epoch %d (step %d)", run_dir, saved["epoch"], saved["step"])
+        return saved["epoch"], saved["step"], loop["seen"], loop["first_loss"]
+
+    if resume:
+        epoch, step, seen, first_loss = restore()
+    resume_point = snapshot(state())  # what last.pt holds: the end of the last finished epoch
+    saved_at = time.monotonic()
+    probe = StepProbe(params, cfg.diagnostics)
+    status, diverged_step = "completed", None
+    loop_started = time.perf_counter()
+    with StopOnSignal() as stop:
+        for epoch in run.progress(range(epoch + 1, cfg.epochs + 1)):
+            model.train()
+            first_step = step + 1
+            targets, losses, totals, outputs, lrs, times = [], [], [], [], [], []
+            batches = dataset.epoch(data.train, batch_size, cfg.shuffle, order, device, min_batch,
+                                    cfg.data.workers)
+            for x, y in batches:
+                with autocast():
+                    logits = forward(x)
+                    loss, total = objective(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                scaler.unscale_(optimizer)  # true gradients for the probe (fp16 only)
+                probe.before_step()
+                lrs.append(optimizer.param_groups[0]["lr"])
+                if decoupled:  # θ ← θ − Δθ − w·θ, the decay taken before Δθ as AdamW does
+                    with torch.no_grad():
+                        torch._foreach_mul_(decayed, 1 - decoupled)
+                scaler.step(optimizer, *([partial(closure, x, y)] if closure_based else []))
+                scaler.update()
+                if per_step:
+                    scheduler.step()
+                probe.after_step()
+                step += 1
+                # keep tensors, not numbers: no host sync inside the loop
+                targets.append(y)
+                losses.append(loss.detach())
+                totals.append(total.detach())
+                outputs.append(logits.detach())
+                times.append(time.time())
+                if stop.signal:
+                    break
+            if stop.signal:  # this epoch's steps are dropped; last.pt resumes before them
+                status = "interrupted"
+                break
+
+            # once per epoch: reduce on the device, then one transfer to the host
+            sizes = torch.tensor([len(t) for t in targets], device=device, dtype=torch.float32)
+            count = sum(len(t) for t in targets)
+            seen += count
+            losses = torch.stack(losses)
+            columns = {"step/loss": losses.tolist(), "step/lr": lrs, **probe.epoch()}
+            if l2:
+                columns["step/l2_penalty"] = (torch.stack(totals) - losses).tolist()
+            run.steps(first_step, columns, times)
+            first_loss = columns["step/loss"][0] if first_loss is None else first_loss
+            limit = cfg.diverge_threshold * first_loss
+            bad = [i for i, v in enumerate(columns["step/loss"]) if not v <= limit]  # NaN fails too
+            if bad:  # NaN, Inf or blown up: nothing more to learn from this run
+                status, diverged_step = "diverged", first_step + bad[0]
+                log.warning("diverged at step %d: loss %s (first loss %.4g, diverge_threshold=%g)",
+                            diverged_step, columns["step/loss"][bad[0]], first_loss, cfg.diverge_threshold)
+                break
+            train_acc = data.score(torch.cat(outputs), torch.cat(targets))  # as they trained
+            val_loss, val_acc = evaluate(forward, data, data.val, autocast)
+            if not per_step:
+                scheduler.step(val_loss) if isinstance(scheduler, ReduceLROnPlateau) else scheduler.step()
+            row = {
+                "epoch": epoch,
+                "train_loss": (losses @ sizes).item() / count,
+                "train_acc": train_acc.item(),
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": lrs[-1],
+                "step": step,
+                "examples": seen,
+                "elapsed_s": time.perf_counter() - loop_started,
+            }
+            units = distinct_units(model) if cfg.diagnostics else []
+            run.epoch(row, {f"init/distinct_units/layer{i}": u for i, u in enumerate(units, 1)})
+            checkpoint.on_epoch_end(epoch, row, state)
+            if stopper:
+                stopper.on_epoch_end(epoch, row, model.state_dict)
+            resume_point = snapshot(state())
+            if time.monotonic() - saved_at > cfg.checkpoint_every_s:  # what a kill -9 can lose
+                checkpoint.save(resume_point)
+                saved_at = time.monotonic()
+            if stopper and stopper.stop:
                 log.info("early stopping at epoch %d: %s has not improved since epoch %d",
                          epoch, watch, stopper.best_epoch)
                 break
@@ -189,7 +243,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     final_train_acc = evaluate(forward, data, data.train, autocast)[1] if run.history else nan
 
     # test the best state: early stopping's restored weights, else the best checkpoint
-    checkpoint.on_train_end(state)
+    checkpoint.save(resume_point)
     if stopper:
         stopper.on_train_end(model)
     else:
@@ -205,7 +259,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "best_epoch": stopper.best_epoch if stopper else checkpoint.best_epoch,
         "stopped_epoch": stopper.stopped_epoch or None if stopper else None,
         "diverged_step": diverged_step,
-        "epochs_run": epoch,
+        "interrupted_by": signal.Signals(stop.signal).name if stop.signal else None,
+        "epochs_run": epoch - (status == "interrupted"),  # the interrupted epoch is dropped
         "steps": step,
         "final_train_loss": last.get("train_loss", nan),
         "final_train_acc": last.get("train_acc", nan),
@@ -224,7 +279,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     run.finish(
         metrics,
         f"{status} · best val {score} {metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']}) · "
-        f"test {score} {test_acc:.4f} · {epoch} epochs in {metrics['wall_time_s']:.1f} s "
+        f"test {score} {test_acc:.4f} · {metrics['epochs_run']} epochs in {metrics['wall_time_s']:.1f} s "
         f"({metrics['train_samples_per_s']:,.0f} samples/s)",
         sweep.hparams(cfg),
     )

@@ -1,0 +1,127 @@
+"""Runs that survive: interrupt and resume exactly, files never half-written, bad input never
+ends in a traceback."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import optlab
+
+TIMING = {"wall_time_s", "train_time_s", "epoch_time_s", "train_samples_per_s"}
+RUN = ["epochs=40", "model.hidden=[64]", "batch_size=32", "dropout=0.2", "scheduler=exponential",
+       "early_stopping=val_loss", "early_stopping.patience=100"]
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "optlab", "train", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_epoch(run: Path, epoch: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until train.log shows `epoch` finished (the log is written line by line)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        log = run / "train.log"
+        if log.exists() and f"epoch {epoch} " in log.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"epoch {epoch} never came: {process.poll()}")
+
+
+def metrics_of(run: Path) -> dict:
+    return {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k not in TIMING}
+
+
+def test_sigterm_saves_the_run_and_resume_ends_exactly_as_an_uninterrupted_run(tmp_path):
+    whole = optlab("train", *RUN, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+
+    run = tmp_path / "cut"
+    process = start(tmp_path, *RUN, f"hydra.run.dir={run}")
+    wait_for_epoch(run, 5, process)
+    process.send_signal(signal.SIGTERM)  # a cluster preempting the job
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143
+    assert stderr.strip().splitlines()[-1] == f"optlab train: interrupted after epoch " \
+        f"{metrics_of(run)['epochs_run']}; resume with: optlab train resume=cut"  # from the cwd
+    assert metrics_of(run)["status"] == "interrupted" and 5 <= metrics_of(run)["epochs_run"] < 40
+    assert len(list(csv.DictReader((run / "history.csv").open()))) == metrics_of(run)["epochs_run"]
+
+    resumed = optlab("train", f"resume={run}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics_of(run) == metrics_of(tmp_path / "whole")  # every number, exactly
+    events = EventAccumulator(str(run))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("step/loss")]
+    assert steps == list(range(1, metrics_of(run)["steps"] + 1))  # no point twice, none rewound
+    assert [e.step for e in events.Scalars("val/loss")] == list(range(1, 41))
+
+    again = optlab("train", f"resume={run}", cwd=tmp_path)
+    assert again.returncode == 0 and "already completed: nothing to resume" in again.stdout
+
+
+def test_resuming_with_a_changed_config_is_refused_and_bad_files_are_named(tmp_path):
+    run = tmp_path / "cut"
+    process = start(tmp_path, *RUN, f"hydra.run.dir={run}")
+    wait_for_epoch(run, 2, process)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    config = (run / ".hydra" / "config.yaml").read_text()
+
+    changed = optlab("train", f"resume={run}", "epochs=50", "optimizer.lr=0.2", cwd=tmp_path)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert "epochs: 40 → 50" in changed.stderr and "optimizer.lr: 0.1 → 0.2" in changed.stderr
+    assert "resume.allow_changes=true" in changed.stderr
+    assert (run / ".hydra" / "config.yaml").read_text() == config  # the run's record is untouched
+
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    broken = optlab("train", f"resume={run}", cwd=tmp_path)
+    assert broken.returncode == 2 and f"cannot continue from {last}" in broken.stderr
+    assert "Traceback" not in broken.stderr
+    nothing = optlab("train", f"resume={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert nothing.returncode == 2 and "is not a run folder" in nothing.stderr
+
+
+def test_files_left_by_a_kill_9_at_random_moments_all_load(tmp_path):
+    rng = random.Random(0)
+    for attempt in range(2):
+        run = tmp_path / f"killed{attempt}"
+        process = start(tmp_path, *RUN, "checkpoint_every_s=0", f"hydra.run.dir={run}")
+        wait_for_epoch(run, 1, process)
+        time.sleep(rng.uniform(0.0, 1.0))
+        process.kill()
+        process.wait()
+        files = [p for p in run.rglob("*") if p.is_file() and not p.name.endswith(".tmp")]
+        assert files
+        for file in files:
+            if file.suffix == ".pt":
+                assert "model" in torch.load(file, weights_only=False)
+            elif file.suffix == ".json":
+                json.loads(file.read_text())
+            elif file.suffix == ".csv":
+                list(csv.DictReader(file.open()))
+        EventAccumulator(str(run)).Reload()  # a cut-off last event is skipped, not fatal
+        resumed = optlab("train", f"resume={run}", "epochs=40", cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr  # every kill left a run that continues
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = optlab("train", f"hydra.run.dir={blocker / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("optlab train: cannot write") and str(blocker) in result.stderr
