@@ -8,6 +8,7 @@ completion) pass straight through. Nothing here imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -127,7 +128,6 @@ def _run_train(args: list[str]) -> int:
             return 0
     sys.argv = [sys.argv[0], *args]
     user_wants_traceback = "HYDRA_FULL_ERROR" in os.environ
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us instead of exit(1)
 
     @hydra.main(config_path="pkg://optlab.conf", config_name="config", version_base="1.3")
     def train_app(cfg) -> float | None:
@@ -143,7 +143,8 @@ def _run_train(args: list[str]) -> int:
 
             mistake = _usage_error(error)
             if in_sweep or mistake is None:  # a sweep goes on; a bug ends in its traceback
-                record_failure(run_dir, cfg, mistake or error)
+                with contextlib.suppress(OSError):  # a full disk cannot take the record either
+                    record_failure(run_dir, cfg, mistake or error)
             if in_sweep:
                 name = f"{run_dir.parent.name}/{run_dir.name}"
                 print(f"optlab train: run {name} failed: {mistake or error}", file=sys.stderr)
@@ -154,6 +155,7 @@ def _run_train(args: list[str]) -> int:
             sys.exit(2)  # exit here: Hydra would print the job as failed
 
     try:
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us instead of exit(1)
         train_app()
     except KeyboardInterrupt:  # the second Ctrl-C: no time to save
         print("optlab train: stopped at once; the run folder keeps its last save", file=sys.stderr)
@@ -166,6 +168,9 @@ def _run_train(args: list[str]) -> int:
     except OSError as error:  # Hydra cannot make or write the run folder
         print(f"optlab train: cannot write {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return 2
+    finally:
+        if not user_wants_traceback:
+            del os.environ["HYDRA_FULL_ERROR"]
     return 0
 
 

@@ -132,7 +132,8 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
             scaler.load_state_dict(saved["scaler"])
             loop, rng = saved["loop"], saved["rng"]
         except Exception as error:  # truncated, foreign, or for another model: the user's to fix
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = " ".join(lines[:2]) or type(error).__name__  # e.g. which tensor does not fit
             raise UsageError(f"resume: cannot continue from {file}: {reason}") from None
         run.history[:] = loop["history"]
         checkpoint.load_state_dict(loop["checkpoint"])

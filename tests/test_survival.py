@@ -30,12 +30,13 @@ def start(cwd: Path, *args: str) -> subprocess.Popen:
 
 
 def wait_for_epoch(run: Path, epoch: int, process: subprocess.Popen, timeout: float = 60) -> None:
-    """Until train.log shows `epoch` finished (the log is written line by line)."""
+    """Until the train.log at `run` (a glob pattern) shows `epoch` finished; the log is written
+    line by line."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
-        log = run / "train.log"
-        if log.exists() and f"epoch {epoch} " in log.read_text():
-            return
+        for log in Path(run.anchor).glob(str(run.relative_to(run.anchor) / "train.log")):
+            if f"epoch {epoch} " in log.read_text():
+                return
         time.sleep(0.05)
     raise AssertionError(f"epoch {epoch} never came: {process.poll()}")
 
@@ -125,3 +126,95 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path):
     result = optlab("train", f"hydra.run.dir={blocker / 'run'}", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("optlab train: cannot write") and str(blocker) in result.stderr
+
+
+def test_an_interrupted_sweep_keeps_its_finished_runs_and_a_rerun_resumes_the_rest(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "optimizer=sgd,adam", "epochs=40", "model.hidden=[64]", "batch_size=32",
+            f"hydra.sweep.dir={sweep}"]
+    process = start(tmp_path, *args)
+    wait_for_epoch(sweep / "*optimizer=adam*" / "seed=0", 3, process)  # the second run
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    (first,), (second,) = (list(sweep.glob(f"*optimizer={o}*/seed=0")) for o in ("sgd", "adam"))
+    finished = metrics_of(first)
+    assert finished["status"] == "completed" and metrics_of(second)["status"] == "interrupted"
+
+    again = optlab("train", *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "skipped:" in again.stdout and "resumed" in again.stdout
+    assert metrics_of(first) == finished and metrics_of(second)["status"] == "completed"
+    assert (sweep / "summary.csv").exists()
+
+
+# --- any configuration trains or says what is wrong in one line ------------------------------
+
+VALUES = {
+    "optimizer": ["sgd", "momentum", "adam", "rprop", "lbfgs", "quickprop", "newton", "nope"],
+    "model": ["mlp", "linear", "cnn", "transformer"],
+    "data": ["digits", "moons", "spirals", "regression", "mnist", "npz"],
+    "init": ["default", "zeros", "xavier_uniform", "pretrained", "layerwise"],
+    "scheduler": ["constant", "step", "exponential", "plateau", "onecycle"],
+    "early_stopping": ["off", "val_loss"],
+    "batch_size": ["1", "7", "64", "full", "0", "-3", "abc"],
+    "optimizer.lr": ["0.01", "0.5", "1e9", "-1", "zero"],
+    "model.hidden": ["[]", "[8]", "[16,8]", "[0]", "big"],
+    "dropout": ["0", "0.3", "1.5"],
+    "batchnorm": ["true", "false", "maybe"],
+    "weight_decay_mode": ["coupled", "decoupled", "l2", "sideways"],
+    "precision": ["fp32", "bf16", "fp8"],
+    "l2": ["0", "0.01", "-1"],
+    "init.path": ["/nonexistent/run"],
+    "data.path": ["/nonexistent/data.npz"],
+    "summary.metric": ["best_val_acc", "happiness"],
+    "epochs": ["1", "0"],
+    "misspeled_key": ["1"],
+}
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    """`optlab train ...` in this process (a subprocess per example would take minutes)."""
+    from optlab.cli import main
+
+    folder = tmp_path_factory.mktemp("drawn")
+    count = iter(range(10**6))
+
+    def run(overrides: list[str]) -> tuple[int, Path]:
+        run_dir = folder / f"run{next(count)}"
+        try:
+            code = main(["train", *overrides, f"hydra.run.dir={run_dir}"])
+        except SystemExit as stop:
+            code = stop.code
+        return code, run_dir
+
+    return run
+
+
+def test_any_drawn_configuration_trains_or_exits_2_with_one_line(in_process, capfd):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    keys = st.lists(st.sampled_from(sorted(VALUES)), unique=True, max_size=5)
+
+    @settings(max_examples=25, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(keys.flatmap(lambda ks: st.tuples(*(st.sampled_from([f"{k}={v}" for v in VALUES[k]])
+                                                 for k in ks))))
+    def check(overrides):
+        overrides = list(overrides)
+        if not any(o.startswith("epochs=") for o in overrides):
+            overrides.append("epochs=1")
+        capfd.readouterr()
+        code, run_dir = in_process(overrides)
+        err = capfd.readouterr().err
+        assert "Traceback" not in err, (overrides, err)
+        if code == 0:
+            status = json.loads((run_dir / "metrics.json").read_text())["status"]
+            assert status in ("completed", "diverged"), (overrides, status)
+        else:
+            lines = [line for line in err.splitlines() if line.startswith("optlab train:")]
+            assert code == 2 and len(lines) == 1, (overrides, code, err)
+
+    check()
