@@ -108,7 +108,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
             "loop": {
                 "seen": seen,
                 "first_loss": first_loss,
-                "history": list(run.history),
+                "history": tuple(run.history),  # rows are never changed: snapshot shares them
                 "checkpoint": checkpoint.state_dict(),
                 "stopper": stopper.state_dict() if stopper else None,
             },
@@ -135,7 +135,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             reason = " ".join(lines[:2]) or type(error).__name__  # e.g. which tensor does not fit
             raise UsageError(f"resume: cannot continue from {file}: {reason}") from None
-        run.history[:] = loop["history"]
+        run.history[:] = list(loop["history"])
         checkpoint.load_state_dict(loop["checkpoint"])
         if stopper:
             stopper.load_state_dict(loop["stopper"])
