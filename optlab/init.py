@@ -69,8 +69,13 @@ def load_matching(model: nn.Module, path: str | None) -> tuple[list[str], list[s
     if not isinstance(saved, dict):
         raise UsageError(f"init.path: {file} holds no model state (expected a state dict)")
     own = model.state_dict()
-    loaded = [k for k, v in own.items() if k in saved and saved[k].shape == v.shape]
+    loaded = [k for k, v in own.items() if k in saved and getattr(saved[k], "shape", None) == v.shape]
     kept = [k for k in own if k not in loaded]
+    if not loaded:  # a foreign file: nothing to start from, which is surely not what was meant
+        theirs = ", ".join(f"{k} {list(getattr(v, 'shape', []))}" for k, v in list(saved.items())[:4])
+        mine = ", ".join(f"{k} {list(v.shape)}" for k, v in list(own.items())[:4])
+        raise UsageError(f"init.path: no tensor of {file} fits this model (it holds {theirs or 'nothing'}; "
+                         f"the model has {mine}, ...)")
     model.load_state_dict({k: saved[k] for k in loaded}, strict=False)
     log.info("init: loaded %d tensors from %s: %s", len(loaded), file, ", ".join(loaded) or "none")
     log.info("init: kept the base initialization for %d: %s", len(kept), ", ".join(kept) or "none")

@@ -89,6 +89,11 @@ def test_pretrained_from_the_cli_and_a_bad_path(tmp_path):
     bad = optlab("train", "init=pretrained", f"init.path={tmp_path / 'nothing.pt'}", cwd=tmp_path)
     assert bad.returncode == 2 and "cannot load a checkpoint from" in bad.stderr
     assert "Traceback" not in bad.stderr
+    torch.save({"encoder.weight": torch.zeros(3, 4)}, tmp_path / "foreign.pt")
+    foreign = optlab("train", "init=pretrained", f"init.path={tmp_path / 'foreign.pt'}", cwd=tmp_path)
+    assert foreign.returncode == 2 and "Traceback" not in foreign.stderr
+    assert f"no tensor of {tmp_path / 'foreign.pt'} fits this model" in foreign.stderr
+    assert "encoder.weight [3, 4]" in foreign.stderr and "fc1.weight [256, 64]" in foreign.stderr
 
 
 def test_layerwise_pretraining_learns_to_reconstruct_then_trains(tmp_path, caplog):
