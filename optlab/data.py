@@ -36,6 +36,14 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    def chunks(self, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every example in order, `size` at a time (views where no window must be gathered)."""
+        if self.centers is None:
+            yield from zip(self.x.split(size), self.y.split(size))
+        else:
+            for index in torch.arange(len(self), device=self.y.device).split(size):
+                yield self.get(index)
+
     def get(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The inputs and targets of the examples at `index`."""
         if self.centers is None:

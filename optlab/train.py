@@ -56,7 +56,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     forward = torch.compile(model) if cfg.compile else model  # same parameters, fused kernels
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    autocast = partial(torch.autocast, device.type, dtype=half, enabled=half is not None)
+    autocast = partial(torch.autocast, device.type, dtype=half) if half else nullcontext
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")  # else a no-op
 
     # optimizer, weight decay and schedule (torch.optim classes, straight from their _target_)
@@ -358,8 +358,8 @@ def evaluate(model, data: dataset.Data, split: dataset.Split, autocast=nullconte
     model.eval()
     outputs, loss_sum = [], 0.0
     device = next(p.device for p in model.parameters())
-    for index in torch.arange(len(split), device=split.y.device).split(chunk):
-        x, y = (t.to(device) for t in split.get(index))
+    for x, y in split.chunks(chunk):
+        x, y = x.to(device), y.to(device)
         with autocast():
             out = model(x)
         loss_sum += data.loss(out, y).item() * len(y)
