@@ -20,6 +20,7 @@ from optlab import __version__
 COMMANDS = {
     "train": "train a network on real data (see: optlab train --help)",
     "compare": "one summary of runs and sweeps: table, CSV, plots (see: optlab compare --help)",
+    "landscape": "curvature of a finished run: sharpness, spectrum, loss slices (optlab landscape RUN)",
 }
 
 USAGE = f"""usage: optlab [-h] [--version] <command> [overrides ...]
@@ -55,7 +56,37 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return _run_compare(rest) if command == "compare" else _run_train(rest)
+    return {"compare": _run_compare, "landscape": _run_landscape}.get(command, _run_train)(rest)
+
+
+def _run_landscape(args: list[str]) -> int:
+    """`optlab landscape RUN`: curvature.json and landscape.png for a finished run."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="optlab landscape",
+        description="Measure the curvature of a finished run's best weights: top Hessian "
+        "eigenvalue, trace, ε-sharpness, the exact spectrum of a small model, and loss slices. "
+        "Writes curvature.json and landscape.png into the run folder. The `curvature` keys of "
+        "the run's config set the sample size and precision (see optlab train --help).",
+    )
+    parser.add_argument("run", type=Path, help="a run folder (with .hydra/ and checkpoints/)")
+    options = parser.parse_args(args)
+    from optlab.config import UsageError
+
+    try:
+        from optlab.train import landscape_of
+
+        result = landscape_of(options.run)
+    except UsageError as mistake:
+        print(f"optlab landscape: {mistake}", file=sys.stderr)
+        return 2
+    extra = (f", condition number {result['condition_number']:.3g}, "
+             f"{100 * result['negative_fraction']:.1f}% negative eigenvalues" if "eigenvalues" in result else "")
+    print(f"λ_max {result['lambda_max']:.4g} (2/lr = {result['stability_threshold']:.4g}), trace "
+          f"{result['trace']:.4g}, sharpness {result['sharpness']:.3g}%{extra}\n"
+          f"written: {options.run / 'curvature.json'}, {options.run / 'landscape.png'}")
+    return 0
 
 
 def _run_compare(args: list[str]) -> int:

@@ -36,7 +36,7 @@ MINIMIZED = {
 # columns of the table, after the ranking metric, where some run has them
 COLUMNS = (
     "best_val_acc", "best_val_loss", "test_acc", "generalization_gap", "epoch_time_s", "epochs_run",
-    "final_loss", "final_distance", "rate_measured",
+    "final_loss", "final_distance", "rate_measured", "lambda_max", "sharpness",
 )
 CURVE_X = {"epoch": "epoch", "step": "step", "examples": "examples", "time": "elapsed_s"}
 

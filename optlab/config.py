@@ -17,14 +17,15 @@ from typing import Any, Callable
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 # config groups, plus `summary`: a plain node whose keys are checked like a group's
-GROUPS = ("model", "data", "optimizer", "scheduler", "surface", "init", "early_stopping", "summary")
+GROUPS = ("model", "data", "optimizer", "scheduler", "surface", "init", "early_stopping", "summary",
+          "curvature")
 
 # what a sweep summary can rank by and plot against (optlab/compare.py)
 METRICS = (
     "best_val_acc", "best_val_loss", "test_acc", "test_loss", "final_train_loss", "final_train_acc",
     "final_val_loss", "final_val_acc",
     "generalization_gap", "epoch_time_s", "wall_time_s", "epochs_run", "final_loss", "final_distance",
-    "rate_measured",
+    "rate_measured", "lambda_max", "trace", "sharpness", "condition_number",
 )
 CURVE_X = ("epoch", "step", "examples", "time")
 
@@ -147,6 +148,7 @@ class Config:
         NON_NEGATIVE, "write checkpoints/last.pt at the end of an epoch this often (seconds; 0: every epoch)"
     )
     summary: Any = MISSING
+    curvature: Any = MISSING
 
 
 GROUP_RULES: dict[str, Rule] = {
@@ -257,6 +259,13 @@ GROUP_RULES: dict[str, Rule] = {
     "early_stopping.min_delta": NON_NEGATIVE,
     "early_stopping.restore_best": BOOLEAN,
     "early_stopping.start_epoch": NON_NEGATIVE_INT,
+    "curvature.every": NON_NEGATIVE_INT,
+    "curvature.final": BOOLEAN,
+    "curvature.samples": POSITIVE_INT,
+    "curvature.iters": POSITIVE_INT,
+    "curvature.probes": POSITIVE_INT,
+    "curvature.epsilon": POSITIVE,
+    "curvature.exact_max_params": NON_NEGATIVE_INT,
     "summary.metric": one_of(*METRICS),
     "summary.x": one_of(*CURVE_X),
     "surface.kappa": Rule("a number >= 1", lambda v: _is_number(v) and v >= 1),

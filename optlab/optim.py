@@ -45,6 +45,20 @@ def needs_closure(optimizer: Optimizer) -> bool:
     return closure is not None and closure.default is inspect.Parameter.empty
 
 
+def hessian(loss: torch.Tensor, params: list[torch.Tensor], chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gradient, Hessian) of `loss` in `params` as a flat vector and a P×P matrix: rows of
+    Hessian-vector products against the identity, `chunk` at a time (double backprop, vmapped
+    by `is_grads_batched`)."""
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    eye = torch.eye(len(flat), dtype=flat.dtype, device=flat.device)
+    rows = []
+    for block in eye.split(chunk):
+        parts = torch.autograd.grad(flat, params, grad_outputs=block, is_grads_batched=True, retain_graph=True)
+        rows.append(torch.cat([h.reshape(len(block), -1) for h in parts], dim=1))
+    return flat.detach(), torch.cat(rows)
+
+
 class QuickProp(Optimizer):
     r"""QuickProp (Fahlman, 1988): a per-weight secant (parabola) step, written by hand.
 
@@ -147,17 +161,7 @@ class Newton(Optimizer):
         self.max_tries, self.chunk = max_tries, chunk
 
     def hessian(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gradient, Hessian) of `loss` as a flat vector and a P×P matrix."""
-        grads = torch.autograd.grad(loss, self.params, create_graph=True)
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        eye = torch.eye(len(flat), dtype=flat.dtype, device=flat.device)
-        rows = []
-        for block in eye.split(self.chunk):
-            parts = torch.autograd.grad(
-                flat, self.params, grad_outputs=block, is_grads_batched=True, retain_graph=True
-            )
-            rows.append(torch.cat([h.reshape(len(block), -1) for h in parts], dim=1))
-        return flat.detach(), torch.cat(rows)
+        return hessian(loss, self.params, self.chunk)
 
     def step(self, closure: Callable[..., torch.Tensor]):  # type: ignore[override]
         group = self.param_groups[0]

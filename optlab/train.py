@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import random
 import signal
@@ -17,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from optlab import data as dataset
-from optlab import schedules, sweep
+from optlab import curvature, schedules, sweep
 from optlab.callbacks import Checkpoint, EarlyStopping, StopOnSignal, snapshot
 from optlab.config import ConfigError, UsageError
+from optlab.files import atomic_write
 from optlab.init import distinct_units, initialize
 from optlab.logs import RunLog
 from optlab.optim import FULL_BATCH, decay_groups, needs_closure
@@ -54,6 +56,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     ).to(device)
     initialize(model, cfg.init, data.train, batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
+    initial = snapshot(model.state_dict())  # where training starts: the landscape's line begins here
     forward = torch.compile(model) if cfg.compile else model  # same parameters, fused kernels
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     autocast = partial(torch.autocast, device.type, dtype=half) if half else nullcontext
@@ -150,6 +153,9 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
 
     if resume:
         epoch, step, seen, first_loss = restore()
+        initial = torch.load(run_dir / "checkpoints" / "init.pt", map_location=device, weights_only=False)
+    else:
+        atomic_write(run_dir / "checkpoints" / "init.pt", lambda f: torch.save(initial, f))
     resume_point = snapshot(state())  # what last.pt holds: the end of the last finished epoch
     saved_at = time.monotonic()
     probe = StepProbe(params, cfg.diagnostics)
@@ -225,7 +231,12 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
                 "elapsed_s": time.perf_counter() - loop_started,
             }
             units = distinct_units(model) if cfg.diagnostics else []
-            run.epoch(row, {f"init/distinct_units/layer{i}": u for i, u in enumerate(units, 1)})
+            extra = {f"init/distinct_units/layer{i}": u for i, u in enumerate(units, 1)}
+            if cfg.curvature.every and epoch % cfg.curvature.every == 0:
+                measured = curvature.measure(model, curvature.subset_loss(model, data, cfg.curvature.samples),
+                                             cfg.curvature, lrs[-1], exact=False)
+                extra.update({f"curvature/{k}": v for k, v in measured.items()})
+            run.epoch(row, extra)
             checkpoint.on_epoch_end(epoch, row, state)
             if stopper:
                 stopper.on_epoch_end(epoch, row, model.state_dict)
@@ -251,6 +262,9 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
         model.load_state_dict(checkpoint.best_state["model"])
     test_loss, test_acc = evaluate(forward, data, data.test, autocast) if run.history else (nan, nan)
     last = run.history[-1] if run.history else {}
+    measured = {}
+    if cfg.curvature.final and run.history:  # on the weights that were tested
+        measured = landscape(model, data, cfg, initial, lrs[-1], run_dir, run.writer)
     metrics = {
         "status": status,
         "test_acc": test_acc,
@@ -275,6 +289,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
         "epoch_time_s": train_time / epoch,
         "train_samples_per_s": seen / train_time,
         "config_hash": sweep.config_hash(cfg),
+        **{k: v for k, v in measured.items() if isinstance(v, float)},
     }
     score = "R²" if data.task == "regression" else "acc"  # what `acc` means for this task
     run.finish(
@@ -285,6 +300,51 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
         sweep.hparams(cfg),
     )
     return metrics
+
+
+def landscape(model, data, cfg: DictConfig, initial: dict, lr: float, run_dir: Path, writer=None) -> dict:
+    """Every curvature measurement of `model` as it is, written to curvature.json and
+    landscape.png in `run_dir` (and to TensorBoard when a writer is given)."""
+    from optlab.files import write_json
+
+    loss = curvature.subset_loss(model, data, cfg.curvature.samples)
+    start = [initial[name].to(p) for name, p in model.named_parameters() if p.requires_grad]
+    result = {**curvature.measure(model, loss, cfg.curvature, lr), **curvature.slices(model, loss, start)}
+    write_json(run_dir / "curvature.json", result)
+    title = f"λ_max {result['lambda_max']:.4g} (2/lr = {2 / lr:.4g}), sharpness {result['sharpness']:.3g}%"
+    path = curvature.plot(result, run_dir / "landscape.png", title)
+    if writer is not None:
+        from PIL import Image
+        import numpy as np
+
+        writer.add_image("landscape", np.asarray(Image.open(path).convert("RGB")), dataformats="HWC")
+    log.info("curvature: λ_max %.4g (2/lr %.4g), trace %.4g, sharpness %.3g%%; %s",
+             result["lambda_max"], 2 / lr, result["trace"], result["sharpness"], path.name)
+    return result
+
+
+def landscape_of(run_dir: Path) -> dict:
+    """`optlab landscape <run folder>`: every curvature measurement of a finished run's best
+    weights, from its own config, data and checkpoints, into curvature.json and landscape.png."""
+    files = [run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / "best.pt", run_dir / "checkpoints" / "init.pt"]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise UsageError(f"{run_dir} is not a finished run (missing {', '.join(missing)})")
+    cfg = OmegaConf.load(files[0])
+    if cfg.get("surface") is not None:
+        raise UsageError(f"{run_dir} is a surface run; its landscape is trajectory.png")
+    device = resolve_device(cfg.device)
+    data = dataset.load(cfg.data, device)
+    model = instantiate(cfg.model, input_shape=data.input_shape, num_classes=data.num_outputs,
+                        dropout=cfg.dropout, batchnorm=cfg.batchnorm).to(device)
+    try:
+        model.load_state_dict(torch.load(files[1], map_location=device, weights_only=False)["model"])
+        initial = torch.load(files[2], map_location=device, weights_only=False)
+    except Exception as error:
+        raise UsageError(f"cannot load the checkpoints of {run_dir}: {str(error).splitlines()[0]}") from None
+    rows = list(csv.DictReader((run_dir / "history.csv").open())) if (run_dir / "history.csv").exists() else []
+    lr = float(rows[-1]["lr"]) if rows else cfg.optimizer.lr
+    return landscape(model, data, cfg, initial, lr, run_dir)
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, float, float]:
