@@ -8,6 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+
+# Tests run in one pytest-xdist worker per core, and many start `optlab` subprocesses: one torch
+# thread per process keeps them from oversubscribing the cores (several threads each, spinning
+# in OpenMP, made some tests 20× slower). Set before torch is imported; subprocesses inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 

@@ -7,6 +7,7 @@ import csv
 import json
 
 import pytest
+from omegaconf import OmegaConf
 import torch
 from torch import nn
 
@@ -95,7 +96,9 @@ def test_a_run_with_curvature_on_trains_exactly_as_with_it_off(tmp_path):
 
 def test_optlab_landscape_measures_a_finished_run(tmp_path):
     run = tmp_path / "run"
-    assert optlab("train", "epochs=2", "model.hidden=[16]", f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    train(make_config("epochs=2", "model.hidden=[16]"), run)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(make_config("epochs=2", "model.hidden=[16]")))
     result = optlab("landscape", str(run), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "λ_max" in result.stdout and "sharpness" in result.stdout
