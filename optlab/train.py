@@ -344,7 +344,10 @@ def landscape_of(run_dir: Path) -> dict:
         raise UsageError(f"cannot load the checkpoints of {run_dir}: {str(error).splitlines()[0]}") from None
     rows = list(csv.DictReader((run_dir / "history.csv").open())) if (run_dir / "history.csv").exists() else []
     lr = float(rows[-1]["lr"]) if rows else cfg.optimizer.lr
-    return landscape(model, data, cfg, initial, lr, run_dir)
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(run_dir)) as writer:  # the image joins the run's curves
+        return landscape(model, data, cfg, initial, lr, run_dir, writer)
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, float, float]:

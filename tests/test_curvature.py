@@ -104,5 +104,10 @@ def test_optlab_landscape_measures_a_finished_run(tmp_path):
     assert "λ_max" in result.stdout and "sharpness" in result.stdout
     assert json.loads((run / "curvature.json").read_text())["lambda_max"] > 0
     assert (run / "landscape.png").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert events.Tags()["images"] == ["landscape"]
     missing = optlab("landscape", str(tmp_path / "nothing"), cwd=tmp_path)
     assert missing.returncode == 2 and "is not a finished run" in missing.stderr
