@@ -248,10 +248,10 @@ def _config_changes(saved, cfg) -> list[str]:
     """`key: old → new` for every value that differs between two configs."""
     from omegaconf import OmegaConf
 
-    from optlab.compare import _flatten
+    from optlab.compare import flatten
 
     ignore = ("rerun", "summary.metric", "summary.x")
-    old, new = (_flatten(OmegaConf.to_container(c)) for c in (saved, cfg))
+    old, new = (flatten(OmegaConf.to_container(c)) for c in (saved, cfg))
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignore)
     return [f"{k}: {old.get(k)} → {new.get(k)}" for k in keys]
 

@@ -27,6 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from optlab.config import METRICS
+from optlab.files import atomic_write, write_csv
 
 # lower is better for these; higher for the rest
 MINIMIZED = {
@@ -118,14 +119,15 @@ def _load(path: Path) -> Run | None:
         plain = OmegaConf.to_container(config, resolve=True)
     except Exception:  # an interpolation that only Hydra could resolve
         plain = OmegaConf.to_container(config)
-    return Run(path, metrics, {k.lstrip("+~"): v for k, _, v in pairs}, _flatten(plain))
+    return Run(path, metrics, {k.lstrip("+~"): v for k, _, v in pairs}, flatten(plain))
 
 
-def _flatten(node, prefix: str = "") -> dict:
+def flatten(node, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} → {'a.b': 1}: configs compared key by key."""
     if isinstance(node, dict):
         out = {}
         for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: node}
 
@@ -189,8 +191,6 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 def summarize(paths: list[Path], out: Path, metric: str = "best_val_acc", x: str = "epoch") -> list[Path]:
     """Compare every run under `paths`; write the summary files into `out`; print the table."""
-    from optlab.files import atomic_write, write_csv
-
     runs = find_runs(paths)
     if not runs:
         return []
@@ -230,15 +230,6 @@ def summarize(paths: list[Path], out: Path, metric: str = "best_val_acc", x: str
 
 # --- plots ---------------------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _band(curves: list[list[dict]], key: str):
     """Mean and std over seeds of one history column, aligned by row (epoch or step)."""
     import numpy as np
@@ -254,7 +245,7 @@ def _band(curves: list[list[dict]], key: str):
 
 def plot_curves(groups: list[Group], path: Path, x: str) -> list[Path]:
     """Curves of every configuration, mean over seeds with a ±1 std band."""
-    from optlab.surfaces import save_figure
+    from optlab.surfaces import pyplot, save_figure
 
     networks = [g for g in groups if g.runs[0].read_csv("history.csv")]
     surfaces = [g for g in groups if g.runs[0].read_csv("trajectory.csv")]
@@ -266,7 +257,7 @@ def plot_curves(groups: list[Group], path: Path, x: str) -> list[Path]:
         chosen = surfaces
     else:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), layout="constrained")
     for group in chosen:
         curves = [c for c in (r.read_csv(file) for r in group.runs) if c]
@@ -291,9 +282,9 @@ def plot_curves(groups: list[Group], path: Path, x: str) -> list[Path]:
 def plot_metric(groups: list[Group], metric: str, key: str, path: Path) -> Path:
     """`metric` (mean ± std over seeds) against the values of one swept key; one line per
     combination of the other swept keys. Numbers spanning decades get a log axis."""
-    from optlab.surfaces import save_figure
+    from optlab.surfaces import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     values = sorted({g.params.get(key) for g in groups if key in g.params}, key=_sort_key)
     numeric = all(isinstance(_number(v), float) for v in values)
     lines: dict[str, list[Group]] = {}
@@ -336,11 +327,11 @@ def overlay_trajectories(groups: list[Group], out: Path) -> list[Path]:
 
     by_surface: dict[str, list[Group]] = {}
     for g in surface_groups:
-        surface = {k[8:]: v for k, v in g.runs[0].config.items() if k.startswith("surface.")}
-        by_surface.setdefault(json.dumps(surface, sort_keys=True), []).append(g)
+        surface = OmegaConf.load(g.runs[0].path / ".hydra" / "config.yaml").surface
+        by_surface.setdefault(OmegaConf.to_yaml(surface), []).append(g)
     written = []
     for i, (spec, members) in enumerate(by_surface.items()):
-        surface = instantiate(OmegaConf.create(_unflatten(json.loads(spec))), _convert_="all")
+        surface = instantiate(OmegaConf.create(spec), _convert_="all")
         paths = {
             " ".join(t for t in g.label.split() if not t.startswith("surface=")) or g.label: np.array([[row["x"], row["y"]] for row in g.runs[0].read_csv("trajectory.csv")])
             for g in members
@@ -350,17 +341,6 @@ def overlay_trajectories(groups: list[Group], out: Path) -> list[Path]:
         save_figure(plot_paths(surface, paths, f"{name}: {len(paths)} runs"), target)
         written.append(target)
     return written
-
-
-def _unflatten(flat: dict) -> dict:
-    out: dict = {}
-    for dotted, value in flat.items():
-        *parents, last = dotted.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return out
 
 
 def _number(text):

@@ -188,12 +188,9 @@ def subset_loss(model: nn.Module, data, samples: int) -> Loss:
 
 def plot(result: dict, path, title: str):
     """landscape.png: the two loss slices, and the eigenvalue histogram when there is one."""
-    from optlab.surfaces import save_figure
-    import matplotlib
+    from optlab.surfaces import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = 3 if "eigenvalues" in result else 2
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), layout="constrained")
     axes[0].plot(result["alpha"], result["random_direction"], "o-", ms=3)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from optlab.config import UsageError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -20,8 +22,6 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Call `write` on a temporary file beside `path`, then rename it over `path`: a reader
     sees the old file or the new one, never half of one. A full disk or a folder that cannot
     be written is a one-line UsageError naming the file; the old file stays as it was."""
-    from optlab.config import UsageError
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

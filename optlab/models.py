@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from optlab.config import ACTIVATIONS
+from optlab.config import ACTIVATIONS, UsageError
 
 
 def _features(input_shape: Sequence[int] | int) -> int:
@@ -77,8 +77,6 @@ class CNN(nn.Sequential):
         batchnorm: bool = False,
     ):
         if isinstance(input_shape, int) or len(input_shape) != 3:
-            from optlab.config import UsageError
-
             raise UsageError(f"model=cnn needs images (channels, height, width); this data gives "
                              f"inputs of shape {input_shape}. Use model=mlp, or set data.shape")
         depth, height, width = input_shape

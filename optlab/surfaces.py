@@ -128,11 +128,7 @@ def linear_rate(distances: Sequence[float]) -> float | None:
 
 def plot_paths(surface: Surface, paths: dict[str, np.ndarray], title: str):
     """Contours of the surface with each path drawn over them (a matplotlib Figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     (x0, x1), (y0, y1) = surface.view
     x, y = torch.meshgrid(
         torch.linspace(x0, x1, 300, dtype=torch.float64),
@@ -154,9 +150,20 @@ def plot_paths(surface: Surface, paths: dict[str, np.ndarray], title: str):
     return fig
 
 
-def save_figure(fig, path: Path) -> None:
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported when a plot
+    is first drawn: it costs ~0.5 s, and `--help` must not pay it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write `fig` as a PNG atomically and free it."""
+    plt = pyplot()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 

@@ -21,7 +21,7 @@ from optlab import data as dataset
 from optlab import curvature, schedules, sweep
 from optlab.callbacks import Checkpoint, EarlyStopping, StopOnSignal, snapshot
 from optlab.config import ConfigError, UsageError
-from optlab.files import atomic_write
+from optlab.files import atomic_write, write_json
 from optlab.init import distinct_units, initialize
 from optlab.logs import RunLog
 from optlab.optim import FULL_BATCH, decay_groups, needs_closure
@@ -305,8 +305,6 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
 def landscape(model, data, cfg: DictConfig, initial: dict, lr: float, run_dir: Path, writer=None) -> dict:
     """Every curvature measurement of `model` as it is, written to curvature.json and
     landscape.png in `run_dir` (and to TensorBoard when a writer is given)."""
-    from optlab.files import write_json
-
     loss = curvature.subset_loss(model, data, cfg.curvature.samples)
     start = [initial[name].to(p) for name, p in model.named_parameters() if p.requires_grad]
     result = {**curvature.measure(model, loss, cfg.curvature, lr), **curvature.slices(model, loss, start)}

@@ -59,6 +59,21 @@ def test_idx_images_load_with_the_official_test_split(name, tmp_path):
     assert data.test.y.tolist() == [i % 10 for i in range(20)]  # the official test set, in order
 
 
+def test_download_fetches_the_official_files_then_loads_them(tmp_path, monkeypatch):
+    """data.download=true through the same code, from a local mirror (file:// URL): this
+    workplace has no internet, and tests never download."""
+    import optlab.datasets as datasets
+
+    fake_mnist(tmp_path / "mirror")
+    url, files = datasets.IMAGES["mnist"]
+    monkeypatch.setitem(datasets.IMAGES, "mnist", ((tmp_path / "mirror" / "mnist").as_uri() + "/", files))
+    data = load(make_config("data=mnist", f"data.root={tmp_path / 'cache'}", "data.download=true").data, CPU)
+    assert len(data.test) == 20 and sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(files)
+    monkeypatch.setitem(datasets.IMAGES, "mnist", ((tmp_path / "nowhere").as_uri() + "/", files))
+    with pytest.raises(Exception, match="data=mnist: cannot download file://"):  # Hydra wraps it
+        load(make_config("data=mnist", f"data.root={tmp_path / 'other'}", "data.download=true").data, CPU)
+
+
 def test_cifar10_loads_from_the_official_python_batches(tmp_path):
     fake_cifar(tmp_path)
     data = load(make_config("data=cifar10", f"data.root={tmp_path}").data, CPU)

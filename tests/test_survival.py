@@ -97,6 +97,29 @@ def test_resuming_with_a_changed_config_is_refused_and_bad_files_are_named(tmp_p
     assert nothing.returncode == 2 and "is not a run folder" in nothing.stderr
 
 
+def test_the_first_ctrl_c_asks_to_stop_the_second_stops_at_once(tmp_path, monkeypatch, capsys):
+    from optlab.callbacks import StopOnSignal
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopOnSignal() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal == signal.SIGINT  # noted; training stops after this step
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before  # handlers put back
+
+    import optlab.train
+    from optlab.cli import main
+
+    def second_ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(optlab.train, "train", second_ctrl_c)
+    assert main(["train", f"hydra.run.dir={tmp_path / 'run'}"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("optlab train: stopped at once")
+
+
 def test_files_left_by_a_kill_9_at_random_moments_all_load(tmp_path):
     rng = random.Random(0)
     for attempt in range(2):
