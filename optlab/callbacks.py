@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from optlab.files import atomic_write
+from optlab.files import atomic_write, load_checkpoint
 
 
 def snapshot(state):
@@ -30,13 +30,13 @@ def snapshot(state):
 
 
 class Checkpoint:
-    """Keep the best state by `monitor` (lowest loss or highest accuracy); write best.pt and
-    last.pt at the end.
+    """Keep the best state in memory; write best.pt and last.pt.
 
-    Each file holds the state (model, optimizer, scheduler, epoch, step, RNG states) and the
-    run's config.
-    The best state is copied in memory when it improves, so the training loop never waits on
-    the disk; both files are written atomically (temporary file, then rename).
+    "Best" is the early-stopping rule's verdict when early stopping watches the run (so the
+    weights it restores, tests and measures are the ones in best.pt), else the lowest loss or
+    highest accuracy by `monitor`. Each file holds the state (model, optimizer, scheduler,
+    epoch, step, RNG states) and the run's config. The best state is copied in memory when it
+    improves, so the training loop never waits on the disk; both files are written atomically.
     """
 
     def __init__(self, folder: Path, config: dict, monitor: str = "val_loss"):
@@ -44,16 +44,21 @@ class Checkpoint:
         self.sign = 1 if "loss" in monitor else -1  # compare as "lower is better"
         self.best_value, self.best_epoch, self.best_state = math.inf, 0, None
 
-    def on_epoch_end(self, epoch: int, metrics: dict, state: Callable[[], dict]) -> None:
-        if self.sign * metrics[self.monitor] < self.best_value:
+    def on_epoch_end(self, epoch: int, metrics: dict, state: Callable[[], dict], improved: bool | None = None) -> None:
+        if improved is None:
+            improved = self.sign * metrics[self.monitor] < self.best_value
+        if improved:
             self.best_value, self.best_epoch = self.sign * metrics[self.monitor], epoch
             self.best_state = snapshot(state())
 
+    def best(self, last: dict) -> dict:
+        """The best state; `last` when no epoch was better than nothing (a NaN loss, or none
+        watched yet)."""
+        return last if self.best_state is None else self.best_state
+
     def save(self, last: dict) -> None:
         """Write best.pt and `last` as last.pt (also during training, so a killed run can resume)."""
-        if self.best_state is None:  # no epoch beat +inf (a NaN loss): the last state is the best
-            self.best_state = last
-        for name, saved in (("best.pt", self.best_state), ("last.pt", last)):
+        for name, saved in (("best.pt", self.best(last)), ("last.pt", last)):
             saved = {**saved, "config": self.config}
             atomic_write(self.folder / name, lambda f, s=saved: torch.save(s, f))
 
@@ -63,8 +68,15 @@ class Checkpoint:
     def load_state_dict(self, state: dict) -> None:
         """Continue a run: the best value and epoch, and the best state from best.pt."""
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
-        best = torch.load(self.folder / "best.pt", map_location="cpu", weights_only=False)
-        self.best_state = {k: v for k, v in best.items() if k != "config"}
+        best = load_checkpoint(self.folder / "best.pt")
+        self.best_state = {k: v for k, v in best.items() if k != "config"} if self.best_epoch else None
+
+
+def tested_checkpoint(cfg) -> str:
+    """The file that holds the weights a run is tested (and its curvature measured) on: the
+    best epoch's, or the last finished epoch's when early stopping does not restore the best."""
+    stopping = cfg.early_stopping
+    return "last.pt" if stopping.monitor and not stopping.restore_best else "best.pt"
 
 
 class EarlyStopping:
@@ -73,8 +85,8 @@ class EarlyStopping:
     An epoch improves on the best so far when it beats it by more than `min_delta`
     (absolute; lower is better for a loss, higher for an accuracy). Epochs before
     `start_epoch` are not watched. Training stops once `patience` epochs in a row have not
-    improved; with `restore_best`, the best epoch's weights are put back at the end (whether
-    or not training stopped early).
+    improved. The verdict is also the checkpoint's: its best state is the epoch this calls
+    best, which the run restores at the end with `restore_best` (see `tested_checkpoint`).
     """
 
     def __init__(
@@ -88,29 +100,24 @@ class EarlyStopping:
         self.monitor, self.patience, self.min_delta = monitor, patience, abs(min_delta)
         self.restore_best, self.start_epoch = restore_best, start_epoch
         self.sign = 1 if "loss" in monitor else -1  # minimize losses, maximize accuracies
-        self.best, self.best_epoch, self.best_weights = None, 0, None
+        self.best, self.best_epoch = None, 0
         self.wait, self.stopped_epoch, self.stop = 0, 0, False
 
-    def on_epoch_end(self, epoch: int, metrics: dict, weights: Callable[[], dict]) -> None:
-        """`epoch` counts from 1; Keras's `epoch > 0` and `start_from_epoch` count from 0."""
+    def on_epoch_end(self, epoch: int, metrics: dict) -> bool:
+        """Whether `epoch` (counted from 1; Keras's `epoch > 0` and `start_from_epoch` count
+        from 0) is the best so far."""
         if epoch - 1 < self.start_epoch:
-            return
+            return False
         current = self.sign * metrics[self.monitor]
-        if self.restore_best and self.best_weights is None:
-            self.best_weights, self.best_epoch = snapshot(weights()), epoch
         self.wait += 1
         if self.best is None or current + self.min_delta < self.best:
             self.best, self.best_epoch, self.wait = current, epoch, 0
-            if self.restore_best:
-                self.best_weights = snapshot(weights())
-        elif self.wait >= self.patience and epoch > 1:
+            return True
+        if self.wait >= self.patience and epoch > 1:
             self.stopped_epoch, self.stop = epoch, True
+        return False
 
-    def on_train_end(self, model: torch.nn.Module) -> None:
-        if self.restore_best and self.best_weights is not None:
-            model.load_state_dict(self.best_weights)
-
-    STATE = ("best", "best_epoch", "best_weights", "wait", "stopped_epoch", "stop")
+    STATE = ("best", "best_epoch", "wait", "stopped_epoch", "stop")
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.STATE}

@@ -28,7 +28,7 @@ USAGE = f"""usage: optlab [-h] [--version] <command> [overrides ...]
 A command-line lab for deep-learning optimization.
 
 commands:
-{chr(10).join(f"  {name:<8}{text}" for name, text in COMMANDS.items())}
+{chr(10).join(f"  {name:<{max(map(len, COMMANDS)) + 2}}{text}" for name, text in COMMANDS.items())}
 
 examples:
   optlab train
@@ -72,13 +72,14 @@ def _run_landscape(args: list[str]) -> int:
     )
     parser.add_argument("run", type=Path, help="a run folder (with .hydra/ and checkpoints/)")
     options = parser.parse_args(args)
-    from optlab.config import UsageError
-
     try:
         from optlab.train import landscape_of
 
         result = landscape_of(options.run)
-    except UsageError as mistake:
+    except Exception as error:
+        mistake = _usage_error(error)  # instantiate wraps a dataset's complaint
+        if mistake is None:
+            raise
         print(f"optlab landscape: {mistake}", file=sys.stderr)
         return 2
     extra = (f", condition number {result['condition_number']:.3g}, "
@@ -118,8 +119,14 @@ def _run_compare(args: list[str]) -> int:
         else Path("outputs/comparisons") / time.strftime("%Y-%m-%d_%H-%M-%S")
     )
     from optlab.compare import summarize
+    from optlab.config import UsageError
 
-    if not summarize(options.paths, out, options.metric, options.x):
+    try:
+        found = summarize(options.paths, out, options.metric, options.x)
+    except UsageError as mistake:  # the summary cannot be written there
+        print(f"optlab compare: {mistake}", file=sys.stderr)
+        return 2
+    if not found:
         where = ", ".join(map(str, options.paths))
         print(f"optlab compare: no runs (folders with metrics.json) under {where}", file=sys.stderr)
         return 2
@@ -145,9 +152,11 @@ def _run_train(args: list[str]) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from optlab import config
+    from optlab import config, jobs
+    from optlab.naming import command, relative
 
     config.register()
+    jobs.current = jobs.Command()
     resume = [a for a in args if a.split("=", 1)[0] in ("resume", "resume.allow_changes")]
     if resume:
         try:
@@ -161,29 +170,33 @@ def _run_train(args: list[str]) -> int:
     user_wants_traceback = "HYDRA_FULL_ERROR" in os.environ
 
     @hydra.main(config_path="pkg://optlab.conf", config_name="config", version_base="1.3")
-    def train_app(cfg) -> float | None:
+    def train_app(cfg) -> dict:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
         try:
-            return _train_job(cfg, run_dir)
+            metrics = jobs.run(cfg, run_dir)
         except Exception as error:
-            from optlab.sweep import record_failure
-
             mistake = _usage_error(error)
             if in_sweep or mistake is None:  # a sweep goes on; a bug ends in its traceback
-                with contextlib.suppress(OSError):  # a full disk cannot take the record either
-                    record_failure(run_dir, cfg, mistake or error)
-            if in_sweep:
-                name = f"{run_dir.parent.name}/{run_dir.name}"
-                print(f"optlab train: run {name} failed: {mistake or error}", file=sys.stderr)
-                return None
+                with contextlib.suppress(config.UsageError):  # a full disk cannot take the record either
+                    jobs.record_failure(run_dir, cfg, mistake or error)
+            if in_sweep:  # the sweep's last line names every failed run
+                logging.getLogger("optlab").error("failed: %s: %s", run_dir, mistake or error)
+                return {"status": "failed"}
             if mistake is None:
                 raise
+            jobs.discard(run_dir, cfg)
             print(f"optlab train: {mistake}", file=sys.stderr)
             sys.exit(2)  # exit here: Hydra would print the job as failed
+        if metrics["status"] == "interrupted":
+            code = 130 if metrics["interrupted_by"] == "SIGINT" else 143
+            print(f"optlab train: interrupted after epoch {metrics['epochs_run']}; resume with: "
+                  f"{command('optlab', 'train', f'resume={relative(run_dir)}')}", file=sys.stderr)
+            sys.exit(code)
+        return metrics
 
     try:
         os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us instead of exit(1)
@@ -191,10 +204,12 @@ def _run_train(args: list[str]) -> int:
     except KeyboardInterrupt:  # the second Ctrl-C: no time to save
         print("optlab train: stopped at once; the run folder keeps its last save", file=sys.stderr)
         return 130
-    except (HydraException, OmegaConfBaseException) as error:  # (some are OSErrors too)
+    except (jobs.Refused, config.UsageError, HydraException, OmegaConfBaseException) as error:
         if user_wants_traceback:
             raise
-        print(f"optlab train: {describe(error, args)}", file=sys.stderr)
+        error = error.error if isinstance(error, jobs.Refused) else error
+        print(f"optlab train: {error if isinstance(error, config.UsageError) else describe(error, args)}",
+              file=sys.stderr)
         return 2
     except OSError as error:  # Hydra cannot make or write the run folder
         print(f"optlab train: cannot write {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
@@ -202,21 +217,23 @@ def _run_train(args: list[str]) -> int:
     finally:
         if not user_wants_traceback:
             del os.environ["HYDRA_FULL_ERROR"]
+    if jobs.current.failed:
+        failed = jobs.current.failed
+        print(f"optlab train: {len(failed)} run{'s' * (len(failed) > 1)} of the sweep failed "
+              f"(see error.txt in each): {', '.join(str(relative(Path(f))) for f in failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
-# set by `resume=<run folder>`: the run's folder, its saved config and .hydra files, allow_changes
-_RESUME: dict = {}
-
-
 def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:
-    """The arguments that continue a run: its own overrides, the user's others, its folder.
-    None when the run already completed (it says so; nothing changes)."""
-    import json
-
+    """The arguments that continue a run: its own overrides, the user's others, its folder
+    (quoted for Hydra), and no rewrite of its `.hydra/` (see jobs.Guard). None when the run
+    already completed (it says so; nothing changes)."""
     from omegaconf import OmegaConf
 
+    from optlab import jobs
     from optlab.config import UsageError
+    from optlab.naming import override
 
     options = dict(a.split("=", 1) for a in resume)
     folder = Path(options.get("resume", "")).expanduser()
@@ -225,83 +242,18 @@ def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:
                          f"give the folder an interrupted run printed")
     if not (folder / "checkpoints" / "last.pt").exists():
         raise UsageError(f"resume: {folder} has no checkpoints/last.pt to continue from")
-    try:
-        status = json.loads((folder / "metrics.json").read_text()).get("status")
-    except (OSError, ValueError):
-        status = None  # killed before it wrote metrics.json: resume from its last save
-    if status == "completed":
+    if (jobs.read_metrics(folder) or {}).get("status") == "completed":  # no record: killed, resume
         print(f"optlab train: {folder} already completed: nothing to resume (metrics.json)")
         return None
-    hydra_files = {p: p.read_bytes() for p in (folder / ".hydra").glob("*.yaml")}
-    _RESUME.update(
-        dir=folder.resolve(),
-        config=OmegaConf.load(folder / ".hydra" / "config.yaml"),
-        allow_changes=options.get("resume.allow_changes", "false").lower() == "true",
-        hydra_files=hydra_files,
-    )
-    saved = [str(o) for o in OmegaConf.load(folder / ".hydra" / "overrides.yaml")]
+    file = folder / ".hydra" / "overrides.yaml"
+    try:
+        saved = [str(o) for o in OmegaConf.load(file)]
+    except Exception as error:
+        raise UsageError(f"resume: cannot read {file}: {str(error).splitlines()[0] if str(error) else error!r}") from None
+    jobs.current.resume = folder
+    jobs.current.allow_changes = options.get("resume.allow_changes", "false").lower() == "true"
     own = [a for a in args if a not in resume]
-    return [*saved, *own, f"hydra.run.dir={folder}"]
-
-
-def _config_changes(saved, cfg) -> list[str]:
-    """`key: old → new` for every value that differs between two configs."""
-    from omegaconf import OmegaConf
-
-    from optlab.compare import flatten
-
-    ignore = ("rerun", "summary.metric", "summary.x")
-    old, new = (flatten(OmegaConf.to_container(c)) for c in (saved, cfg))
-    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignore)
-    return [f"{k}: {old.get(k)} → {new.get(k)}" for k in keys]
-
-
-def _train_job(cfg, run_dir: Path) -> float | None:
-    """One run: validate; continue it if resumed or interrupted in a sweep; skip it if it
-    already finished with this config; else train."""
-    from optlab import config, sweep
-
-    config.validate(cfg)
-    log = logging.getLogger("optlab")
-    resume = bool(_RESUME) and run_dir.resolve() == _RESUME["dir"]
-    if resume:
-        changes = _config_changes(_RESUME["config"], cfg)
-        if changes and not _RESUME["allow_changes"]:
-            for path, text in _RESUME["hydra_files"].items():  # the run's record stays as it was
-                path.write_bytes(text)
-            raise config.UsageError(
-                f"resume: the config differs from the run's in {'; '.join(changes)} "
-                f"(resume.allow_changes=true resumes anyway)"
-            )
-    else:
-        previous = sweep.previous_metrics(run_dir) or {}
-        resume = previous.get("status") == "interrupted" and previous.get("config_hash") == sweep.config_hash(cfg)
-    done = None if cfg.rerun or resume else sweep.finished(run_dir, cfg)
-    if done is not None:
-        log.info("skipped: %s already %s with this config (rerun=true trains it again)",
-                 run_dir, done["status"])
-        return done.get("best_val_acc", done.get("final_loss"))
-    if not resume:
-        archived = sweep.archive_previous(run_dir)
-        if archived:
-            log.info("an earlier attempt's outputs moved to %s", archived)
-    sweep.set_threads()
-    if cfg.surface is not None:
-        from optlab.surfaces import run  # torch is imported only now
-
-        return run(cfg, run_dir)["final_loss"]
-    from optlab.train import train
-
-    metrics = train(cfg, run_dir, resume=resume)
-    if metrics["status"] == "interrupted":
-        from optlab.logs import relative
-
-        code = 130 if metrics["interrupted_by"] == "SIGINT" else 143
-        print(f"optlab train: interrupted after epoch {metrics['epochs_run']}; resume with: "
-              f"optlab train resume={relative(run_dir)}", file=sys.stderr)
-        sys.exit(code)
-    return metrics["best_val_acc"]
-
+    return [*saved, *own, override("hydra.run.dir", folder), "hydra.output_subdir=null"]
 
 
 def _usage_error(error: BaseException | None) -> BaseException | None:
@@ -334,6 +286,8 @@ def describe(error: Exception, args: list[str]) -> str:
             rule = config.rule_for(path)
             allowed = rule.allowed if rule else str(cause).splitlines()[0]
             return str(config.ConfigError(path, value, allowed))
+        if any(a.partition("=")[0] == f"~{path}" for a in args):
+            return f"'{path}' cannot be removed: every run needs it (see: optlab train --help)"
         parent, _, name = path.rpartition(".")
         known = [str(k) for k in (cause.parent_node or {}) if k not in ("_target_", "hydra")]
         hint = config.suggest(name, known)
@@ -342,7 +296,7 @@ def describe(error: Exception, args: list[str]) -> str:
             f"unknown key '{path}': {config.show(value)}{hint} "
             f"(allowed at {where}: {', '.join(known)})"
         )
-    return str(error).strip().splitlines()[0]
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _typed_value(path: str, args: list[str]) -> object:

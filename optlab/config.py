@@ -8,7 +8,6 @@ This module imports no torch, so `--help`, `--cfg job` and bad input answer at o
 from __future__ import annotations
 
 import difflib
-import hashlib
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -296,12 +295,17 @@ def _leaves(node: DictConfig, prefix: str):
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first value a rule rejects, or a key no rule knows."""
+    """Raise ConfigError for the first value a rule rejects, or a key no rule knows (a job's
+    config may carry Hydra's own `hydra` node: Hydra checks that)."""
+    for name in (*top_level_keys(), *GROUPS):
+        if OmegaConf.is_missing(cfg, name):  # `~scheduler`, `~epochs`
+            allowed = ", ".join(options(name)) or top_level_keys()[name]["rule"].allowed
+            raise UsageError(f"no value for '{name}': it cannot be removed (allowed: {allowed})")
     for name, meta in top_level_keys().items():
         if not meta["rule"].ok(cfg[name]):
             raise ConfigError(name, cfg[name], meta["rule"].allowed)
     for name in cfg:
-        if name not in GROUPS and name not in top_level_keys():
+        if name not in GROUPS and name not in top_level_keys() and name != "hydra":
             raise ConfigError(name, cfg[name], ", ".join(top_level_keys()), "unknown key")
     for group in GROUPS:
         if cfg.get(group) is None:  # an optional group left out (surface)
@@ -318,6 +322,11 @@ def validate(cfg: DictConfig) -> None:
             "batch_size", 1, "2 or more with batchnorm=true: batch norm normalizes by the "
             "statistics of the batch, and one example has no variance",
         )
+    horizon, unit = (cfg.steps, "steps") if cfg.get("surface") is not None else (cfg.epochs, "epochs")
+    planned = cfg.scheduler.get("epochs")  # a `${epochs}` spans a surface's steps (surfaces.run)
+    if planned is not None and not OmegaConf.is_interpolation(cfg.scheduler, "epochs") and planned < horizon:
+        raise ConfigError("scheduler.epochs", planned, f"at least the run's {horizon} {unit}: "
+                          "OneCycleLR cannot step past its end, a cosine would climb again")
     data = cfg.data
     if data.val_fraction + data.test_fraction >= 1:
         raise ConfigError(
@@ -325,38 +334,18 @@ def validate(cfg: DictConfig) -> None:
         )
 
 
+def options(group: str) -> list[str]:
+    """The options of a config group: the YAML files in conf/<group>/ (empty for a key)."""
+    from importlib.resources import files
+
+    folder = files("optlab.conf") / group
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+
+
 def suggest(name: str, known: list[str]) -> str:
     """' (did you mean 'x'?)' for a near miss, else ''."""
     close = difflib.get_close_matches(name, known, n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def overrides_name(overrides: Any, drop: tuple[str, ...] = ()) -> str:
-    """`key=value` per override, sorted by key and joined by commas (Hydra's override_dirname),
-    made safe for any file system, shell and TensorBoard: no `/`, no spaces or quotes.
-    `rerun` and `summary.*` change no result, so they leave the name (and the folder) alone."""
-    pairs = sorted(
-        (name.lstrip("+~"), value)
-        for name, _, value in (str(o).partition("=") for o in overrides or [])
-        if name.lstrip("+~") not in (*drop, "rerun") and not name.lstrip("+~").startswith("summary.")
-    )
-    safe = re.sub(r"[^\w.=,+-]+", "_", ",".join(f"{k}={v}" for k, v in pairs)).strip("_")
-    if len(safe) > 120:  # file names stop at 255 bytes; keep them readable and unique
-        safe = f"{safe[:100]}_{hashlib.sha1(safe.encode()).hexdigest()[:8]}"
-    return safe
-
-
-def run_name(prefix: Any, overrides: Any) -> str:
-    """A single run's folder: `<time>_<overrides>`."""
-    name = overrides_name(overrides)
-    return f"{prefix}_{name}" if name else str(prefix)
-
-
-def job_dir(overrides: Any, seed: Any) -> str:
-    """A sweep job's folder: `<overrides but seed>/seed=<seed>`, so that runs differing only in
-    seed sit side by side and TensorBoard names each `optimizer=adam,batch_size=16/seed=0`.
-    An `experiment=` preset already names the sweep folder, so it stays out of the job's."""
-    return f"{overrides_name(overrides, drop=('seed', 'experiment')) or 'defaults'}/seed={seed}"
 
 
 def keys_help() -> str:
@@ -372,6 +361,8 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="optlab_schema", node=Config)
+    from optlab.naming import job_dir, run_name
+
     resolvers = {"optlab_run_name": run_name, "optlab_job_dir": job_dir, "optlab_keys_help": keys_help}
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):

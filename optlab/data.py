@@ -9,6 +9,8 @@ windowed copy is ever made. Data too large for the device stays on the host
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -91,6 +93,9 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
         y, classes = np.asarray(source.y, dtype=np.float32).reshape(len(x), -1), None
     else:
         classes, y = np.unique(source.y, return_inverse=True)
+    if len(x) != len(y):
+        where = f" in {cfg.source.path}" if cfg.source.get("path") else ""
+        raise UsageError(f"data: {len(x)} examples (X) but {len(y)} labels (y){where}: one label per example")
     # examples: the rows of x, or for frames the frames (each the centre of its window)
     everything = np.arange(len(y))
     if source.test is not None:
@@ -140,11 +145,20 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
 
 
 def _split(index: np.ndarray, y: np.ndarray, fraction: float, seed: int, regression: bool):
-    """Stratified by class where every class has two examples to split, else at random."""
+    """Stratified by class where both parts can hold every class and every class has two
+    examples to split, else at random; too few examples to split is the user's to fix."""
     labels = None if regression else y[index]
-    if labels is not None and np.unique(labels, return_counts=True)[1].min() < 2:
-        labels = None
-    return train_test_split(index, test_size=fraction, stratify=labels, random_state=seed)
+    if labels is not None:
+        counts = np.unique(labels, return_counts=True)[1]
+        held_out = math.ceil(fraction * len(index))
+        if counts.min() < 2 or min(held_out, len(index) - held_out) < len(counts):
+            labels = None
+    try:
+        return train_test_split(index, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError:
+        raise UsageError(f"data: {len(index)} examples are too few to split off a fraction of "
+                         f"{fraction:.3g} and keep some to train on (data.val_fraction, "
+                         f"data.test_fraction)") from None
 
 
 def pad_utterances(frames: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

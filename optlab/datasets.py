@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from optlab.config import UsageError
+from optlab.naming import command, override
 
 
 @dataclass
@@ -108,11 +109,11 @@ def _find(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _missing(dataset: str, folder: Path, files: list[str]) -> UsageError:
+def _missing(dataset: str, root: str, folder: Path, files: list[str]) -> UsageError:
+    fetch = command("optlab", "train", f"data={dataset}", override("data.root", root), "data.download=true")
     return UsageError(
         f"data={dataset}: the official files are not in {folder} (need {', '.join(files)}). "
-        f"Fetch them with: optlab train data={dataset} data.download=true "
-        f"(or copy them there, or point data.root at where they are)"
+        f"Fetch them with: {fetch} (or copy them there, or point data.root at where they are)"
     )
 
 
@@ -144,7 +145,7 @@ def idx_images(dataset: str, root: str, download: bool = False) -> Source:
         fetch(dataset, folder)
     paths = [_find(folder, name) for name in files]
     if None in paths:
-        raise _missing(dataset, folder, files)
+        raise _missing(dataset, root, folder, files)
     x, y, x_test, y_test = (read_idx(p) for p in paths)
     return Source(x[:, None] / np.float32(255), y, test=(x_test[:, None] / np.float32(255), y_test))
 
@@ -157,7 +158,7 @@ def cifar10(root: str, download: bool = False) -> Source:
     batches = folder / "cifar-10-batches-py"
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     if not all((batches / n).exists() for n in names):
-        raise _missing("cifar10", batches, names)
+        raise _missing("cifar10", root, batches, names)
 
     def read(name: str) -> tuple[np.ndarray, np.ndarray]:
         with open(batches / name, "rb") as f:

@@ -52,3 +52,30 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
+    """A checkpoint's dict, loaded with `weights_only=True`: tensors and plain values only, so
+    that no file optlab reads can run code (a pickle can call anything as it loads). Anything
+    that does not load that way is a one-line UsageError naming the file."""
+    import pickle
+
+    import torch
+
+    try:
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist") from None
+    except pickle.UnpicklingError as error:
+        if "weights only load failed" in str(error).lower():
+            raise UsageError(
+                f"refused to load {path}: it holds objects other than tensors and plain values, "
+                f"and loading those could run code (optlab loads checkpoints with weights_only=True)"
+            ) from None
+        raise UsageError(f"cannot load {path}: not a PyTorch checkpoint ({error})") from None
+    except Exception as error:  # truncated, or not a checkpoint at all
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        raise UsageError(f"cannot load {path}: {reason or type(error).__name__}") from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"cannot load {path}: it holds a {type(saved).__name__}, not a checkpoint's dict")
+    return saved

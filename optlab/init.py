@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from optlab.config import UsageError
+from optlab.files import load_checkpoint
 
 log = logging.getLogger("optlab")
 
@@ -62,10 +63,10 @@ def load_matching(model: nn.Module, path: str | None) -> tuple[list[str], list[s
     if file.is_dir():
         file = file / "checkpoints" / "best.pt"
     try:
-        saved = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as error:  # a missing, truncated or foreign file: the user's to fix
-        raise UsageError(f"init.path: cannot load a checkpoint from {file} ({error})") from None
-    saved = saved.get("model", saved) if isinstance(saved, dict) else None
+        saved = load_checkpoint(file)  # weights only: a downloaded file cannot run code
+    except UsageError as error:  # a missing, truncated, foreign or unsafe file: the user's to fix
+        raise UsageError(f"init.path: {error}") from None
+    saved = saved.get("model", saved)
     if not isinstance(saved, dict):
         raise UsageError(f"init.path: {file} holds no model state (expected a state dict)")
     own = model.state_dict()

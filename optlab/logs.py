@@ -22,6 +22,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
 from optlab.files import write_csv, write_json
+from optlab.naming import command, relative
 
 log = logging.getLogger("optlab")
 
@@ -47,11 +48,11 @@ HPARAM_METRICS = (
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, cfg: DictConfig):
+    def __init__(self, run_dir: Path, cfg: DictConfig, history: list[dict] | None = None):
         self.run_dir = run_dir
         self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000, flush_secs=5)
         self.writer.add_text("config", f"```\n{OmegaConf.to_yaml(cfg)}```")
-        self.history: list[dict] = []
+        self.history: list[dict] = [] if history is None else history  # a resumed run's rows so far
         self.bar: tqdm | None = None
 
     def progress(self, items: Iterable[int], unit: str = "epoch") -> Iterable[int]:
@@ -112,12 +113,4 @@ class RunLog:
         where = relative(self.run_dir)
         log.info("%s", summary)
         log.info("run folder: %s", where)
-        log.info("curves:     tensorboard --logdir %s", where)
-
-
-def relative(path: Path) -> Path:
-    """`path` from the working directory when it lies below it, as a user would type it."""
-    try:
-        return path.resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        return path
+        log.info("curves:     %s", command("tensorboard", "--logdir", where))

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from optlab import schedules, sweep
+from optlab import jobs, schedules, sweep
 from optlab.files import atomic_write, write_csv
 from optlab.logs import RunLog
 from optlab.optim import needs_closure
@@ -174,7 +174,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     torch.manual_seed(cfg.seed)
     surface: Surface = instantiate(cfg.surface, _convert_="all")
     optimizer = instantiate(cfg.optimizer, params=list(surface.parameters()), _convert_="all")
-    scheduler = schedules.build(cfg.scheduler, optimizer, steps_per_epoch=1)[0]  # a step = an epoch
+    # a step is an epoch here: a schedule planned over `${epochs}` spans the run's steps
+    schedule = OmegaConf.merge(cfg, {"epochs": cfg.steps}).scheduler
+    scheduler = schedules.build(schedule, optimizer, steps_per_epoch=1)[0]
     closure_based = needs_closure(optimizer)
     log = RunLog(run_dir, cfg)
 
@@ -240,7 +242,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "rate_measured": linear_rate(distances) if status == "completed" else None,
         **(surface.rates() if isinstance(surface, Quadratic) else {}),
         "wall_time_s": time.perf_counter() - started,
-        "config_hash": sweep.config_hash(cfg),
+        "config_hash": jobs.config_hash(cfg),
     }
     rate = metrics["rate_measured"]
     log.finish(

@@ -1,81 +1,20 @@
-"""What a sweep asks of each run: an identity, a record whatever happens, no wasted work.
+"""What a sweep asks of each run beyond its folder (optlab/jobs.py decides that):
 
-- `config_hash`: the resolved config's fingerprint, stored in metrics.json, so re-running a
-  sweep into its folder skips the runs already finished with the same config (`finished`).
-- `hparams`: the values TensorBoard's HParams dashboard compares runs by.
-- `record_failure`: a run that raises still leaves a metrics.json (`status: failed`).
+- `hparams`: the values TensorBoard's HParams dashboard compares runs by;
 - `set_threads`: parallel launchers share the cores instead of oversubscribing them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import shutil
-import time
-import traceback
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from optlab.config import GROUPS
-from optlab.files import write_json
 
 # The values every run reports to HParams, beside each key its own command line set.
 MAIN_KEYS = ("optimizer.lr", "batch_size", "epochs", "seed", "dropout", "batchnorm", "l2", "shuffle")
-FINISHED = ("completed", "diverged")  # outcomes a re-run would only repeat
-OUTPUTS = ("events.out.tfevents.*", "metrics.json", "history.csv", "checkpoints", "trajectory.*")
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """SHA-1 of the resolved config, less what does not change training (`rerun`, `summary`)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain = {k: v for k, v in plain.items() if k not in ("rerun", "summary", "hydra")}
-    return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def previous_metrics(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def finished(run_dir: Path, cfg: DictConfig) -> dict | None:
-    """The metrics of an earlier run in `run_dir` with this very config that ran to its end."""
-    metrics = previous_metrics(run_dir)
-    if metrics and metrics.get("status") in FINISHED and metrics.get("config_hash") == config_hash(cfg):
-        return metrics
-    return None
-
-
-def archive_previous(run_dir: Path) -> Path | None:
-    """Move an earlier attempt's outputs into `.previous/<time>/`, so that a re-run (or its
-    failure) never overwrites them and TensorBoard shows no duplicated curves."""
-    old = [p for pattern in OUTPUTS for p in run_dir.glob(pattern)]
-    if not old:
-        return None
-    target = run_dir / ".previous" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    target.mkdir(parents=True, exist_ok=True)
-    for path in old:
-        shutil.move(str(path), target / path.name)
-    return target
-
-
-def record_failure(run_dir: Path, cfg: DictConfig, error: BaseException) -> None:
-    """metrics.json for a run that raised: its status, the error, and the traceback in the log."""
-    write_json(
-        run_dir / "metrics.json",
-        {
-            "status": "failed",
-            "error": f"{type(error).__name__}: {error}",
-            "config_hash": config_hash(cfg),
-        },
-    )
-    with open(run_dir / "error.txt", "w") as f:
-        f.write("".join(traceback.format_exception(error)))
 
 
 def choices(cfg: DictConfig) -> dict[str, str]:

@@ -18,10 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from optlab import data as dataset
-from optlab import curvature, schedules, sweep
-from optlab.callbacks import Checkpoint, EarlyStopping, StopOnSignal, snapshot
+from optlab import curvature, jobs, schedules, sweep
+from optlab.callbacks import Checkpoint, EarlyStopping, StopOnSignal, snapshot, tested_checkpoint
 from optlab.config import ConfigError, UsageError
-from optlab.files import atomic_write, write_json
+from optlab.files import atomic_write, load_checkpoint, write_json
 from optlab.init import distinct_units, initialize
 from optlab.logs import RunLog
 from optlab.optim import FULL_BATCH, decay_groups, needs_closure
@@ -94,7 +94,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
         return total
 
     order = torch.Generator().manual_seed(cfg.seed)  # batch order: its own stream
-    run = RunLog(run_dir, cfg)
+    history: list[dict] = []  # a row per finished epoch (RunLog appends them)
     watch = cfg.early_stopping.monitor
     checkpoint = Checkpoint(run_dir / "checkpoints", OmegaConf.to_container(cfg), watch or "val_loss")
     stopper = EarlyStopping(**cfg.early_stopping) if watch else None
@@ -111,56 +111,63 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
             "loop": {
                 "seen": seen,
                 "first_loss": first_loss,
-                "history": tuple(run.history),  # rows are never changed: snapshot shares them
+                "train_time": time.perf_counter() - loop_started,  # timings go on across a resume
+                "wall_time": time.perf_counter() - started,
+                "history": tuple(history),  # rows are never changed: snapshot shares them
                 "checkpoint": checkpoint.state_dict(),
                 "stopper": stopper.state_dict() if stopper else None,
             },
-            "rng": {
+            "rng": {  # in forms torch.load(weights_only=True) reads: no pickled objects
                 "python": random.getstate(),
-                "numpy": np.random.get_state(),
+                "numpy": numpy_rng_state(),
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "order": order.get_state(),
             },
         }
 
-    def restore() -> tuple[int, int, int, float | None]:
+    def restore() -> tuple[int, int, int, float | None, float, float]:
         """The mirror of `state`: load last.pt into every piece of the run."""
         file = run_dir / "checkpoints" / "last.pt"
         try:
-            saved = torch.load(file, map_location=device, weights_only=False)
+            saved = load_checkpoint(file, device)
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             scaler.load_state_dict(saved["scaler"])
             loop, rng = saved["loop"], saved["rng"]
-        except Exception as error:  # truncated, foreign, or for another model: the user's to fix
+            history[:] = list(loop["history"])
+            checkpoint.load_state_dict(loop["checkpoint"])
+            if stopper:
+                stopper.load_state_dict(loop["stopper"])
+            random.setstate(rng["python"])
+            set_numpy_rng_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"].cpu())
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
+            order.set_state(rng["order"].cpu())
+        except UsageError as error:  # a file that does not load: the message names it
+            raise UsageError(f"resume: {error}") from None
+        except Exception as error:  # foreign, or for another model: the user's to fix
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             reason = " ".join(lines[:2]) or type(error).__name__  # e.g. which tensor does not fit
             raise UsageError(f"resume: cannot continue from {file}: {reason}") from None
-        run.history[:] = list(loop["history"])
-        checkpoint.load_state_dict(loop["checkpoint"])
-        if stopper:
-            stopper.load_state_dict(loop["stopper"])
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"].cpu())
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
-        order.set_state(rng["order"].cpu())
         log.info("resumed %s after epoch %d (step %d)", run_dir, saved["epoch"], saved["step"])
-        return saved["epoch"], saved["step"], loop["seen"], loop["first_loss"]
+        return saved["epoch"], saved["step"], loop["seen"], loop["first_loss"], loop["train_time"], loop["wall_time"]
 
+    train_time = wall_time = 0.0  # seconds this run spent before: a resumed run's clocks go on
     if resume:
-        epoch, step, seen, first_loss = restore()
-        initial = torch.load(run_dir / "checkpoints" / "init.pt", map_location=device, weights_only=False)
+        epoch, step, seen, first_loss, train_time, wall_time = restore()
+        initial = load_checkpoint(run_dir / "checkpoints" / "init.pt", device)
     else:
         atomic_write(run_dir / "checkpoints" / "init.pt", lambda f: torch.save(initial, f))
+    run = RunLog(run_dir, cfg, history)  # opens the event file: only once the run can go on
+    started -= wall_time
+    loop_started = time.perf_counter() - train_time
     resume_point = snapshot(state())  # what last.pt holds: the end of the last finished epoch
     saved_at = time.monotonic()
     probe = StepProbe(params, cfg.diagnostics)
     status, diverged_step = "completed", None
-    loop_started = time.perf_counter()
     with StopOnSignal() as stop:
         for epoch in run.progress(range(epoch + 1, cfg.epochs + 1)):
             model.train()
@@ -237,9 +244,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
                                              cfg.curvature, lrs[-1], exact=False)
                 extra.update({f"curvature/{k}": v for k, v in measured.items()})
             run.epoch(row, extra)
-            checkpoint.on_epoch_end(epoch, row, state)
-            if stopper:
-                stopper.on_epoch_end(epoch, row, model.state_dict)
+            checkpoint.on_epoch_end(epoch, row, state, stopper.on_epoch_end(epoch, row) if stopper else None)
             resume_point = snapshot(state())
             if time.monotonic() - saved_at > cfg.checkpoint_every_s:  # what a kill -9 can lose
                 checkpoint.save(resume_point)
@@ -250,28 +255,28 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
                 break
     train_time = time.perf_counter() - loop_started
     nan = float("nan")
-    # the final weights on the training set in eval mode (dropout off): their accuracy minus the
-    # validation accuracy is the generalization gap
-    final_train_acc = evaluate(forward, data, data.train, autocast)[1] if run.history else nan
+    # the final weights (the last finished epoch's: a diverged or interrupted epoch is dropped)
+    # on the training set in eval mode, dropout off: their accuracy minus the final validation
+    # accuracy is the generalization gap
+    model.load_state_dict(resume_point["model"])
+    final_train_acc = evaluate(forward, data, data.train, autocast)[1] if history else nan
 
-    # test the best state: early stopping's restored weights, else the best checkpoint
+    # test the best state (early stopping's verdict when it watches), or the final one
     checkpoint.save(resume_point)
-    if stopper:
-        stopper.on_train_end(model)
-    else:
-        model.load_state_dict(checkpoint.best_state["model"])
-    test_loss, test_acc = evaluate(forward, data, data.test, autocast) if run.history else (nan, nan)
-    last = run.history[-1] if run.history else {}
+    tested = resume_point if tested_checkpoint(cfg) == "last.pt" else checkpoint.best(resume_point)
+    model.load_state_dict(tested["model"])
+    test_loss, test_acc = evaluate(forward, data, data.test, autocast) if history else (nan, nan)
+    last = history[-1] if history else {}
     measured = {}
-    if cfg.curvature.final and run.history:  # on the weights that were tested
-        measured = landscape(model, data, cfg, initial, lrs[-1], run_dir, run.writer)
+    if cfg.curvature.final and history:  # on the weights that were tested
+        measured = landscape(model, data, cfg, initial, last["lr"], run_dir, run.writer)
     metrics = {
         "status": status,
         "test_acc": test_acc,
         "test_loss": test_loss,
-        "best_val_acc": max((r["val_acc"] for r in run.history), default=nan),
-        "best_val_loss": min((r["val_loss"] for r in run.history), default=nan),
-        "best_epoch": stopper.best_epoch if stopper else checkpoint.best_epoch,
+        "best_val_acc": max((r["val_acc"] for r in history), default=nan),
+        "best_val_loss": min((r["val_loss"] for r in history), default=nan),
+        "best_epoch": checkpoint.best_epoch,
         "stopped_epoch": stopper.stopped_epoch or None if stopper else None,
         "diverged_step": diverged_step,
         "interrupted_by": signal.Signals(stop.signal).name if stop.signal else None,
@@ -288,7 +293,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
         "train_time_s": train_time,
         "epoch_time_s": train_time / epoch,
         "train_samples_per_s": seen / train_time,
-        "config_hash": sweep.config_hash(cfg),
+        "config_hash": jobs.config_hash(cfg),
         **{k: v for k, v in measured.items() if isinstance(v, float)},
     }
     score = "R²" if data.task == "regression" else "acc"  # what `acc` means for this task
@@ -324,22 +329,25 @@ def landscape(model, data, cfg: DictConfig, initial: dict, lr: float, run_dir: P
 def landscape_of(run_dir: Path) -> dict:
     """`optlab landscape <run folder>`: every curvature measurement of a finished run's best
     weights, from its own config, data and checkpoints, into curvature.json and landscape.png."""
-    files = [run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / "best.pt", run_dir / "checkpoints" / "init.pt"]
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.exists():
+        raise UsageError(f"{run_dir} is not a run folder (missing {config})")
+    cfg = OmegaConf.load(config)
+    files = [run_dir / "checkpoints" / name for name in (tested_checkpoint(cfg), "init.pt")]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise UsageError(f"{run_dir} is not a finished run (missing {', '.join(missing)})")
-    cfg = OmegaConf.load(files[0])
     if cfg.get("surface") is not None:
         raise UsageError(f"{run_dir} is a surface run; its landscape is trajectory.png")
     device = resolve_device(cfg.device)
     data = dataset.load(cfg.data, device)
     model = instantiate(cfg.model, input_shape=data.input_shape, num_classes=data.num_outputs,
                         dropout=cfg.dropout, batchnorm=cfg.batchnorm).to(device)
+    initial = load_checkpoint(files[1], device)
     try:
-        model.load_state_dict(torch.load(files[1], map_location=device, weights_only=False)["model"])
-        initial = torch.load(files[2], map_location=device, weights_only=False)
-    except Exception as error:
-        raise UsageError(f"cannot load the checkpoints of {run_dir}: {str(error).splitlines()[0]}") from None
+        model.load_state_dict(load_checkpoint(files[0], device)["model"])
+    except (KeyError, RuntimeError) as error:  # loads, but holds no state of this model
+        raise UsageError(f"cannot load {files[0]} into the run's model: {str(error).splitlines()[0]}") from None
     rows = list(csv.DictReader((run_dir / "history.csv").open())) if (run_dir / "history.csv").exists() else []
     lr = float(rows[-1]["lr"]) if rows else cfg.optimizer.lr
     from torch.utils.tensorboard import SummaryWriter
@@ -364,6 +372,18 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> tuple[torch.opti
     extra = {"weight_decay": 0.0} if w and mode != "coupled" else {}
     optimizer = instantiate(cfg.optimizer, params=params, _convert_="all", **extra)
     return optimizer, (w if mode == "decoupled" else 0.0), cfg.l2 + (w if mode == "l2" else 0.0)
+
+
+def numpy_rng_state() -> dict:
+    """NumPy's global RNG state as a tensor and numbers, which torch.load(weights_only=True) reads."""
+    state = np.random.get_state(legacy=False)
+    return {"key": torch.from_numpy(state["state"]["key"].astype(np.int64)), "pos": state["state"]["pos"],
+            "has_gauss": state["has_gauss"], "gauss": state["gauss"]}
+
+
+def set_numpy_rng_state(saved: dict) -> None:
+    np.random.set_state({"bit_generator": "MT19937", "has_gauss": saved["has_gauss"], "gauss": saved["gauss"],
+                         "state": {"key": saved["key"].cpu().numpy().astype(np.uint32), "pos": saved["pos"]}})
 
 
 class StepProbe:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -38,6 +39,16 @@ def optlab(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120)
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """An in-process `optlab train` lets Hydra point the root logger at this test's captured
+    streams, which close with the test: put the earlier handlers back afterwards."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 
 from conftest import make_config
 from optlab import config
-from optlab.config import ConfigError, run_name, validate
+from optlab.config import ConfigError, validate
+from optlab.naming import run_name
 
 CONF = Path(__file__).parents[1] / "conf"
 

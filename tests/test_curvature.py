@@ -110,4 +110,4 @@ def test_optlab_landscape_measures_a_finished_run(tmp_path):
     events.Reload()
     assert events.Tags()["images"] == ["landscape"]
     missing = optlab("landscape", str(tmp_path / "nothing"), cwd=tmp_path)
-    assert missing.returncode == 2 and "is not a finished run" in missing.stderr
+    assert missing.returncode == 2 and "is not a run folder" in missing.stderr

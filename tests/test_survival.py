@@ -7,12 +7,14 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -46,21 +48,33 @@ def metrics_of(run: Path) -> dict:
     return {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k not in TIMING}
 
 
-def test_sigterm_saves_the_run_and_resume_ends_exactly_as_an_uninterrupted_run(tmp_path):
+def paste(line: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a command optlab printed as a person would: pasted into bash, as printed."""
+    return subprocess.run(["bash", "-c", line], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def timing(run: Path) -> dict:
+    return {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k in TIMING}
+
+
+def test_sigterm_saves_the_run_and_the_printed_resume_command_ends_it_exactly(tmp_path):
     train(make_config(*RUN), tmp_path / "whole")  # in this process: the same numbers, sooner
 
-    run = tmp_path / "cut"
-    process = start(tmp_path, *RUN, f"hydra.run.dir={run}")
-    wait_for_epoch(run, 5, process)
+    name = "cut a=1,b [2]"  # what Hydra's grammar and the shell would both split
+    run = tmp_path / name
+    process = start(tmp_path, *RUN, f"hydra.run.dir='{run}'")
+    wait_for_epoch(Path(str(run).replace("[", "[[]")), 5, process)
     process.send_signal(signal.SIGTERM)  # a cluster preempting the job
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143
-    assert stderr.strip().splitlines()[-1] == f"optlab train: interrupted after epoch " \
-        f"{metrics_of(run)['epochs_run']}; resume with: optlab train resume=cut"  # from the cwd
+    last = stderr.strip().splitlines()[-1]
+    assert last == f"optlab train: interrupted after epoch {metrics_of(run)['epochs_run']}; " \
+        f"resume with: optlab train resume='{name}'"  # from the cwd, quoted for bash
     assert metrics_of(run)["status"] == "interrupted" and 5 <= metrics_of(run)["epochs_run"] < 40
     assert len(list(csv.DictReader((run / "history.csv").open()))) == metrics_of(run)["epochs_run"]
+    before = timing(run)
 
-    resumed = optlab("train", f"resume={run}", cwd=tmp_path)
+    resumed = paste(last.split("resume with: ")[1], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert metrics_of(run) == metrics_of(tmp_path / "whole")  # every number, exactly
     events = EventAccumulator(str(run))
@@ -69,32 +83,157 @@ def test_sigterm_saves_the_run_and_resume_ends_exactly_as_an_uninterrupted_run(t
     assert steps == list(range(1, metrics_of(run)["steps"] + 1))  # no point twice, none rewound
     assert [e.step for e in events.Scalars("val/loss")] == list(range(1, 41))
 
+    # one clock across the resume: elapsed time keeps rising, timings cover the whole run
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    elapsed = [float(row["elapsed_s"]) for row in rows]
+    assert all(b > a for a, b in zip(elapsed, elapsed[1:]))
+    after = timing(run)
+    assert after["train_time_s"] >= elapsed[-1] > before["train_time_s"]
+    assert after["wall_time_s"] > before["wall_time_s"]
+    assert after["epoch_time_s"] == pytest.approx(after["train_time_s"] / 40)
+    assert after["train_samples_per_s"] == pytest.approx(int(rows[-1]["examples"]) / after["train_time_s"])
+
+    curves = next(line for line in resumed.stdout.splitlines() if "tensorboard --logdir" in line)
+    inspected = paste(curves.split("curves:")[1].strip() + " --inspect", cwd=tmp_path)
+    assert inspected.returncode == 0 and f"Found event files in:\n{name}\n" in inspected.stdout
+
     again = optlab("train", f"resume={run}", cwd=tmp_path)
     assert again.returncode == 0 and "already completed: nothing to resume" in again.stdout
 
 
-def test_resuming_with_a_changed_config_is_refused_and_bad_files_are_named(tmp_path):
+class Evil:
+    """A pickle that runs a command as it loads: what a crafted checkpoint can do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line(code: int, err: str) -> str:
+    assert code == 2 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("optlab train: "), err
+    return lines[0]
+
+
+def damage(folder: Path, name: str, how: str, marker: Path) -> None:
+    file = folder / name
+    if how == "truncated":
+        file.write_bytes(file.read_bytes()[: len(file.read_bytes()) // 3])
+    elif how == "garbage":
+        file.write_bytes(b"{{{ not what it should be \x00\xff")
+    elif how == "evil":
+        torch.save({"model": Evil(marker)}, file)
+    elif how == "foreign":
+        torch.save({"model": {"weight": torch.zeros(3)}}, file)
+    elif how == "deleted":
+        file.unlink()
+
+
+DAMAGE = [("checkpoints/last.pt", "truncated"), ("checkpoints/last.pt", "evil"), ("checkpoints/last.pt", "foreign"),
+          ("checkpoints/best.pt", "truncated"), ("checkpoints/best.pt", "evil"), ("checkpoints/init.pt", "garbage"),
+          ("checkpoints/init.pt", "deleted"), (".hydra/config.yaml", "garbage"), (".hydra/overrides.yaml", "garbage"),
+          ("checkpoints/last.pt", "deleted")]
+
+
+def test_resume_refuses_changes_and_any_damage_in_one_line_naming_the_file_and_changes_nothing(
+        tmp_path, capfd):
+    from optlab.cli import main
+
     run = tmp_path / "cut"
     process = start(tmp_path, *RUN, f"hydra.run.dir={run}")
     wait_for_epoch(run, 2, process)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == 130
-    config = (run / ".hydra" / "config.yaml").read_text()
+    record = files_of(run)
 
     changed = optlab("train", f"resume={run}", "epochs=50", "optimizer.lr=0.2", cwd=tmp_path)
-    assert changed.returncode == 2 and "Traceback" not in changed.stderr
-    assert "epochs: 40 → 50" in changed.stderr and "optimizer.lr: 0.1 → 0.2" in changed.stderr
-    assert "resume.allow_changes=true" in changed.stderr
-    assert (run / ".hydra" / "config.yaml").read_text() == config  # the run's record is untouched
+    line = one_line(changed.returncode, changed.stderr)
+    assert "epochs: 40 → 50" in line and "optimizer.lr: 0.1 → 0.2" in line and "resume.allow_changes=true" in line
+    assert files_of(run) == record  # the run's record is untouched
 
-    last = run / "checkpoints" / "last.pt"
-    last.write_bytes(last.read_bytes()[:1000])  # truncated
-    broken = optlab("train", f"resume={run}", cwd=tmp_path)
-    assert broken.returncode == 2 and f"cannot continue from {last}" in broken.stderr
-    assert "Traceback" not in broken.stderr
+    marker = tmp_path / "pwned"
+    for i, (name, how) in enumerate(DAMAGE):
+        copy = tmp_path / f"damaged{i}"
+        shutil.copytree(run, copy)
+        damage(copy, name, how, marker)
+        before = files_of(copy)
+        capfd.readouterr()
+        try:
+            code = main(["train", f"resume={copy}"])
+        except SystemExit as stop:
+            code = stop.code
+        line = one_line(code, capfd.readouterr().err)
+        assert str(copy / name) in line or str(copy) in line and name in line, (name, how, line)
+        if how == "evil":
+            assert "refused to load" in line and "weights_only=True" in line
+        assert files_of(copy) == before, (name, how)  # nothing written, nothing rewritten
+        assert not marker.exists(), (name, how)  # and no code ran
+
     nothing = optlab("train", f"resume={tmp_path / 'nowhere'}", cwd=tmp_path)
-    assert nothing.returncode == 2 and "is not a run folder" in nothing.stderr
+    assert "is not a run folder" in one_line(nothing.returncode, nothing.stderr)
+
+
+def test_a_crafted_pickle_runs_no_code_wherever_optlab_reads_a_checkpoint(tmp_path, trained_run):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Evil(marker)}, evil)
+    torch.load(evil, weights_only=False)  # the file really runs code when loaded unsafely
+    assert marker.exists()
+    marker.unlink()
+
+    pretrained = optlab("train", "init=pretrained", f"init.path={evil}", "epochs=1", cwd=tmp_path)
+    assert f"refused to load {evil}" in one_line(pretrained.returncode, pretrained.stderr)
+    assert not marker.exists()
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    torch.save({"model": Evil(marker)}, run / "checkpoints" / "best.pt")
+    landscape = optlab("landscape", str(run), cwd=tmp_path)
+    assert landscape.returncode == 2 and "Traceback" not in landscape.stderr
+    assert f"refused to load {run / 'checkpoints' / 'best.pt'}" in landscape.stderr
+    assert not marker.exists()
+
+
+def test_a_mistake_leaves_no_folder_behind(tmp_path):
+    np.savez(tmp_path / "bad.npz", X=np.zeros((50, 3)), y=np.zeros(40))
+    for args in (["optimizer.lr=-1"], ["data=npz", "data.path=bad.npz"], ["~scheduler"],
+                 ["-m", "optimizer=sgd,adam", "summary.metric=best_val_los"]):
+        result = optlab("train", *args, cwd=tmp_path)
+        one_line(result.returncode, result.stderr)
+        assert not list((tmp_path / "outputs").glob("*/*")), args  # no run or sweep folder
+
+
+def test_a_rerun_archives_every_file_of_the_earlier_attempt_under_a_new_name(tmp_path):
+    from optlab import jobs
+
+    run = tmp_path / "run"
+    first = optlab("train", "epochs=1", "curvature.final=true", "curvature.samples=64", f"hydra.run.dir={run}",
+                   cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    earlier = files_of(run)
+    assert {".hydra/config.yaml", "train.log", "metrics.json", "curvature.json", "landscape.png"} <= set(earlier)
+    again = optlab("train", "epochs=2", f"hydra.run.dir={run}", cwd=tmp_path)  # another config
+    assert again.returncode == 0, again.stderr
+    (archived,) = (run / ".previous").iterdir()
+    assert files_of(archived) == earlier  # every file, byte for byte
+    assert not (run / "curvature.json").exists()  # nothing stale beside the new run
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 2
+
+    folder = tmp_path / "twice"
+    names = set()
+    for _ in range(3):  # within one second: the names still differ
+        folder.mkdir(exist_ok=True)
+        (folder / "metrics.json").write_text("{}")
+        names.add(jobs.archive(folder).name)
+    assert len(names) == 3
 
 
 def test_the_first_ctrl_c_asks_to_stop_the_second_stops_at_once(tmp_path, monkeypatch, capsys):
@@ -133,7 +272,7 @@ def test_files_left_by_a_kill_9_at_random_moments_all_load(tmp_path):
         assert files
         for file in files:
             if file.suffix == ".pt":
-                assert isinstance(torch.load(file, weights_only=False), dict)
+                assert isinstance(torch.load(file, weights_only=True), dict)  # safe to load
             elif file.suffix == ".json":
                 json.loads(file.read_text())
             elif file.suffix == ".csv":

@@ -7,13 +7,14 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
 
 from conftest import optlab
 from optlab.compare import Group, Run, group_runs, rank, table
-from optlab.config import job_dir, run_name
+from optlab.naming import job_dir, run_name
 
 TINY = ["epochs=1", "model.hidden=[16]"]
 
@@ -40,6 +41,10 @@ def test_names_are_safe_and_put_the_seed_on_its_own_level():
     assert name == "init.path=_runs_a_b_c,model.hidden=_8,8/seed=0"
     assert run_name("2026-01-01_00-00-00", ["+x='a;b'"]) == "2026-01-01_00-00-00_x=_a_b"
     assert len(job_dir([f"k{i}=v" for i in range(60)], 0).split("/")[0]) <= 120
+    # experiment=init's pretrained runs find their sibling, whatever else the command overrode
+    sibling = job_dir(["experiment=init", "init=pretrained", "epochs=1", "seed=0"], 0, "init=xavier_uniform")
+    assert sibling == job_dir(["experiment=init", "init=xavier_uniform", "epochs=1", "seed=0"], 0)
+    assert sibling == "epochs=1,init=xavier_uniform/seed=0"
 
 
 def test_a_2x2_sweep_names_runs_records_hparams_and_ends_with_a_summary(tmp_path):
@@ -92,12 +97,18 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_a_run_that_raises_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
-    """newton refuses a model over max_params; in a sweep that fails one run, not the sweep."""
-    result = sweep(tmp_path, "sweep", "optimizer=sgd,newton", "batch_size=full", "epochs=1",
-                   "model.hidden=[128]")
-    failed = metrics_of(next((tmp_path / "sweep").glob("*newton*/seed=0")))
+    """newton refuses a model over max_params; in a sweep that fails one run, not the sweep,
+    and the sweep's exit code and last line say which run failed."""
+    result = optlab("train", "-m", "optimizer=sgd,newton", "batch_size=full", "epochs=1",
+                    "model.hidden=[128]", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    failed_dir = next((tmp_path / "sweep").glob("*newton*/seed=0"))
+    failed = metrics_of(failed_dir)
     assert failed["status"] == "failed" and "9,610 parameters" in failed["error"]
-    assert "failed: newton: the model has 9,610 parameters" in result.stderr
+    assert f"failed: {failed_dir}: newton: the model has 9,610 parameters" in result.stdout
+    assert (failed_dir / "error.txt").exists()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"optlab train: 1 run of the sweep failed (see error.txt in each): {failed_dir.relative_to(tmp_path)}"]
     assert {r["status"] for r in summary_rows(tmp_path / "sweep")} == {"1 completed", "1 failed"}
 
 
@@ -154,12 +165,39 @@ def test_a_seeded_sweep_compare_across_two_sweeps_and_a_rerun_that_skips(tmp_pat
     again = sweep(tmp_path, "a", *args)
     assert again.stdout.count("skipped:") == 4
     assert {run: metrics_of(run) for run in runs} == before  # untouched
+    record = files_of(tmp_path / "a")
+    typo = optlab("train", "-m", *args, "summary.metric=best_val_los", f"hydra.sweep.dir={tmp_path / 'a'}",
+                  cwd=tmp_path)
+    assert typo.returncode == 2 and len(typo.stderr.strip().splitlines()) == 1
+    assert typo.stderr.startswith("optlab train: invalid value for 'summary.metric': 'best_val_los'")
+    assert files_of(tmp_path / "a") == record  # a mistake in the command touches no finished run
     forced = sweep(tmp_path, "a", *args, "rerun=true")
     assert "skipped:" not in forced.stdout
     for run in runs:  # trained again; the earlier attempt kept aside, out of TensorBoard's way
         assert metrics_of(run)["wall_time_s"] != before[run]["wall_time_s"]
         assert len(list(run.glob("events.out.tfevents.*"))) == 1
         assert len(list(run.glob(".previous/*/metrics.json"))) == 1
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_job_that_fails_when_run_again_never_writes_over_a_finished_run(tmp_path):
+    data = tmp_path / "data.npz"
+    np.savez(data, X=np.random.default_rng(0).normal(size=(60, 4)), y=np.arange(60) % 2)
+    args = ("data=npz", f"data.path={data}", "seed=0,1", *TINY)
+    sweep(tmp_path, "s", *args)
+    runs = sorted((tmp_path / "s").glob("*/seed=*"))
+    finished = {run: files_of(run) for run in runs}
+    data.unlink()  # the data is gone: every job of the re-run fails as it starts
+    again = optlab("train", "-m", *args, "rerun=true", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines()[-1].startswith("optlab train: 2 runs of the sweep failed")
+    for run in runs:
+        (archived,) = (run / ".previous").iterdir()
+        assert files_of(archived) == finished[run]  # the finished run, whole, beside the failure
+        assert metrics_of(run)["status"] == "failed" and "does not exist" in metrics_of(run)["error"]
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])

@@ -78,9 +78,9 @@ def test_run_writes_metrics_history_and_checkpoints(trained_run):
     assert [e.value for e in scalars["val/acc"]] == pytest.approx([float(r["val_acc"]) for r in rows])
 
     for name in ("best.pt", "last.pt"):
-        state = torch.load(trained_run / "checkpoints" / name, weights_only=False)
+        state = torch.load(trained_run / "checkpoints" / name, weights_only=True)
         assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "config"} <= set(state)
-    last = torch.load(trained_run / "checkpoints" / "last.pt", weights_only=False)
+    last = torch.load(trained_run / "checkpoints" / "last.pt", weights_only=True)
     assert last["epoch"] == 2 and last["step"] == 2 * STEPS_PER_EPOCH
     assert (trained_run / ".hydra" / "config.yaml").exists()
     assert not list(trained_run.rglob("*.tmp"))
@@ -125,7 +125,7 @@ def test_full_batch_is_one_exact_gradient_descent_step_per_epoch(tmp_path):
     loss.backward()
     expected = {k: p - 0.5 * p.grad for k, p in model.named_parameters()}
 
-    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["model"]
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
     for name, value in expected.items():
         torch.testing.assert_close(last[name], value)
     step_loss = read_events(tmp_path)["step/loss"][0].value
@@ -148,6 +148,6 @@ def test_model_overrides_change_the_network(tmp_path):
         tmp_path,
     )
     assert metrics["num_params"] == 64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
-    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert state["config"]["model"]["activation"] == "tanh"
     assert "exp_avg" in state["optimizer"]["state"][0]  # Adam's moment estimates

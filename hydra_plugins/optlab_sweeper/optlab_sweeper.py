@@ -1,0 +1,34 @@
+"""The sweeper Hydra instantiates for `optlab train -m`: a thin layer over BasicSweeper."""
+
+from pathlib import Path
+from typing import Any, List
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
+from omegaconf import OmegaConf
+
+from hydra_plugins.optlab_sweeper.config import OptlabSweeperConf  # noqa: F401 (stores the config)
+from optlab import jobs
+
+
+class OptlabSweeper(BasicSweeper):
+    def sweep(self, arguments: List[str]) -> Any:
+        """Expand the grid as BasicSweeper does; check every job and prepare its folder before
+        writing anything; launch the jobs left (finished ones are skipped); note failures."""
+        loader = self.hydra_context.config_loader
+        overrides = OverridesParser.create(config_loader=loader).parse_overrides([*self._parse_config(), *arguments])
+        grid = [job for batch in self.split_arguments(overrides, None) for job in batch]
+        configs = [loader.load_sweep_config(self.config, list(job)) for job in grid]
+        todo = jobs.prepare_sweep(configs)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        returns = []
+        for chunk in self.split_overrides_to_chunks(todo, self.max_batch_size) if todo else []:
+            results = self.launcher.launch([grid[i] for i in chunk], initial_job_idx=sum(map(len, returns)))
+            returns.append(results)
+            for i, result in zip(chunk, results):
+                if result.status == JobStatus.FAILED or result.return_value.get("status") == "failed":
+                    jobs.current.failed.append(str(jobs.job_folder(configs[i])))
+        return returns

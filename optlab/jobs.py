@@ -1,0 +1,239 @@
+"""What happens to a run folder, decided before anything is written into it.
+
+Hydra writes `.hydra/` and opens `train.log` in a job's folder before the job starts, so every
+decision that could touch an earlier record is made earlier still: by `Guard.on_run_start` for
+a single run, and by optlab's sweeper (hydra_plugins/optlab_sweeper) for every job of a sweep
+before the first one is launched.
+
+- `validate` (optlab/config.py): a mistake ends the command in one line and leaves no folder;
+- `plan`: skip a run finished with this very config, resume one interrupted with it, or else
+  train afresh, with any earlier attempt moved whole into `.previous/<time>/` (`archive`);
+- `run`: the job itself, as the plan says;
+- `record_failure`: a failed job's record, never written over a record of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
+
+from optlab.config import UsageError, validate
+from optlab.files import atomic_write, load_checkpoint, write_json
+
+log = logging.getLogger("optlab")
+
+FINISHED = ("completed", "diverged")  # outcomes a re-run would only repeat
+CHECKPOINTS = ("last.pt", "best.pt", "init.pt")  # what a resumed run reads
+
+
+@dataclass
+class Command:
+    """What this `optlab train` command asked for beyond its config, and what came of its jobs."""
+
+    resume: Path | None = None  # `resume=<folder>`: the run to continue
+    allow_changes: bool = False  # `resume.allow_changes=true`
+    failed: list[str] = field(default_factory=list)  # sweep jobs that failed, by folder
+
+
+current = Command()
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """SHA-1 of the resolved config, less what does not change training (`rerun`, `summary`)."""
+    kept = [k for k in cfg if k not in ("rerun", "summary", "hydra")]
+    plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, kept), resolve=True)
+    return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_metrics(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def as_job(cfg: DictConfig):
+    """Within it, `${hydra:...}` in a job's config (`hydra` node included) resolves as in the
+    job itself; Hydra sets that up only as the job starts."""
+    previous = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)
+    try:
+        yield cfg
+    finally:
+        HydraConfig.instance().cfg = previous
+
+
+def plan(run_dir: Path, cfg: DictConfig) -> str:
+    """`resume`, `skip` or `train`: what the job that is about to run in `run_dir` does."""
+    if current.resume is not None and run_dir.resolve() == current.resume.resolve():
+        return "resume"
+    record = read_metrics(run_dir) or {}
+    if record.get("config_hash") == config_hash(cfg):
+        if record.get("status") == "interrupted":
+            return "resume"
+        if record.get("status") in FINISHED and not cfg.rerun:
+            return "skip"
+    return "train"
+
+
+def prepare(run_dir: Path, cfg: DictConfig) -> str:
+    """Plan the job in `run_dir` and make its folder ready for Hydra to write into."""
+    action = plan(run_dir, cfg)
+    if action == "train":
+        archived = archive(run_dir)
+        if archived:
+            log.info("an earlier attempt in %s moved to %s", run_dir, archived)
+    elif action == "skip":
+        log.info("skipped: %s already %s with this config (rerun=true trains it again)",
+                 run_dir, read_metrics(run_dir)["status"])
+    return action
+
+
+def archive(run_dir: Path) -> Path | None:
+    """Move everything an earlier attempt left in `run_dir` into `.previous/<time>/` (`-2`,
+    `-3`, ... when that exists), so that a new attempt, or its failure, overwrites nothing and
+    TensorBoard shows no duplicated curves."""
+    old = [p for p in run_dir.iterdir() if p.name != ".previous"] if run_dir.is_dir() else []
+    if not old:
+        return None
+    stamp, n = time.strftime("%Y-%m-%d_%H-%M-%S"), 1
+    while True:
+        target = run_dir / ".previous" / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            target.mkdir(parents=True)  # fails if it exists: two archives never share a name
+            break
+        except FileExistsError:
+            n += 1
+    for path in old:
+        path.rename(target / path.name)
+    return target
+
+
+def config_changes(saved: DictConfig, cfg: DictConfig) -> list[str]:
+    """`key: old → new` for every value that differs between two configs."""
+    from optlab.compare import flatten
+
+    ignore = ("rerun", "summary.metric", "summary.x")
+    old, new = (flatten(OmegaConf.to_container(c)) for c in (saved, cfg))
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignore)
+    return [f"{k}: {old.get(k)} → {new.get(k)}" for k in keys]
+
+
+def check_resumable(run_dir: Path, cfg: DictConfig) -> list[str]:
+    """Refuse, in one line naming the file or the changes, a resume that cannot continue
+    exactly: the config changed (unless allowed) or a checkpoint does not load. Returns the
+    changes that were allowed."""
+    try:
+        saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    except Exception as error:
+        raise UsageError(f"resume: cannot read {run_dir / '.hydra' / 'config.yaml'}: "
+                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    changes = config_changes(saved, task)
+    if changes and not current.allow_changes:
+        raise UsageError(f"resume: the config differs from the run's in {'; '.join(changes)} "
+                         f"(resume.allow_changes=true resumes anyway)")
+    for name in CHECKPOINTS:
+        try:
+            load_checkpoint(run_dir / "checkpoints" / name)
+        except UsageError as error:
+            raise UsageError(f"resume: {error}") from None
+    return changes
+
+
+class Refused(BaseException):
+    """A user's mistake found in a Hydra callback. Hydra turns an Exception raised there into
+    a warning and goes on; this passes through to the CLI, which prints `.error` in one line."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+class Guard(Callback):
+    """Hydra callback (conf/config.yaml): a single run's config is checked and its folder made
+    ready before Hydra writes into it. A resumed run keeps its `.hydra/` as it is (the CLI asks
+    Hydra not to write it) unless allowed changes make a new config to record."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            with as_job(config):
+                validate(config)
+                run_dir = Path(config.hydra.run.dir)
+                allowed_changes = prepare(run_dir, config) == "resume" and check_resumable(run_dir, config)
+        except (UsageError, OmegaConfBaseException) as error:
+            raise Refused(error) from None
+        if allowed_changes:  # a new config to record
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.output_subdir = ".hydra"
+
+
+def job_folder(cfg: DictConfig) -> Path:
+    """Where a sweep job with this config (composed for the job, `hydra` node included) runs."""
+    return Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
+
+
+def prepare_sweep(configs: list[DictConfig]) -> list[int]:
+    """Check every job of a sweep first (a mistake in any stops the sweep before anything is
+    written), then make each folder ready. Returns the indices of the jobs to launch."""
+    for cfg in configs:
+        with as_job(cfg):
+            validate(cfg)
+    todo = []
+    for i, cfg in enumerate(configs):
+        with as_job(cfg):
+            if prepare(job_folder(cfg), cfg) != "skip":
+                todo.append(i)
+    return todo
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """One job, as `plan` says: the earlier record if finished, else train or resume it.
+    Returns its metrics."""
+    from optlab.sweep import set_threads
+
+    action = plan(run_dir, cfg)
+    if action == "skip":  # a single run into a finished folder (a sweep launches none of these)
+        return read_metrics(run_dir)
+    set_threads()
+    if cfg.surface is not None:
+        from optlab.surfaces import run as run_surface  # torch is imported only now
+
+        return run_surface(cfg, run_dir)
+    from optlab.train import train
+
+    return train(cfg, run_dir, resume=action == "resume")
+
+
+def discard(run_dir: Path, cfg: DictConfig) -> None:
+    """Remove what Hydra wrote for a fresh run that a user's mistake stopped before it trained
+    (a data file that does not read, say): a command that fails leaves no folder behind."""
+    if plan(run_dir, cfg) != "train":  # a resumed run's folder is its record
+        return
+    shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+    (run_dir / "train.log").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only if nothing else is there (an archived attempt stays)
+
+
+def record_failure(run_dir: Path, cfg: DictConfig, error: BaseException) -> None:
+    """`error.txt` with the traceback, and `metrics.json` with `status: failed` unless the
+    folder already holds a record of its own (an interrupted run whose resume failed keeps
+    its record, so that it can still be resumed)."""
+    atomic_write(run_dir / "error.txt", lambda f: f.write("".join(traceback.format_exception(error)).encode()))
+    if (read_metrics(run_dir) or {}).get("status") in (None, "failed"):
+        write_json(run_dir / "metrics.json",
+                   {"status": "failed", "error": f"{type(error).__name__}: {error}", "config_hash": config_hash(cfg)})
