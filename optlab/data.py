@@ -145,20 +145,24 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
 
 
 def _split(index: np.ndarray, y: np.ndarray, fraction: float, seed: int, regression: bool):
-    """Stratified by class where both parts can hold every class and every class has two
-    examples to split, else at random; too few examples to split is the user's to fix."""
+    """Stratified by class (at random where a class has a single example), each part holding
+    at least one example per class; data too small for that is the user's to fix."""
     labels = None if regression else y[index]
+    held_out = math.ceil(fraction * len(index))
     if labels is not None:
-        counts = np.unique(labels, return_counts=True)[1]
-        held_out = math.ceil(fraction * len(index))
-        if counts.min() < 2 or min(held_out, len(index) - held_out) < len(counts):
+        classes, counts = np.unique(labels, return_counts=True)
+        if min(held_out, len(index) - held_out) < len(classes):
+            raise UsageError(
+                f"data: {len(index)} examples of {len(classes)} classes are too few to split off a "
+                f"fraction of {fraction:.3g} with every class on both sides (give more examples, or "
+                f"change data.val_fraction / data.test_fraction)")
+        if counts.min() < 2:
             labels = None
     try:
         return train_test_split(index, test_size=fraction, stratify=labels, random_state=seed)
-    except ValueError:
+    except ValueError:  # a part would be empty
         raise UsageError(f"data: {len(index)} examples are too few to split off a fraction of "
-                         f"{fraction:.3g} and keep some to train on (data.val_fraction, "
-                         f"data.test_fraction)") from None
+                         f"{fraction:.3g} and keep some to train on") from None
 
 
 def pad_utterances(frames: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -204,7 +204,9 @@ def test_a_crafted_pickle_runs_no_code_wherever_optlab_reads_a_checkpoint(tmp_pa
 
 def test_a_mistake_leaves_no_folder_behind(tmp_path):
     np.savez(tmp_path / "bad.npz", X=np.zeros((50, 3)), y=np.zeros(40))
-    for args in (["optimizer.lr=-1"], ["data=npz", "data.path=bad.npz"], ["~scheduler"],
+    np.savez(tmp_path / "four.npz", X=np.zeros((4, 3)), y=np.array([0, 1, 0, 1]))
+    for args in (["optimizer.lr=-1"], ["data=npz", "data.path=bad.npz"], ["data=npz", "data.path=four.npz"],
+                 ["surface=quadratic", "scheduler=onecycle", "scheduler.epochs=5"], ["~scheduler"],
                  ["-m", "optimizer=sgd,adam", "summary.metric=best_val_los"]):
         result = optlab("train", *args, cwd=tmp_path)
         one_line(result.returncode, result.stderr)
