@@ -245,7 +245,7 @@ def _band(curves: list[list[dict]], key: str):
 
 def plot_curves(groups: list[Group], path: Path, x: str) -> list[Path]:
     """Curves of every configuration, mean over seeds with a ±1 std band."""
-    from optlab.surfaces import pyplot, save_figure
+    from optlab.plots import pyplot, save_figure
 
     networks = [g for g in groups if g.runs[0].read_csv("history.csv")]
     surfaces = [g for g in groups if g.runs[0].read_csv("trajectory.csv")]
@@ -282,7 +282,7 @@ def plot_curves(groups: list[Group], path: Path, x: str) -> list[Path]:
 def plot_metric(groups: list[Group], metric: str, key: str, path: Path) -> Path:
     """`metric` (mean ± std over seeds) against the values of one swept key; one line per
     combination of the other swept keys. Numbers spanning decades get a log axis."""
-    from optlab.surfaces import pyplot, save_figure
+    from optlab.plots import pyplot, save_figure
 
     plt = pyplot()
     values = sorted({g.params.get(key) for g in groups if key in g.params}, key=_sort_key)
@@ -323,7 +323,8 @@ def overlay_trajectories(groups: list[Group], out: Path) -> list[Path]:
     import numpy as np
     from hydra.utils import instantiate
 
-    from optlab.surfaces import plot_paths, save_figure
+    from optlab.plots import save_figure
+    from optlab.surfaces import plot_paths  # imports torch: only for surface runs
 
     by_surface: dict[str, list[Group]] = {}
     for g in surface_groups:

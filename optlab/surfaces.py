@@ -21,9 +21,10 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from optlab import jobs, schedules, sweep
-from optlab.files import atomic_write, write_csv
+from optlab.files import write_csv
 from optlab.logs import RunLog
 from optlab.optim import needs_closure
+from optlab.plots import pyplot, save_figure
 
 
 class Surface(nn.Module):
@@ -148,24 +149,6 @@ def plot_paths(surface: Surface, paths: dict[str, np.ndarray], title: str):
     ax.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="x", ylabel="y", title=title)
     ax.legend(loc="best", fontsize=8)
     return fig
-
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported when a plot
-    is first drawn: it costs ~0.5 s, and `--help` must not pay it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> None:
-    """Write `fig` as a PNG atomically and free it."""
-    plt = pyplot()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
