@@ -174,6 +174,7 @@ def _run_train(args: list[str]) -> int:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        jobs.current.started = True
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
         try:
@@ -208,8 +209,15 @@ def _run_train(args: list[str]) -> int:
         if user_wants_traceback:
             raise
         error = error.error if isinstance(error, jobs.Refused) else error
+        if not isinstance(error, (config.UsageError, HydraException, OmegaConfBaseException)):
+            raise error  # a bug in the guard: its traceback
         print(f"optlab train: {error if isinstance(error, config.UsageError) else describe(error, args)}",
               file=sys.stderr)
+        return 2
+    except ValueError as error:  # Hydra composing the overrides (`=3`), before any job ran
+        if user_wants_traceback or jobs.current.started:
+            raise
+        print(f"optlab train: cannot apply the overrides: {describe(error, args)}", file=sys.stderr)
         return 2
     except OSError as error:  # Hydra cannot make or write the run folder
         print(f"optlab train: cannot write {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
@@ -242,8 +250,9 @@ def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:
                          f"give the folder an interrupted run printed")
     if not (folder / "checkpoints" / "last.pt").exists():
         raise UsageError(f"resume: {folder} has no checkpoints/last.pt to continue from")
-    if (jobs.read_metrics(folder) or {}).get("status") == "completed":  # no record: killed, resume
-        print(f"optlab train: {folder} already completed: nothing to resume (metrics.json)")
+    status = (jobs.read_metrics(folder) or {}).get("status")  # no record: killed, resume it
+    if status in jobs.FINISHED:
+        print(f"optlab train: {folder} already {status}: nothing to resume (metrics.json)")
         return None
     file = folder / ".hydra" / "overrides.yaml"
     try:
@@ -286,8 +295,10 @@ def describe(error: Exception, args: list[str]) -> str:
             rule = config.rule_for(path)
             allowed = rule.allowed if rule else str(cause).splitlines()[0]
             return str(config.ConfigError(path, value, allowed))
-        if any(a.partition("=")[0] == f"~{path}" for a in args):
-            return f"'{path}' cannot be removed: every run needs it (see: optlab train --help)"
+        removed = [a.partition("=")[0][1:] for a in args if a.startswith("~")]
+        for key in removed:
+            if path == key or path.startswith(f"{key}."):
+                return f"'{key}' cannot be removed: every run needs it (see: optlab train --help)"
         parent, _, name = path.rpartition(".")
         known = [str(k) for k in (cause.parent_node or {}) if k not in ("_target_", "hydra")]
         hint = config.suggest(name, known)

@@ -297,10 +297,12 @@ def _leaves(node: DictConfig, prefix: str):
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value a rule rejects, or a key no rule knows (a job's
     config may carry Hydra's own `hydra` node: Hydra checks that)."""
-    for name in (*top_level_keys(), *GROUPS):
-        if OmegaConf.is_missing(cfg, name):  # `~scheduler`, `~epochs`
-            allowed = ", ".join(options(name)) or top_level_keys()[name]["rule"].allowed
-            raise UsageError(f"no value for '{name}': it cannot be removed (allowed: {allowed})")
+    for name in (*top_level_keys(), *GROUPS):  # `~scheduler`, `~data`, `~curvature`
+        gone = name not in cfg or OmegaConf.is_missing(cfg, name) or name == "data" and "source" not in cfg.data
+        if gone and name != "surface":
+            allowed = options(name) or [top_level_keys()[name]["rule"].allowed] if name in top_level_keys() else []
+            hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+            raise UsageError(f"no value for '{name}': it cannot be removed{hint}")
     for name, meta in top_level_keys().items():
         if not meta["rule"].ok(cfg[name]):
             raise ConfigError(name, cfg[name], meta["rule"].allowed)
@@ -327,11 +329,35 @@ def validate(cfg: DictConfig) -> None:
     if planned is not None and not OmegaConf.is_interpolation(cfg.scheduler, "epochs") and planned < horizon:
         raise ConfigError("scheduler.epochs", planned, f"at least the run's {horizon} {unit}: "
                           "OneCycleLR cannot step past its end, a cosine would climb again")
+    if cfg.get("surface") is None and str(cfg.scheduler.get("_target_", "")).endswith("ReduceLROnPlateau") \
+            and cfg.scheduler.interval == "step":
+        raise ConfigError("scheduler.interval", "step", "epoch: ReduceLROnPlateau steps on the validation "
+                          "loss, which is measured once an epoch")
     data = cfg.data
     if data.val_fraction + data.test_fraction >= 1:
         raise ConfigError(
             "data.val_fraction", data.val_fraction, "val_fraction + test_fraction < 1"
         )
+
+
+def construct(key: str, node: Any, mistakes: tuple[type[Exception], ...] = (ValueError,), **kwargs: Any) -> Any:
+    """`instantiate(node)` for something the user configured: a constructor's complaint about
+    its arguments (torch's ValueErrors: `nesterov` without momentum, OneCycleLR on an optimizer
+    without momentum; a data file that does not read) is the user's to fix, so it comes out as a
+    one-line UsageError starting with `key`. A UsageError raised inside comes out as it is."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, UsageError):
+            raise cause from None
+        if isinstance(cause, mistakes):
+            reason = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+            raise UsageError(f"{key}: {reason or type(cause).__name__}") from None
+        raise
 
 
 def options(group: str) -> list[str]:

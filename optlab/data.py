@@ -10,6 +10,8 @@ windowed copy is ever made. Data too large for the device stays on the host
 from __future__ import annotations
 
 import math
+import pickle
+import zipfile
 
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,11 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from sklearn.model_selection import train_test_split
 
-from optlab.config import UsageError
+from optlab.config import UsageError, construct
 from optlab.datasets import Source
 
 
@@ -84,11 +85,20 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
     `cfg.order` is the order of the training set as stored: `random` (the split's) or `sorted`
     (by class); with `shuffle=false` the batches follow it every epoch.
     """
-    source = instantiate(cfg.source, _convert_="all")
+    where = f"cannot read {cfg.source.path}" if cfg.source.get("path") else "cannot read the data"
+    source = construct(f"data: {where}", cfg.source, READ_ERRORS, _convert_="all")
     if isinstance(source, tuple):  # scikit-learn's (X, y)
         source = Source(*source)
     regression = source.task == "regression"
-    x = np.asarray(source.x, dtype=np.float32)
+    try:
+        x = np.asarray(source.x, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"data: the examples (X) are not all numbers ({error})") from None
+    x = x[:, None] if x.ndim == 1 else x  # one feature per example
+    if len(x) == 0 or x[0].size == 0:
+        raise UsageError(f"data: no {'examples' if len(x) == 0 else 'features'} in X (shape {list(x.shape)})")
+    if not regression and np.ndim(source.y) != 1:
+        raise UsageError(f"data: y must hold one class label per example, shape (N,), not {list(np.shape(source.y))}")
     if regression:
         y, classes = np.asarray(source.y, dtype=np.float32).reshape(len(x), -1), None
     else:
@@ -142,6 +152,10 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
 
     outputs = y.shape[1] if regression else len(classes)
     return Data(split(train), split(val), split(test), shape, outputs, source.task)
+
+
+# what reading a data file that is not what it should be raises: the user's to fix
+READ_ERRORS = (OSError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
 
 
 def _split(index: np.ndarray, y: np.ndarray, fraction: float, seed: int, regression: bool):

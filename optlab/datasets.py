@@ -19,6 +19,7 @@ import pickle
 import shutil
 import tarfile
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,8 @@ def _find(folder: Path, name: str) -> Path | None:
 
 
 def _missing(dataset: str, root: str, folder: Path, files: list[str]) -> UsageError:
-    fetch = command("optlab", "train", f"data={dataset}", override("data.root", root), "data.download=true")
+    fetch = command("optlab", "train", f"data={dataset}", override("data.root", Path(root).expanduser()),
+                    "data.download=true")
     return UsageError(
         f"data={dataset}: the official files are not in {folder} (need {', '.join(files)}). "
         f"Fetch them with: {fetch} (or copy them there, or point data.root at where they are)"
@@ -150,6 +152,20 @@ def idx_images(dataset: str, root: str, download: bool = False) -> Source:
     return Source(x[:, None] / np.float32(255), y, test=(x_test[:, None] / np.float32(255), y_test))
 
 
+class ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes and NumPy arrays, and refuses anything else: a pickle can
+    call any function as it loads, and CIFAR-10's official batches are pickles."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: it could run code")
+        return super().find_class(module, name)
+
+
 def cifar10(root: str, download: bool = False) -> Source:
     """CIFAR-10 from the official python batches in `root/cifar10/cifar-10-batches-py/`."""
     folder = Path(root).expanduser() / "cifar10"
@@ -161,10 +177,13 @@ def cifar10(root: str, download: bool = False) -> Source:
         raise _missing("cifar10", root, batches, names)
 
     def read(name: str) -> tuple[np.ndarray, np.ndarray]:
-        with open(batches / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        return images / np.float32(255), np.asarray(batch[b"labels"])
+        try:
+            with open(batches / name, "rb") as f:
+                batch = ArraysOnly(f, encoding="bytes").load()
+            images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            return images / np.float32(255), np.asarray(batch[b"labels"])
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as error:
+            raise UsageError(f"data=cifar10: cannot read {batches / name}: {error}") from None
 
     parts = [read(n) for n in names[:5]]
     x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -199,8 +218,11 @@ def csv(path: str | None, label: str = "label") -> Source:
     header = file.open().readline().strip().split(",")
     if label not in header:
         raise UsageError(f"data.label: no column {label!r} in {file} (columns: {', '.join(header)})")
-    table = np.genfromtxt(file, delimiter=",", skip_header=1, dtype=str)
-    table = table.reshape(len(table), -1)
+    with warnings.catch_warnings():  # an empty table is said below, in one line
+        warnings.simplefilter("ignore", UserWarning)
+        table = np.genfromtxt(file, delimiter=",", skip_header=1, dtype=str, ndmin=2)
+    if table.size == 0:
+        raise UsageError(f"data.path: {file} has a header but no rows")
     column = header.index(label)
     features = np.delete(table, column, axis=1)
     try:

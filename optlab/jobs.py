@@ -27,7 +27,6 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from omegaconf.errors import OmegaConfBaseException
 
 from optlab.config import UsageError, validate
 from optlab.files import atomic_write, load_checkpoint, write_json
@@ -45,6 +44,7 @@ class Command:
     resume: Path | None = None  # `resume=<folder>`: the run to continue
     allow_changes: bool = False  # `resume.allow_changes=true`
     failed: list[str] = field(default_factory=list)  # sweep jobs that failed, by folder
+    started: bool = False  # a job has begun: an error from now on is no composition error
 
 
 current = Command()
@@ -155,8 +155,8 @@ def check_resumable(run_dir: Path, cfg: DictConfig) -> list[str]:
 
 
 class Refused(BaseException):
-    """A user's mistake found in a Hydra callback. Hydra turns an Exception raised there into
-    a warning and goes on; this passes through to the CLI, which prints `.error` in one line."""
+    """An error in a Hydra callback, which Hydra would turn into a warning before going on:
+    this passes through to the CLI, which prints a user's mistake in one line."""
 
     def __init__(self, error: Exception):
         super().__init__(str(error))
@@ -173,12 +173,13 @@ class Guard(Callback):
             with as_job(config):
                 validate(config)
                 run_dir = Path(config.hydra.run.dir)
-                allowed_changes = prepare(run_dir, config) == "resume" and check_resumable(run_dir, config)
-        except (UsageError, OmegaConfBaseException) as error:
-            raise Refused(error) from None
-        if allowed_changes:  # a new config to record
+                action = prepare(run_dir, config)
+                changes = action == "resume" and check_resumable(run_dir, config)
+        except Exception as error:  # Hydra would only warn, and run the job unchecked
+            raise Refused(error) from error
+        if action == "skip" or changes:  # keep a finished run's record; record allowed changes
             with read_write(config.hydra), open_dict(config.hydra):
-                config.hydra.output_subdir = ".hydra"
+                config.hydra.output_subdir = None if action == "skip" else ".hydra"
 
 
 def job_folder(cfg: DictConfig) -> Path:
@@ -221,8 +222,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 def discard(run_dir: Path, cfg: DictConfig) -> None:
     """Remove what Hydra wrote for a fresh run that a user's mistake stopped before it trained
     (a data file that does not read, say): a command that fails leaves no folder behind."""
-    if plan(run_dir, cfg) != "train":  # a resumed run's folder is its record
-        return
+    if plan(run_dir, cfg) != "train" or {p.name for p in run_dir.iterdir()} - {".hydra", "train.log", ".previous"}:
+        return  # a resumed run's folder is its record; one that trained keeps what it wrote
     shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
     (run_dir / "train.log").unlink(missing_ok=True)
     with contextlib.suppress(OSError):

@@ -75,7 +75,7 @@ def override(key: str, value: object) -> str:
     """`key=value` for Hydra, the value single-quoted (quotes and the backslashes before them
     escaped) where Hydra's grammar would read `=`, `,`, brackets or spaces in it as syntax."""
     text = str(value)
-    if re.fullmatch(r"[\w./~+:-]*", text):
+    if re.fullmatch(r"[\w./+:-]*", text):
         return f"{key}={text}"
     escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
     return f"{key}='" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, LinearLR, SequentialLR
+
+from optlab.config import construct
 
 
 class Exponential(ExponentialLR):
@@ -47,4 +48,4 @@ def build(cfg: DictConfig, optimizer: Optimizer, steps_per_epoch: int):
     """(scheduler, per_step) from a scheduler config; fills in `steps_per_epoch` if it asks."""
     target = OmegaConf.create({k: v for k, v in cfg.items() if k != "interval"})  # resolved
     extra = {"steps_per_epoch": steps_per_epoch} if "steps_per_epoch" in cfg else {}
-    return instantiate(target, optimizer=optimizer, _convert_="all", **extra), cfg.interval == "step"
+    return construct("scheduler", target, optimizer=optimizer, _convert_="all", **extra), cfg.interval == "step"

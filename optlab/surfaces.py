@@ -21,6 +21,7 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from optlab import jobs, schedules, sweep
+from optlab.config import construct
 from optlab.files import write_csv
 from optlab.logs import RunLog
 from optlab.optim import needs_closure
@@ -156,7 +157,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     surface: Surface = instantiate(cfg.surface, _convert_="all")
-    optimizer = instantiate(cfg.optimizer, params=list(surface.parameters()), _convert_="all")
+    optimizer = construct("optimizer", cfg.optimizer, params=list(surface.parameters()), _convert_="all")
     # a step is an epoch here: a schedule planned over `${epochs}` spans the run's steps
     schedule = OmegaConf.merge(cfg, {"epochs": cfg.steps}).scheduler
     scheduler = schedules.build(schedule, optimizer, steps_per_epoch=1)[0]
@@ -176,7 +177,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         closure()
         grad_norms.append(surface.point.grad.norm().item())
         lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step(closure if closure_based else None)
+        try:
+            optimizer.step(closure if closure_based else None)
+        except (IndexError, ZeroDivisionError):  # L-BFGS's line search on a surface that falls forever
+            status = "diverged"
+            break
         scheduler.step(surface().item()) if isinstance(scheduler, ReduceLROnPlateau) else scheduler.step()
         points.append(surface.point.detach().clone())
         times.append(time.time())

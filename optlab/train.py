@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from optlab import data as dataset
 from optlab import curvature, jobs, schedules, sweep
 from optlab.callbacks import Checkpoint, EarlyStopping, StopOnSignal, snapshot, tested_checkpoint
-from optlab.config import ConfigError, UsageError
+from optlab.config import ConfigError, UsageError, construct
 from optlab.files import atomic_write, load_checkpoint, write_json
 from optlab.init import distinct_units, initialize
 from optlab.logs import RunLog
@@ -138,6 +138,10 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
             loop, rng = saved["loop"], saved["rng"]
             history[:] = list(loop["history"])
             checkpoint.load_state_dict(loop["checkpoint"])
+            best = (checkpoint.best_state or saved)["model"]  # best.pt must fit the model too
+            mismatched = [k for k, v in model.state_dict().items() if k not in best or best[k].shape != v.shape]
+            if mismatched:
+                raise UsageError(f"{run_dir / 'checkpoints' / 'best.pt'} holds no {mismatched[0]} of this model's shape")
             if stopper:
                 stopper.load_state_dict(loop["stopper"])
             random.setstate(rng["python"])
@@ -332,7 +336,12 @@ def landscape_of(run_dir: Path) -> dict:
     config = run_dir / ".hydra" / "config.yaml"
     if not config.exists():
         raise UsageError(f"{run_dir} is not a run folder (missing {config})")
-    cfg = OmegaConf.load(config)
+    try:
+        cfg = OmegaConf.load(config)
+    except Exception as error:
+        raise UsageError(f"cannot read {config}: {(str(error).splitlines() or [type(error).__name__])[0]}") from None
+    if not isinstance(cfg, DictConfig) or not {"model", "data", "device"} <= set(cfg):
+        raise UsageError(f"cannot read {config}: it is not a run's config")
     files = [run_dir / "checkpoints" / name for name in (tested_checkpoint(cfg), "init.pt")]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
@@ -370,7 +379,7 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> tuple[torch.opti
         params = decayed + exempt
     mode = cfg.weight_decay_mode
     extra = {"weight_decay": 0.0} if w and mode != "coupled" else {}
-    optimizer = instantiate(cfg.optimizer, params=params, _convert_="all", **extra)
+    optimizer = construct("optimizer", cfg.optimizer, params=params, _convert_="all", **extra)
     return optimizer, (w if mode == "decoupled" else 0.0), cfg.l2 + (w if mode == "l2" else 0.0)
 
 
