@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import optlab
 
@@ -128,3 +129,17 @@ def test_cuda_on_a_machine_without_it(tmp_path):
     assert "invalid value for 'device': 'cuda'" in result.stderr
     assert "no CUDA device on this machine" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["plain", "a=1,b=2", "x [1, 2]", "it's here", 'say "hi"', "~home", "$HOME",
+                                  "back\\slash\\"])
+def test_a_printed_command_reaches_hydra_as_printed(name, tmp_path):
+    """What `naming.command` prints, pasted into bash, gives Hydra the value `naming.override`
+    quoted: shell quoting and Hydra's grammar both survive any folder name."""
+    from optlab.naming import command, override
+
+    line = command(sys.executable, "-m", "optlab", "train", override("hydra.run.dir", tmp_path / name),
+                   "--cfg", "hydra")
+    pasted = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True)
+    assert pasted.returncode == 0, (line, pasted.stderr)
+    assert yaml.safe_load(pasted.stdout)["hydra"]["run"]["dir"] == str(tmp_path / name), line

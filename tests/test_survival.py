@@ -231,6 +231,13 @@ def test_a_rerun_archives_every_file_of_the_earlier_attempt_under_a_new_name(tmp
     assert first.returncode == 0, first.stderr
     earlier = files_of(run)
     assert {".hydra/config.yaml", "train.log", "metrics.json", "curvature.json", "landscape.png"} <= set(earlier)
+    same = optlab("train", "curvature.samples=64", "curvature.final=true", "epochs=1", "summary.metric=test_acc",
+                  f"hydra.run.dir={run}", cwd=tmp_path)  # the same config, written otherwise: skipped
+    assert same.returncode == 0 and "skipped:" in same.stdout
+    now = files_of(run)
+    assert now.pop("train.log").startswith(earlier.pop("train.log"))  # the log only grows
+    assert now == earlier  # its record, .hydra/ included, as it was
+    earlier = files_of(run)
     again = optlab("train", "epochs=2", f"hydra.run.dir={run}", cwd=tmp_path)  # another config
     assert again.returncode == 0, again.stderr
     (archived,) = (run / ".previous").iterdir()
