@@ -181,7 +181,8 @@ def _run_train(args: list[str]) -> int:
             metrics = jobs.run(cfg, run_dir)
         except Exception as error:
             mistake = _usage_error(error)
-            if in_sweep or mistake is None:  # a sweep goes on; a bug ends in its traceback
+            restored = mistake is not None and jobs.take_back(run_dir, cfg, keep_fresh=in_sweep)
+            if (in_sweep or mistake is None) and not restored:  # a sweep goes on; a bug ends in its traceback
                 with contextlib.suppress(config.UsageError):  # a full disk cannot take the record either
                     jobs.record_failure(run_dir, cfg, mistake or error)
             if in_sweep:  # the sweep's last line names every failed run
@@ -189,7 +190,6 @@ def _run_train(args: list[str]) -> int:
                 return {"status": "failed"}
             if mistake is None:
                 raise
-            jobs.discard(run_dir, cfg)
             print(f"optlab train: {mistake}", file=sys.stderr)
             sys.exit(2)  # exit here: Hydra would print the job as failed
         if metrics["status"] == "interrupted":
@@ -228,7 +228,7 @@ def _run_train(args: list[str]) -> int:
     if jobs.current.failed:
         failed = jobs.current.failed
         print(f"optlab train: {len(failed)} run{'s' * (len(failed) > 1)} of the sweep failed "
-              f"(see error.txt in each): {', '.join(str(relative(Path(f))) for f in failed)}", file=sys.stderr)
+              f"(the lines above say why): {', '.join(str(relative(Path(f))) for f in failed)}", file=sys.stderr)
         return 1
     return 0
 

@@ -219,15 +219,28 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return train(cfg, run_dir, resume=action == "resume")
 
 
-def discard(run_dir: Path, cfg: DictConfig) -> None:
-    """Remove what Hydra wrote for a fresh run that a user's mistake stopped before it trained
-    (a data file that does not read, say): a command that fails leaves no folder behind."""
-    if plan(run_dir, cfg) != "train" or {p.name for p in run_dir.iterdir()} - {".hydra", "train.log", ".previous"}:
-        return  # a resumed run's folder is its record; one that trained keeps what it wrote
+def take_back(run_dir: Path, cfg: DictConfig, keep_fresh: bool = False) -> bool:
+    """Undo a new attempt that a user's mistake stopped before it trained (a data file that does
+    not read, say): remove what Hydra wrote for it and put back the earlier attempt that
+    `archive` moved aside, so the mistake leaves no trace (a finished run is skipped again next
+    time). Without an earlier attempt the folder goes too, unless `keep_fresh` (a sweep keeps it
+    for its failure record). Nothing is done once the attempt trained, nor to a resumed run,
+    whose folder is its record. Returns whether an earlier attempt is back."""
+    entries = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    archives = list((run_dir / ".previous").iterdir()) if ".previous" in entries else []
+    if plan(run_dir, cfg) != "train" or entries - {".hydra", "train.log", ".previous"} or keep_fresh and not archives:
+        return False
     shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
     (run_dir / "train.log").unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        run_dir.rmdir()  # only if nothing else is there (an archived attempt stays)
+    if archives:
+        latest = max(archives, key=lambda p: p.stat().st_mtime_ns)  # the one made for this attempt
+        for path in latest.iterdir():
+            path.rename(run_dir / path.name)
+        latest.rmdir()
+    for folder in (run_dir / ".previous", run_dir):  # each only if nothing else is there
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    return bool(archives)
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, error: BaseException) -> None:

@@ -244,6 +244,10 @@ def test_a_rerun_archives_every_file_of_the_earlier_attempt_under_a_new_name(tmp
     assert files_of(archived) == earlier  # every file, byte for byte
     assert not (run / "curvature.json").exists()  # nothing stale beside the new run
     assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 2
+    finished = files_of(run)
+    typo = optlab("train", "data=npz", "data.path=nowhere.npz", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert "nowhere.npz does not exist" in one_line(typo.returncode, typo.stderr)
+    assert files_of(run) == finished  # an attempt that never trained is taken back, whole
 
     folder = tmp_path / "twice"
     names = set()
