@@ -142,3 +142,19 @@ def test_the_overlay_labels_runs_by_what_sets_them_apart(tmp_path):
         plt.Axes.plot = original
     assert written == tmp_path / "trajectories.png"
     assert sorted(labels) == ["optimizer=adam", "optimizer=sgd", "optimum"]
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
+def test_a_schedule_planned_over_the_run_spans_a_surfaces_steps(scheduler, tmp_path):
+    """On a surface a step is an epoch: `${epochs}` in the schedule becomes `steps`, so OneCycleLR
+    peaks at pct_start of the steps (not past its end) and the cosine reaches eta_min at the last."""
+    metrics = surface_run(tmp_path, "surface=quadratic", f"scheduler={scheduler}", "steps=40", "epochs=5")
+    assert metrics["status"] == "completed" and metrics["steps"] == 40
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    lr = [e.value for e in events.Scalars("step/lr")]
+    assert len(lr) == 40
+    if scheduler == "onecycle":  # the peak at step pct_start·40 − 1 = 11 (counting from 0)
+        assert lr.index(max(lr)) == 11 and max(lr) == pytest.approx(0.1, rel=1e-6)
+    else:  # η_t = η_0 (1 + cos(π t / 40)) / 2, stepped once per step
+        assert lr == pytest.approx([0.1 * (1 + math.cos(math.pi * t / 40)) / 2 for t in range(40)], rel=1e-5)
