@@ -360,6 +360,13 @@ def construct(key: str, node: Any, mistakes: tuple[type[Exception], ...] = (Valu
         raise
 
 
+def option_groups() -> list[str]:
+    """The config groups a user picks an option of: the folders of conf/, less Hydra's."""
+    from importlib.resources import files
+
+    return sorted(p.name for p in files("optlab.conf").iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
+
+
 def options(group: str) -> list[str]:
     """The options of a config group: the YAML files in conf/<group>/ (empty for a key)."""
     from importlib.resources import files

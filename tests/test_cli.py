@@ -45,6 +45,9 @@ def test_train_help_lists_groups_options_and_keys(tmp_path):
     for key in ("batch_size", "epochs", "seed", "device", "shuffle", "steps", "diagnostics"):
         assert f"\n  {key} " in out, key
     assert "batch gradient descent" in out
+    adam = optlab("train", "optimizer=adam", "--help", cwd=tmp_path)  # the config shown is the composed one
+    assert adam.returncode == 0 and "_target_: torch.optim.Adam" in adam.stdout
+    assert "Hydra's own flags: optlab train --hydra-help" in adam.stdout  # the template's footer
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):

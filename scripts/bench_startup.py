@@ -1,0 +1,56 @@
+"""What a command costs before it does anything: optlab's answers beside bare Python and torch.
+
+Each command runs as a user runs it (a fresh process), `--repeats` times in a rotating order;
+the script prints the median wall time of each and its ratio to `import torch`, the floor of
+any command that trains.
+
+    python scripts/bench_startup.py [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def timed(argv: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    python, optlab = [sys.executable, "-c", "pass"], [sys.executable, "-m", "optlab"]
+    with tempfile.TemporaryDirectory() as folder:
+        cwd = Path(folder)
+        subprocess.run([*optlab, "train", "epochs=1", "hydra.run.dir=run"], cwd=cwd, check=True, capture_output=True)
+        commands = {
+            "python": python,
+            "import torch": [sys.executable, "-c", "import torch"],
+            "optlab --help": [*optlab, "--help"],
+            "optlab train --help": [*optlab, "train", "--help"],
+            "optlab train --cfg job": [*optlab, "train", "--cfg", "job"],
+            "optlab compare RUN": [*optlab, "compare", "run"],
+            "optlab train epochs=1": [*optlab, "train", "epochs=1", "hydra.run.dir=again", "rerun=true"],
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        names = list(commands)
+        for round_ in range(args.repeats):
+            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                times[name].append(timed(commands[name], cwd))
+    torch_s = statistics.median(times["import torch"])
+    print(f"start-up, median of {args.repeats} fresh processes each")
+    for name, values in times.items():
+        print(f"  {name:<24} {statistics.median(values):6.2f} s   {statistics.median(values) / torch_s:5.2f} × import torch")
+
+
+if __name__ == "__main__":
+    main()
