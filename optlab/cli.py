@@ -259,10 +259,9 @@ def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:
     """The arguments that continue a run: its own overrides, the user's others, its folder
     (quoted for Hydra), and no rewrite of its `.hydra/` (see jobs.Guard). None when the run
     already completed (it says so; nothing changes)."""
-    from omegaconf import OmegaConf
-
     from optlab import jobs
     from optlab.config import UsageError
+    from optlab.files import load_yaml
     from optlab.naming import override
 
     options = dict(a.split("=", 1) for a in resume)
@@ -276,11 +275,7 @@ def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:
     if status in jobs.FINISHED:
         print(f"optlab train: {folder} already {status}: nothing to resume (metrics.json)")
         return None
-    file = folder / ".hydra" / "overrides.yaml"
-    try:
-        saved = [str(o) for o in OmegaConf.load(file)]
-    except Exception as error:
-        raise UsageError(f"resume: cannot read {file}: {str(error).splitlines()[0] if str(error) else error!r}") from None
+    saved = [str(o) for o in load_yaml(folder / ".hydra" / "overrides.yaml", "resume: ")]
     jobs.current.resume = folder
     jobs.current.allow_changes = options.get("resume.allow_changes", "false").lower() == "true"
     own = [a for a in args if a not in resume]
@@ -304,7 +299,7 @@ def describe(error: Exception, args: list[str]) -> str:
     from optlab import config
 
     if isinstance(error, OverrideParseException):
-        return f"cannot parse override: {str(error).splitlines()[0]}"
+        return f"cannot parse override: {config.reason(error)}"
     if isinstance(error, MissingConfigException) and error.options:
         missing = re.search(r"Could not find '([^']+)'", str(error))
         group, _, option = (missing.group(1) if missing else "?/?").rpartition("/")
@@ -315,7 +310,7 @@ def describe(error: Exception, args: list[str]) -> str:
         value = _typed_value(path, args)
         if isinstance(cause, ValidationError):
             rule = config.rule_for(path)
-            allowed = rule.allowed if rule else str(cause).splitlines()[0]
+            allowed = rule.allowed if rule else config.reason(cause)
             return str(config.ConfigError(path, value, allowed))
         removed = [a.partition("=")[0][1:] for a in args if a.startswith("~")]
         for key in removed:
@@ -329,7 +324,7 @@ def describe(error: Exception, args: list[str]) -> str:
             f"unknown key '{path}': {config.show(value)}{hint} "
             f"(allowed at {where}: {', '.join(known)})"
         )
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return config.reason(error)
 
 
 def _typed_value(path: str, args: list[str]) -> object:

@@ -44,6 +44,13 @@ class UsageError(ValueError):
     """A user's mistake: the CLI prints its one-line message and exits with code 2."""
 
 
+def reason(error: BaseException, lines: int = 1) -> str:
+    """What went wrong, for a one-line message: the first non-empty line(s) of the error's
+    text, or its type's name when it has none."""
+    text = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(text[:lines]) or type(error).__name__
+
+
 class ConfigError(UsageError):
     """A bad config value: names the key, the bad value and what is allowed."""
 
@@ -355,8 +362,7 @@ def construct(key: str, node: Any, mistakes: tuple[type[Exception], ...] = (Valu
         if isinstance(cause, UsageError):
             raise cause from None
         if isinstance(cause, mistakes):
-            reason = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
-            raise UsageError(f"{key}: {reason or type(cause).__name__}") from None
+            raise UsageError(f"{key}: {reason(cause)}") from None
         raise
 
 

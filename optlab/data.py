@@ -85,8 +85,8 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
     `cfg.order` is the order of the training set as stored: `random` (the split's) or `sorted`
     (by class); with `shuffle=false` the batches follow it every epoch.
     """
-    where = f"cannot read {cfg.source.path}" if cfg.source.get("path") else "cannot read the data"
-    source = construct(f"data: {where}", cfg.source, READ_ERRORS, _convert_="all")
+    path = cfg.source.get("path")  # the user's own file, if any: messages name it
+    source = construct(f"data: cannot read {path or 'the data'}", cfg.source, READ_ERRORS, _convert_="all")
     if isinstance(source, tuple):  # scikit-learn's (X, y)
         source = Source(*source)
     regression = source.task == "regression"
@@ -104,7 +104,7 @@ def load(cfg: DictConfig, device: torch.device) -> Data:
     else:
         classes, y = np.unique(source.y, return_inverse=True)
     if len(x) != len(y):
-        where = f" in {cfg.source.path}" if cfg.source.get("path") else ""
+        where = f" in {path}" if path else ""
         raise UsageError(f"data: {len(x)} examples (X) but {len(y)} labels (y){where}: one label per example")
     # examples: the rows of x, or for frames the frames (each the centre of its window)
     everything = np.arange(len(y))

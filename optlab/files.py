@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from optlab.config import UsageError
+from optlab.config import UsageError, reason
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -54,6 +54,17 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
 
 
+def load_yaml(path: Path, what: str = "") -> Any:
+    """A YAML file a run wrote (`.hydra/config.yaml`, `overrides.yaml`), or a one-line
+    UsageError naming it when it is missing or does not parse."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.load(path)
+    except Exception as error:
+        raise UsageError(f"{what}cannot read {path}: {reason(error)}") from None
+
+
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
     """A checkpoint's dict, loaded with `weights_only=True`: tensors and plain values only, so
     that no file optlab reads can run code (a pickle can call anything as it loads). Anything
@@ -74,8 +85,7 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
             ) from None
         raise UsageError(f"cannot load {path}: not a PyTorch checkpoint ({error})") from None
     except Exception as error:  # truncated, or not a checkpoint at all
-        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-        raise UsageError(f"cannot load {path}: {reason or type(error).__name__}") from None
+        raise UsageError(f"cannot load {path}: {reason(error)}") from None
     if not isinstance(saved, dict):
         raise UsageError(f"cannot load {path}: it holds a {type(saved).__name__}, not a checkpoint's dict")
     return saved

@@ -9,6 +9,7 @@ before the first one is launched.
 - `plan`: skip a run finished with this very config, resume one interrupted with it, or else
   train afresh, with any earlier attempt moved whole into `.previous/<time>/` (`archive`);
 - `run`: the job itself, as the plan says;
+- `take_back`: undo an attempt a user's mistake stopped before it trained;
 - `record_failure`: a failed job's record, never written over a record of its own.
 """
 
@@ -29,7 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from optlab.config import UsageError, validate
-from optlab.files import atomic_write, load_checkpoint, write_json
+from optlab.files import atomic_write, load_checkpoint, load_yaml, write_json
 
 log = logging.getLogger("optlab")
 
@@ -136,11 +137,7 @@ def check_resumable(run_dir: Path, cfg: DictConfig) -> list[str]:
     """Refuse, in one line naming the file or the changes, a resume that cannot continue
     exactly: the config changed (unless allowed) or a checkpoint does not load. Returns the
     changes that were allowed."""
-    try:
-        saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    except Exception as error:
-        raise UsageError(f"resume: cannot read {run_dir / '.hydra' / 'config.yaml'}: "
-                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    saved = load_yaml(run_dir / ".hydra" / "config.yaml", "resume: ")
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     changes = config_changes(saved, task)
     if changes and not current.allow_changes:

@@ -20,8 +20,8 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from optlab import data as dataset
 from optlab import curvature, jobs, schedules, sweep
 from optlab.callbacks import Checkpoint, EarlyStopping, StopOnSignal, snapshot, tested_checkpoint
-from optlab.config import ConfigError, UsageError, construct
-from optlab.files import atomic_write, load_checkpoint, write_json
+from optlab.config import ConfigError, UsageError, construct, reason
+from optlab.files import atomic_write, load_checkpoint, load_yaml, write_json
 from optlab.init import distinct_units, initialize
 from optlab.logs import RunLog
 from optlab.optim import FULL_BATCH, decay_groups, needs_closure
@@ -153,9 +153,8 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
         except UsageError as error:  # a file that does not load: the message names it
             raise UsageError(f"resume: {error}") from None
         except Exception as error:  # foreign, or for another model: the user's to fix
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            reason = " ".join(lines[:2]) or type(error).__name__  # e.g. which tensor does not fit
-            raise UsageError(f"resume: cannot continue from {file}: {reason}") from None
+            # two lines of torch's text say which tensor does not fit
+            raise UsageError(f"resume: cannot continue from {file}: {reason(error, lines=2)}") from None
         log.info("resumed %s after epoch %d (step %d)", run_dir, saved["epoch"], saved["step"])
         return saved["epoch"], saved["step"], loop["seen"], loop["first_loss"], loop["train_time"], loop["wall_time"]
 
@@ -336,10 +335,7 @@ def landscape_of(run_dir: Path) -> dict:
     config = run_dir / ".hydra" / "config.yaml"
     if not config.exists():
         raise UsageError(f"{run_dir} is not a run folder (missing {config})")
-    try:
-        cfg = OmegaConf.load(config)
-    except Exception as error:
-        raise UsageError(f"cannot read {config}: {(str(error).splitlines() or [type(error).__name__])[0]}") from None
+    cfg = load_yaml(config)
     if not isinstance(cfg, DictConfig) or not {"model", "data", "device"} <= set(cfg):
         raise UsageError(f"cannot read {config}: it is not a run's config")
     files = [run_dir / "checkpoints" / name for name in (tested_checkpoint(cfg), "init.pt")]
@@ -356,7 +352,7 @@ def landscape_of(run_dir: Path) -> dict:
     try:
         model.load_state_dict(load_checkpoint(files[0], device)["model"])
     except (KeyError, RuntimeError) as error:  # loads, but holds no state of this model
-        raise UsageError(f"cannot load {files[0]} into the run's model: {str(error).splitlines()[0]}") from None
+        raise UsageError(f"cannot load {files[0]} into the run's model: {reason(error)}") from None
     rows = list(csv.DictReader((run_dir / "history.csv").open())) if (run_dir / "history.csv").exists() else []
     lr = float(rows[-1]["lr"]) if rows else cfg.optimizer.lr
     from torch.utils.tensorboard import SummaryWriter
