@@ -8,8 +8,6 @@ completion) pass straight through. Nothing here imports torch.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import re
 import sys
@@ -73,11 +71,12 @@ def _run_landscape(args: list[str]) -> int:
     parser.add_argument("run", type=Path, help="a run folder (with .hydra/ and checkpoints/)")
     options = parser.parse_args(args)
     try:
+        from optlab.config import usage_error
         from optlab.train import landscape_of
 
         result = landscape_of(options.run)
     except Exception as error:
-        mistake = _usage_error(error)  # instantiate wraps a dataset's complaint
+        mistake = usage_error(error)  # instantiate wraps a dataset's complaint
         if mistake is None:
             raise
         print(f"optlab landscape: {mistake}", file=sys.stderr)
@@ -180,23 +179,15 @@ def _run_train(args: list[str]) -> int:
         try:
             metrics = jobs.run(cfg, run_dir)
         except Exception as error:
-            mistake = _usage_error(error)
-            restored = mistake is not None and jobs.take_back(run_dir, cfg, keep_fresh=in_sweep)
-            if (in_sweep or mistake is None) and not restored:  # a sweep goes on; a bug ends in its traceback
-                with contextlib.suppress(config.UsageError):  # a full disk cannot take the record either
-                    jobs.record_failure(run_dir, cfg, mistake or error)
-            if in_sweep:  # the sweep's last line names every failed run
-                logging.getLogger("optlab").error("failed: %s: %s", run_dir, mistake or error)
+            mistake = jobs.failed(run_dir, cfg, error, in_sweep)
+            if in_sweep:  # a sweep goes on; its last line names every failed run
                 return {"status": "failed"}
-            if mistake is None:
+            if mistake is None:  # a bug ends in its traceback
                 raise
             print(f"optlab train: {mistake}", file=sys.stderr)
             sys.exit(2)  # exit here: Hydra would print the job as failed
         if metrics["status"] == "interrupted":
-            code = 130 if metrics["interrupted_by"] == "SIGINT" else 143
-            print(f"optlab train: interrupted after epoch {metrics['epochs_run']}; resume with: "
-                  f"{command('optlab', 'train', f'resume={relative(run_dir)}')}", file=sys.stderr)
-            sys.exit(code)
+            jobs.stop_interrupted(metrics, "resume with: " + command("optlab", "train", f"resume={relative(run_dir)}"))
         return metrics
 
     try:
@@ -280,15 +271,6 @@ def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:
     jobs.current.allow_changes = options.get("resume.allow_changes", "false").lower() == "true"
     own = [a for a in args if a not in resume]
     return [*saved, *own, override("hydra.run.dir", folder), "hydra.output_subdir=null"]
-
-
-def _usage_error(error: BaseException | None) -> BaseException | None:
-    """The user's mistake behind `error`, if any (Hydra's instantiate wraps it)."""
-    from optlab.config import UsageError
-
-    while error is not None and not isinstance(error, UsageError):
-        error = error.__cause__
-    return error
 
 
 def describe(error: Exception, args: list[str]) -> str:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from optlab.config import UsageError, validate
+from optlab.config import UsageError, usage_error, validate
 from optlab.files import atomic_write, load_checkpoint, load_yaml, write_json
 
 log = logging.getLogger("optlab")
@@ -52,8 +53,9 @@ current = Command()
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """SHA-1 of the resolved config, less what does not change training (`rerun`, `summary`)."""
-    kept = [k for k in cfg if k not in ("rerun", "summary", "hydra")]
+    """SHA-1 of the resolved config, less what does not change training (`rerun`, `summary`,
+    `vectorize`)."""
+    kept = [k for k in cfg if k not in ("rerun", "summary", "vectorize", "hydra")]
     plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, kept), resolve=True)
     return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -127,7 +129,7 @@ def config_changes(saved: DictConfig, cfg: DictConfig) -> list[str]:
     """`key: old → new` for every value that differs between two configs."""
     from optlab.compare import flatten
 
-    ignore = ("rerun", "summary.metric", "summary.x")
+    ignore = ("rerun", "summary.metric", "summary.x", "vectorize.max_members")
     old, new = (flatten(OmegaConf.to_container(c)) for c in (saved, cfg))
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignore)
     return [f"{k}: {old.get(k)} → {new.get(k)}" for k in keys]
@@ -238,6 +240,27 @@ def take_back(run_dir: Path, cfg: DictConfig, keep_fresh: bool = False) -> bool:
         with contextlib.suppress(OSError):
             folder.rmdir()
     return bool(archives)
+
+
+def failed(run_dir: Path, cfg: DictConfig, error: Exception, in_sweep: bool) -> BaseException | None:
+    """After a job raised `error`: take back an attempt that a user's mistake stopped, or keep
+    the failure's record (a single run that hit a bug records it too). Returns the mistake, if
+    the error is one."""
+    mistake = usage_error(error)
+    restored = mistake is not None and take_back(run_dir, cfg, keep_fresh=in_sweep)
+    if (in_sweep or mistake is None) and not restored:
+        with contextlib.suppress(UsageError):  # a full disk cannot take the record either
+            record_failure(run_dir, cfg, mistake or error)
+    if in_sweep:
+        log.error("failed: %s: %s", run_dir, mistake or error)
+    return mistake
+
+
+def stop_interrupted(metrics: dict, hint: str) -> None:
+    """End the command after a signal stopped training, with the conventional exit code
+    (128 + signal) and how to go on."""
+    print(f"optlab train: interrupted after epoch {metrics['epochs_run']}; {hint}", file=sys.stderr)
+    sys.exit(130 if metrics["interrupted_by"] == "SIGINT" else 143)
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, error: BaseException) -> None:

@@ -47,20 +47,21 @@ HPARAM_METRICS = (
 )
 
 
+def progress(items: Iterable[int], desc: str = "train", unit: str = "epoch") -> Iterable[int]:
+    """A progress bar on a terminal; plain lines (from `RunLog.epoch`) otherwise."""
+    if not sys.stdout.isatty():
+        return items
+    return tqdm(items, desc=desc, unit=unit, dynamic_ncols=True, leave=True)
+
+
 class RunLog:
-    def __init__(self, run_dir: Path, cfg: DictConfig, history: list[dict] | None = None):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, cfg: DictConfig, history: list[dict] | None = None,
+                 logger: logging.Logger = log):
+        self.run_dir, self.logger = run_dir, logger
         self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000, flush_secs=5)
         self.writer.add_text("config", f"```\n{OmegaConf.to_yaml(cfg)}```")
         self.history: list[dict] = [] if history is None else history  # a resumed run's rows so far
         self.bar: tqdm | None = None
-
-    def progress(self, items: Iterable[int], unit: str = "epoch") -> Iterable[int]:
-        """A progress bar on a terminal; plain lines (from `epoch`) otherwise."""
-        if not sys.stdout.isatty():
-            return items
-        self.bar = tqdm(items, desc="train", unit=unit, dynamic_ncols=True, leave=True)
-        return self.bar
 
     def hparams(self, values: dict, metrics: dict) -> None:
         """This run's row of TensorBoard's HParams table: `values`, and the numeric entries of
@@ -95,7 +96,7 @@ class RunLog:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_acc=f"{row['val_acc']:.4f}")
         else:
-            log.info(
+            self.logger.info(
                 "epoch %d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.4g",
                 *(row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")),
             )
@@ -111,6 +112,6 @@ class RunLog:
         self.hparams({**hparams, "status": metrics["status"]}, metrics)
         self.writer.close()
         where = relative(self.run_dir)
-        log.info("%s", summary)
-        log.info("run folder: %s", where)
-        log.info("curves:     %s", command("tensorboard", "--logdir", where))
+        self.logger.info("%s", summary)
+        self.logger.info("run folder: %s", where)
+        self.logger.info("curves:     %s", command("tensorboard", "--logdir", where))

@@ -96,3 +96,11 @@ class CNN(nn.Sequential):
             features = size
         layers["head"] = nn.Linear(features, num_classes)
         super().__init__(OrderedDict(layers))
+
+
+def build(cfg, data) -> nn.Module:
+    """The run's model (`cfg.model`), sized by its data, with the run's dropout and batch norm."""
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.model, input_shape=data.input_shape, num_classes=data.num_outputs,
+                       dropout=cfg.dropout, batchnorm=cfg.batchnorm)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.optim import Optimizer
 
-from optlab.config import UsageError
+from optlab.config import UsageError, construct
 
 # Methods of the full-batch world, and why mini-batches hurt them (train.py warns once).
 FULL_BATCH = {
@@ -37,6 +37,24 @@ def decay_groups(model: torch.nn.Module, exclude: Iterable[str]) -> tuple[list, 
             kind = "norm" if isinstance(module, NORM_LAYERS) else "bias" if name == "bias" else "weight"
             (exempt if kind in exclude else decayed).append(p)
     return decayed, exempt
+
+
+def build_optimizer(cfg, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, float, float]:
+    """The optimizer, with biases and norm layers exempt from decay as `weight_decay_exclude`
+    says; and the decay optlab applies itself: (w for θ ← θ − Δθ − w·θ per step, the l2
+    coefficient of ½·l2·‖θ‖² in the loss). `weight_decay_mode` moves `optimizer.weight_decay`
+    out of the optimizer: `decoupled` into the former, `l2` into the latter (added to `l2`)."""
+    decayed, exempt = decay_groups(model, cfg.weight_decay_exclude)
+    w = cfg.optimizer.get("weight_decay", 0.0)
+    if "weight_decay" in cfg.optimizer and exempt:
+        params = [{"params": decayed}, {"params": exempt, "weight_decay": 0.0}]
+        params = [group for group in params if group["params"]]
+    else:
+        params = decayed + exempt
+    mode = cfg.weight_decay_mode
+    extra = {"weight_decay": 0.0} if w and mode != "coupled" else {}
+    optimizer = construct("optimizer", cfg.optimizer, params=params, _convert_="all", **extra)
+    return optimizer, (w if mode == "decoupled" else 0.0), cfg.l2 + (w if mode == "l2" else 0.0)
 
 
 def needs_closure(optimizer: Optimizer) -> bool:

@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from optlab import jobs, schedules, sweep
 from optlab.config import construct
 from optlab.files import write_csv
-from optlab.logs import RunLog
+from optlab.logs import RunLog, progress
 from optlab.optim import needs_closure
 from optlab.plots import pyplot, save_figure
 
@@ -173,7 +173,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     points, grad_norms, lrs, times = [surface.point.detach().clone()], [], [], []
     status = "completed"
-    for _ in log.progress(range(cfg.steps), unit="step"):
+    for _ in progress(range(cfg.steps), unit="step"):
         closure()
         grad_norms.append(surface.point.grad.norm().item())
         lrs.append(optimizer.param_groups[0]["lr"])

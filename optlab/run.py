@@ -1,0 +1,156 @@
+"""One run's record as it trains: its history, logs, checkpoints, early stopping and outcome.
+
+The loop (optlab/loop.py) hands every run its epoch. A single run is one `Run`; a vectorized
+group (optlab/stacked.py) is one `Run` per member, so each rule here serves both: when an epoch
+counts as diverged, which epoch is best, when to stop, what last.pt holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from optlab import curvature
+from optlab.callbacks import Checkpoint, EarlyStopping, snapshot
+from optlab.init import distinct_units
+from optlab.logs import RunLog
+
+
+@dataclass
+class Epoch:
+    """One member's share of an epoch of steps, as numbers on the host."""
+
+    first_step: int
+    columns: dict[str, list[float]]  # TensorBoard tag → its value at each step
+    times: list[float]  # wall-clock time of each step
+    train_loss: float  # mean over the epoch's examples, as they trained
+    train_acc: float
+    count: int  # examples seen
+
+
+class Run:
+    """A run's state beyond the numbers its engine holds: where it stands (epoch, step, examples
+    seen, clocks), its history and logs, best state and early stopping, and how it ended.
+
+    `numbers` returns the engine's part of the run's state (model, optimizer, scheduler, RNG):
+    with this object's part (`state`), it is what last.pt holds.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, numbers: Callable[[], dict],
+                 logger: logging.Logger | None = None):
+        self.cfg, self.dir, self.numbers = cfg, run_dir, numbers
+        self.logger = logger or logging.getLogger("optlab")
+        self.history: list[dict] = []  # a row per finished epoch
+        watch = cfg.early_stopping.monitor
+        self.checkpoint = Checkpoint(run_dir / "checkpoints", OmegaConf.to_container(cfg), watch or "val_loss")
+        self.stopper = EarlyStopping(**cfg.early_stopping) if watch else None
+        self.epoch = self.step = self.seen = 0
+        self.first_loss: float | None = None
+        self.status, self.diverged_step = "running", None
+        self.started = time.perf_counter()
+        self.trained = self.waited = 0.0  # seconds trained and in all, before this process
+        self.log: RunLog | None = None
+        self.resume_point: dict | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status == "running"
+
+    def state(self) -> dict:
+        """What last.pt holds: the end of the last finished epoch."""
+        return {
+            **self.numbers(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "loop": {
+                "seen": self.seen,
+                "first_loss": self.first_loss,
+                "train_time": self.train_time,  # timings go on across a resume
+                "wall_time": time.perf_counter() - self.started,
+                "history": tuple(self.history),  # rows are never changed: snapshot shares them
+                "checkpoint": self.checkpoint.state_dict(),
+                "stopper": self.stopper.state_dict() if self.stopper else None,
+            },
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        """The run's part of last.pt (the engine loads the rest)."""
+        loop = saved["loop"]
+        self.epoch, self.step, self.seen, self.first_loss = saved["epoch"], saved["step"], loop["seen"], loop["first_loss"]
+        self.trained, self.waited = loop["train_time"], loop["wall_time"]
+        self.history[:] = list(loop["history"])
+        self.checkpoint.load_state_dict(loop["checkpoint"])
+        if self.stopper:
+            self.stopper.load_state_dict(loop["stopper"])
+
+    def begin(self) -> None:
+        """Open the logs (only once the run can go on) and start the clocks."""
+        self.log = RunLog(self.dir, self.cfg, self.history, self.logger)
+        self.started = time.perf_counter() - self.waited
+        self.clock = time.perf_counter() - self.trained
+        self.resume_point = snapshot(self.state())
+        self.saved_at = time.monotonic()
+
+    @property
+    def train_time(self) -> float:
+        return time.perf_counter() - self.clock if self.active else self.trained
+
+    def end_epoch(self, epoch: int, steps: Epoch, val_loss: float, val_acc: float,
+                  model: torch.nn.Module, data) -> None:
+        """Record a finished epoch: divergence, history and curves, best state, early stopping."""
+        self.log.steps(steps.first_step, steps.columns, steps.times)
+        losses = steps.columns["step/loss"]
+        self.first_loss = losses[0] if self.first_loss is None else self.first_loss
+        limit = self.cfg.diverge_threshold * self.first_loss
+        bad = [i for i, v in enumerate(losses) if not v <= limit]  # NaN fails too
+        self.epoch, self.step, self.seen = epoch, self.step + len(losses), self.seen + steps.count
+        if bad:  # NaN, Inf or blown up: nothing more to learn from this run
+            self.diverged_step = steps.first_step + bad[0]
+            self.logger.warning("diverged at step %d: loss %s (first loss %.4g, diverge_threshold=%g)",
+                                self.diverged_step, losses[bad[0]], self.first_loss, self.cfg.diverge_threshold)
+            return self.end("diverged")
+        row = {
+            "epoch": epoch,
+            "train_loss": steps.train_loss,
+            "train_acc": steps.train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": steps.columns["step/lr"][-1],
+            "step": self.step,
+            "examples": self.seen,
+            "elapsed_s": self.train_time,
+        }
+        self.log.epoch(row, self.diagnose(epoch, model, data, row["lr"]))
+        improved = self.stopper.on_epoch_end(epoch, row) if self.stopper else None
+        self.checkpoint.on_epoch_end(epoch, row, self.state, improved)
+        self.resume_point = snapshot(self.state())
+        if time.monotonic() - self.saved_at > self.cfg.checkpoint_every_s:  # what a kill -9 can lose
+            self.checkpoint.save(self.resume_point)
+            self.saved_at = time.monotonic()
+        if self.stopper and self.stopper.stop:
+            self.logger.info("early stopping at epoch %d: %s has not improved since epoch %d",
+                             epoch, self.stopper.monitor, self.stopper.best_epoch)
+            self.end("completed")
+
+    def diagnose(self, epoch: int, model: torch.nn.Module, data, lr: float) -> dict[str, float]:
+        """Per-epoch measurements of the weights: distinct units per layer, and curvature every
+        `curvature.every` epochs."""
+        units = distinct_units(model) if self.cfg.diagnostics else []
+        extra = {f"init/distinct_units/layer{i}": u for i, u in enumerate(units, 1)}
+        if self.cfg.curvature.every and epoch % self.cfg.curvature.every == 0:
+            measured = curvature.measure(model, curvature.subset_loss(model, data, self.cfg.curvature.samples),
+                                         self.cfg.curvature, lr, exact=False)
+            extra.update({f"curvature/{k}": v for k, v in measured.items()})
+        return extra
+
+    def end(self, status: str) -> None:
+        """The run is over (its last finished epoch is `resume_point`): stop its clock."""
+        if self.active:
+            self.trained = self.train_time
+            self.status = status
