@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 # config groups, plus `summary`: a plain node whose keys are checked like a group's
 GROUPS = ("model", "data", "optimizer", "scheduler", "surface", "init", "early_stopping", "summary",
-          "curvature")
+          "curvature", "vectorize")
 
 # what a sweep summary can rank by and plot against (optlab/compare.py)
 METRICS = (
@@ -42,6 +42,13 @@ ACTIVATIONS = {
 
 class UsageError(ValueError):
     """A user's mistake: the CLI prints its one-line message and exits with code 2."""
+
+
+def usage_error(error: BaseException | None) -> BaseException | None:
+    """The user's mistake behind `error`, if any (Hydra's instantiate wraps it)."""
+    while error is not None and not isinstance(error, UsageError):
+        error = error.__cause__
+    return error
 
 
 def reason(error: BaseException, lines: int = 1) -> str:
@@ -155,6 +162,7 @@ class Config:
     )
     summary: Any = MISSING
     curvature: Any = MISSING
+    vectorize: Any = MISSING
 
 
 GROUP_RULES: dict[str, Rule] = {
@@ -272,6 +280,7 @@ GROUP_RULES: dict[str, Rule] = {
     "curvature.probes": POSITIVE_INT,
     "curvature.epsilon": POSITIVE,
     "curvature.exact_max_params": NON_NEGATIVE_INT,
+    "vectorize.max_members": POSITIVE_INT,
     "summary.metric": one_of(*METRICS),
     "summary.x": one_of(*CURVE_X),
     "surface.kappa": Rule("a number >= 1", lambda v: _is_number(v) and v >= 1),

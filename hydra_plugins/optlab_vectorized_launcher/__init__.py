@@ -1,0 +1,1 @@
+"""`hydra/launcher=vectorized`: a sweep's compatible runs train together as one stacked model."""

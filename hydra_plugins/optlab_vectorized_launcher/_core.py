@@ -1,0 +1,125 @@
+"""The vectorized launcher's logic: group a sweep's jobs, train each group as one stacked model.
+
+Jobs whose configs differ only in what a member may have of its own (optlab/stacked.py's
+`group_key`: seed, learning rate, momentum, weight decay, dropout, init, schedule, ...) train
+together, up to `vectorize.max_members` at a time; every other job runs as Hydra's basic
+launcher runs it. Each member's folder gets what Hydra writes for a job (`.hydra/`,
+`train.log`) and what a single run writes, so summaries, resume and re-runs treat it as one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, _save_config, configure_log, run_job, setup_globals
+from omegaconf import DictConfig, open_dict, read_write
+
+from optlab import jobs
+
+log = logging.getLogger("optlab")
+
+
+def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    setup_globals()
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    configs = []
+    for idx, overrides in enumerate(job_overrides, initial_job_idx):
+        cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.id = cfg.hydra.job.num = idx
+        configs.append(cfg)
+    returns: list[JobReturn | None] = [None] * len(configs)
+    for group in groups(configs):
+        if len(group) == 1:  # as the basic launcher runs it
+            returns[group[0]] = run_job(hydra_context=launcher.hydra_context, task_function=launcher.task_function,
+                                        config=configs[group[0]], job_dir_key="hydra.sweep.dir",
+                                        job_subdir_key="hydra.sweep.subdir")
+        else:
+            for i, result in zip(group, train_group([configs[i] for i in group])):
+                returns[i] = result
+        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    return returns
+
+
+def groups(configs: list[DictConfig]) -> list[list[int]]:
+    """Indices of the jobs to train together, in the order their first job comes, each group
+    at most `vectorize.max_members` long."""
+    from optlab.stacked import group_key
+
+    found: dict[str, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        with jobs.as_job(cfg):
+            task = task_config(cfg)
+            key = group_key(task)
+            run_dir = jobs.job_folder(cfg)
+            action = jobs.plan(run_dir, task)
+            # resumed members must stand at the same epoch; fresh ones all start at 0
+            at = (jobs.read_metrics(run_dir) or {}).get("epochs_run") if action == "resume" else 0
+        found.setdefault(f"{action}:{at}:{key}" if key else f"alone:{i}", []).append(i)
+    result = []
+    for members in found.values():
+        size = configs[members[0]].vectorize.max_members
+        result += [members[start:start + size] for start in range(0, len(members), size)]
+    return sorted(result)
+
+
+def task_config(cfg: DictConfig) -> DictConfig:
+    """The job's own config, without Hydra's node (what a task function receives)."""
+    task = copy.deepcopy(cfg)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def train_group(configs: list[DictConfig]) -> list[JobReturn]:
+    """Ready each member's folder as Hydra readies a job's, train the group, and return each
+    member's result as Hydra's run_job would."""
+    from optlab.stacked import train_group as train_stacked
+
+    tasks, folders = [], []
+    for cfg in configs:
+        folder = Path(jobs.job_folder(cfg)).absolute()
+        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+            cfg.hydra.runtime.output_dir = str(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        task = task_config(cfg)
+        with jobs.as_job(cfg):
+            _save_config(task, "config.yaml", folder / ".hydra")
+            _save_config(copy.deepcopy(HydraConfig.instance().cfg), "hydra.yaml", folder / ".hydra")
+            _save_config(cfg.hydra.overrides.task, "overrides.yaml", folder / ".hydra")
+        tasks.append(task)
+        folders.append(folder)
+    resume = jobs.plan(folders[0], tasks[0]) == "resume"
+    log.info("training %d runs as one stacked model%s: %s", len(configs), " (resumed)" * resume,
+             ", ".join(f.name for f in folders))
+
+    @contextmanager
+    def within(k: int):
+        with jobs.as_job(configs[k]):
+            yield
+
+    try:
+        metrics = train_stacked(tasks, folders, resume, within)
+    except Exception as error:  # every member failed the same way
+        metrics = []
+        for cfg, task, folder in zip(configs, tasks, folders):
+            with jobs.as_job(cfg):
+                jobs.failed(folder, task, error, in_sweep=True)
+            metrics.append({"status": "failed"})
+    for folder, result in zip(folders, metrics):
+        if result["status"] != "failed":
+            log.info("  %s: %s, best val acc %.4f (epoch %s), %.0f samples/s", folder.name, result["status"],
+                     result["best_val_acc"], result["best_epoch"], result["train_samples_per_s"])
+    interrupted = [m for m in metrics if m["status"] == "interrupted"]
+    if interrupted:
+        jobs.stop_interrupted(interrupted[0], "run the same command again to finish the sweep")
+    return [JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task, hydra_cfg=cfg, working_dir=os.getcwd(),
+                      task_name=cfg.hydra.job.name, status=JobStatus.COMPLETED, _return_value=result)
+            for cfg, task, result in zip(configs, tasks, metrics)]

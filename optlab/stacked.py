@@ -1,0 +1,367 @@
+"""A vectorized group: K runs of one shape trained as one batched computation.
+
+Small models leave most of a core (or a GPU) idle: K of them stacked along a leading member
+dimension run each layer as one batched matmul, and one batched optimizer step updates them
+all (HFTA, MLSys 2021; JAX users write this with `vmap`). Each member is still an ordinary
+run: its weights start as that run's would (its own seed and init scheme), its batches come in
+the order its own seed draws, and at every epoch's end it is written back into an ordinary
+model and torch optimizer, so its folder, checkpoints and metrics are those of a single run.
+Dropout masks come from torch's global stream, not the member's own.
+
+`group_key` says which sweep jobs can share a group; `train_group` trains one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from optlab import data as dataset
+from optlab import models, rng, schedules
+from optlab.batched import BatchedOptimizer, unsupported
+from optlab.callbacks import snapshot
+from optlab.init import initialize
+from optlab.loop import fit
+from optlab.optim import build_optimizer, decay_groups
+from optlab.run import Epoch, Run
+
+log = logging.getLogger("optlab")
+
+# What may differ between the members of one group: each member builds its own model, init,
+# optimizer and schedule, so these are per-member numbers. Everything else must be equal.
+MAY_DIFFER = ("seed", "init", "scheduler", "early_stopping", "optimizer.", "dropout", "l2",
+              "weight_decay_mode", "diverge_threshold", "checkpoint_every_s", "rerun", "summary",
+              "curvature")
+MUST_MATCH = ("optimizer._target_", "optimizer.amsgrad", "optimizer.maximize")
+
+
+def group_key(cfg: DictConfig) -> str | None:
+    """Jobs whose keys are equal can train as one group; None when this job cannot be stacked
+    (the reason is logged at debug level)."""
+    why = cannot_stack(cfg)
+    if why:
+        log.debug("not stacked: %s", why)
+        return None
+    from optlab.compare import flatten
+
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    kept = {k: v for k, v in flat.items()
+            if k in MUST_MATCH or not any(k == p or k.startswith(p if p.endswith(".") else p + ".") for p in MAY_DIFFER)}
+    return repr(sorted(kept.items()))
+
+
+def cannot_stack(cfg: DictConfig) -> str | None:
+    """Why a job must train alone, or None."""
+    if cfg.get("surface") is not None:
+        return "a surface run"
+    if cfg.model._target_ != "optlab.models.MLP":
+        return f"model {cfg.model._target_} (mlp and linear stack)"
+    if cfg.precision != "fp32" or cfg.compile:
+        return "precision or compile set"
+    if not cfg.data.get("in_memory", True):
+        return "data.in_memory=false"
+    return unsupported(cfg.optimizer)
+
+
+class StackedMLP(nn.Module):
+    """K MLPs of one shape as one module. Member k's parameters are row k of one leaf tensor
+    `flat` [K, N] (in `parameters()` order), so that its gradient, the optimizer state and the
+    per-step norms are [K, N] too and each costs a few whole-tensor kernels. Each linear layer
+    is one batched matmul; batch norm keeps statistics per member; dropout has a rate per member.
+
+    Inputs are [K, B, ...] (each member its own batch) or [B, ...] (one batch for all)."""
+
+    def __init__(self, members: list[nn.Sequential], dropouts: list[float], input_dims: int):
+        super().__init__()
+        k, self.input_dims = len(members), input_dims  # input_dims: one example's, plus the batch's
+        self.flat = nn.Parameter(torch.stack([parameters_to_vector(m.parameters()) for m in members]).detach())
+        self.slices, offset = {}, 0
+        for name, p in members[0].named_parameters():
+            self.slices[name] = (offset, p.shape)
+            offset += p.numel()
+        drop = max(dropouts) > 0
+        self.layers: list[tuple[str, str, nn.Module | None]] = []
+        for name, layer in members[0].named_children():
+            if isinstance(layer, nn.Linear):
+                self.layers.append(("linear", name, None))
+            elif isinstance(layer, nn.BatchNorm1d):
+                self.layers.append(("norm", name, layer))
+                for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+                    stacked = torch.stack([getattr(m, name).get_buffer(buffer) for m in members])
+                    self.register_buffer(f"{name}_{buffer}", stacked.clone())
+            elif name.startswith("act"):
+                self.layers.append(("act", name, layer))
+                if drop:
+                    self.layers.append(("drop", name, None))
+        self.register_buffer("p", torch.tensor(dropouts, dtype=self.flat.dtype).view(k, 1, 1))
+
+    def weight(self, name: str) -> torch.Tensor:
+        """Every member's `name` parameter, [K, *shape]: a view of `flat`."""
+        offset, shape = self.slices[name]
+        return self.flat[:, offset:offset + shape.numel()].view(-1, *shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shared = x.dim() == self.input_dims  # one batch for every member
+        x = x.flatten(1) if shared else x.flatten(2)
+        for kind, name, layer in self.layers:
+            if kind == "linear":  # [K, B, in] @ [K, in, out]: every member at once
+                w, b = self.weight(f"{name}.weight"), self.weight(f"{name}.bias")
+                x = torch.matmul(x, w.transpose(1, 2)) + b[:, None] if x.dim() == 2 else \
+                    torch.baddbmm(b[:, None], x, w.transpose(1, 2))
+            elif kind == "norm":
+                x = self.batch_norm(x, name, layer)
+            elif kind == "act":
+                x = layer(x)
+            elif self.training:  # dropout at each member's rate
+                x = x * (torch.rand_like(x) >= self.p) / (1 - self.p)
+        return x
+
+    def batch_norm(self, x: torch.Tensor, name: str, layer: nn.BatchNorm1d) -> torch.Tensor:
+        """BatchNorm1d per member: statistics over each member's own batch (dim 1)."""
+        mean, var = getattr(self, f"{name}_running_mean"), getattr(self, f"{name}_running_var")
+        if self.training:
+            n = x.shape[1]
+            batch_mean, batch_var = x.mean(1), x.var(1, unbiased=False)
+            with torch.no_grad():  # as torch updates them: momentum, the unbiased variance
+                mean.lerp_(batch_mean, layer.momentum)
+                var.lerp_(batch_var * n / (n - 1), layer.momentum)
+                getattr(self, f"{name}_num_batches_tracked").add_(1)
+            mean, var = batch_mean, batch_var
+        scale = self.weight(f"{name}.weight") * torch.rsqrt(var + layer.eps)
+        return (x - mean[:, None]) * scale[:, None] + self.weight(f"{name}.bias")[:, None]
+
+    def load_member(self, k: int, model: nn.Module) -> None:
+        with torch.no_grad():
+            self.flat[k] = parameters_to_vector(model.parameters())
+            for name, buffer in model.named_buffers():
+                getattr(self, name.replace(".", "_"))[k] = buffer
+
+    def store_member(self, k: int, model: nn.Module) -> None:
+        with torch.no_grad():
+            vector_to_parameters(self.flat[k], model.parameters())
+            for name, buffer in model.named_buffers():
+                buffer.copy_(getattr(self, name.replace(".", "_"))[k])
+
+
+class Stacked:
+    """The engine of a vectorized group (see optlab/loop.py): K ordinary runs' models,
+    optimizers and schedules, and the one stacked model and batched optimizer that train them.
+
+    The ordinary objects are the members' truth between epochs: they are built as a single run
+    builds them, hold each member's hyperparameters (schedules change them), and are what a
+    member's checkpoint and metrics are made from."""
+
+    def __init__(self, cfgs: list[DictConfig], data: dataset.Data, device: torch.device):
+        cfg = cfgs[0]
+        self.cfgs, self.data, self.device, self.k = cfgs, data, device, len(cfgs)
+        n = len(data.train)
+        self.batch_size = n if cfg.batch_size == "full" else min(cfg.batch_size, n)
+        self.min_batch = 2 if cfg.batchnorm else 1
+        steps = dataset.count_batches(n, self.batch_size, self.min_batch)
+        self.members, self.optimizers, self.schedulers, self.per_step, self.orders, self.initial = [], [], [], [], [], []
+        decoupled, l2 = [], []
+        for member in cfgs:  # each as a single run builds it, under its own seed
+            self.orders.append(rng.seed(member.seed))
+            model = models.build(member, data).to(device)
+            initialize(model, member.init, data.train, self.batch_size)
+            self.initial.append(snapshot(model.state_dict()))
+            optimizer, w, coefficient = build_optimizer(member, model)
+            scheduler, per_step = schedules.build(member.scheduler, optimizer, steps)
+            optimizer._opt_called = True  # stepped by the batched optimizer: torch's schedules need not warn
+            self.members.append(model)
+            self.optimizers.append(optimizer)
+            self.schedulers.append(scheduler)
+            self.per_step.append(per_step)
+            decoupled.append(w)
+            l2.append(coefficient)
+        self.net = StackedMLP(self.members, [m.dropout for m in cfgs], 1 + len(data.input_shape)).to(device)
+        self.optimizer = BatchedOptimizer(self.net.flat, self.optimizers, [list(m.parameters()) for m in self.members])
+        decayed = {id(p) for p in decay_groups(self.members[0], cfg.weight_decay_exclude)[0]}
+        mask = torch.cat([torch.full((p.numel(),), float(id(p) in decayed)) for p in self.members[0].parameters()])
+        self.decay = mask.to(device)  # [N]: 1 where weight decay and l2 apply
+        self.decoupled = torch.tensor(decoupled, device=device)[:, None] * self.decay
+        self.l2 = torch.tensor(l2, device=device) if any(l2) else None
+        self.active = torch.ones(self.k, dtype=torch.bool, device=device)
+        self.shared_order = len({m.seed for m in cfgs}) == 1 or not cfg.shuffle  # one batch serves all
+        self.diagnostics = cfg.diagnostics
+        self.step, self.fresh, self.stale = 0, True, False
+
+    # --- the epoch ---------------------------------------------------------------------------
+
+    def batches(self):
+        """Each member's batches in its own seed's order, as one [K, B] index per step (one [B]
+        index when every member draws the same order)."""
+        draw = partial(dataset.batches, len(self.data.train), self.batch_size, self.cfgs[0].shuffle,
+                       device=self.device, min_size=self.min_batch)
+        if self.shared_order:
+            yield from draw(self.orders[0])
+            for order in self.orders[1:]:  # keep every member's stream where its own run's would be
+                order.set_state(self.orders[0].get_state())
+            return
+        yield from (torch.stack(step) for step in zip(*(draw(order) for order in self.orders)))
+
+    def inputs(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.data.train.get(index.flatten())
+        return (x, y) if index.dim() == 1 else (x.view(*index.shape, *x.shape[1:]), y.view(*index.shape, *y.shape[1:]))
+
+    def losses(self, output: torch.Tensor, y: torch.Tensor, shared: bool) -> torch.Tensor:
+        """Each member's loss, [K]: the task's own loss function, vectorized over members
+        (`shared`: one set of targets for all)."""
+        return torch.vmap(self.data.loss, in_dims=(0, None if shared else 0))(output, y)
+
+    def scores(self, output: torch.Tensor, y: torch.Tensor, shared: bool) -> list[float]:
+        return torch.vmap(self.data.score, in_dims=(0, None if shared else 0))(output, y).tolist()
+
+    def train_epoch(self, stop) -> list[Epoch] | None:
+        if self.stale:
+            self.load_members()
+        net, flat, k = self.net, self.net.flat, self.k
+        net.train()
+        first_step = self.step + 1
+        losses, totals, outputs, targets, sizes, lrs, norms, times = [], [], [], [], [], [], [], []
+        for index in self.batches():
+            x, y = self.inputs(index)
+            logits = net(x)  # [K, B, C]: one batched matmul per layer for every member
+            loss = self.losses(logits, y, self.shared_order)
+            total = loss + 0.5 * self.l2 * (flat * self.decay).square().sum(1) if self.l2 is not None else loss
+            flat.grad = None
+            total.sum().backward()  # members share no weight: row k of the gradient is member k's
+            before = flat.detach().clone() if self.diagnostics else None
+            lrs.append([o.param_groups[0]["lr"] for o in self.optimizers])
+            with torch.no_grad():  # θ ← θ − Δθ − w·θ, decoupled decay first (a frozen member stays)
+                flat.mul_(1 - self.decoupled * self.active[:, None])
+            self.optimizer.step(self.active)
+            for scheduler, per_step in zip(self.schedulers, self.per_step):
+                if per_step:
+                    scheduler.step()
+            if self.diagnostics:  # ‖∇L‖ and ‖Δθ‖/‖θ‖ per member, three whole-tensor norms
+                norms.append(torch.stack([flat.grad.norm(dim=1), (flat.detach() - before).norm(dim=1) / before.norm(dim=1)]))
+            self.step += 1
+            losses.append(loss.detach())
+            totals.append(total.detach())
+            outputs.append(logits.detach())
+            targets.append(y)
+            sizes.append(index.shape[-1])
+            times.append(time.time())
+            if stop.signal:
+                return None
+        self.fresh = True
+
+        # once per epoch: reduce on the device, then one transfer to the host
+        count = sum(sizes)
+        sizes = torch.tensor(sizes, device=self.device, dtype=torch.float32)
+        losses = torch.stack(losses)  # [steps, K]
+        columns = {"step/loss": losses.T.tolist(), "step/lr": list(map(list, zip(*lrs)))}
+        if self.diagnostics:
+            grad_norm, ratio = torch.stack(norms).permute(1, 2, 0).tolist()  # [2, K, steps]
+            columns.update({"step/grad_norm": grad_norm, "step/update_ratio": ratio})
+        if self.l2 is not None:
+            columns["step/l2_penalty"] = (torch.stack(totals) - losses).T.tolist()
+        shared = self.shared_order
+        acc = self.scores(torch.cat(outputs, dim=1), torch.cat(targets, dim=0 if shared else 1), shared)
+        train_loss = ((sizes @ losses) / count).tolist()
+        return [Epoch(first_step, {tag: v[i] for tag, v in columns.items()}, times, train_loss[i], acc[i], count)
+                for i in range(k)]
+
+    @torch.inference_mode()
+    def evaluate(self) -> list[tuple[float, float]]:
+        """Validation loss and score per member, every member on the same chunks."""
+        self.net.eval()
+        split, loss_sum, outputs = self.data.val, 0, []
+        for x, y in split.chunks(max(1, 8192 // self.k)):
+            out = self.net(x.to(self.device))
+            loss_sum = loss_sum + self.losses(out, y.to(self.device), shared=True) * len(y)
+            outputs.append(out.float())
+        scores = self.scores(torch.cat(outputs, dim=1), split.y.to(self.device), shared=True)
+        return list(zip((loss_sum / len(split)).tolist(), scores))
+
+    def schedule(self, val_losses: list[float]) -> None:
+        for scheduler, per_step, loss in zip(self.schedulers, self.per_step, val_losses):
+            if not per_step:
+                scheduler.step(loss) if isinstance(scheduler, ReduceLROnPlateau) else scheduler.step()
+
+    def freeze(self, k: int) -> None:
+        """Member k's run has ended: its weights and optimizer state stay as they are."""
+        self.active[k] = False
+
+    # --- members as ordinary runs ------------------------------------------------------------
+
+    def store_members(self) -> None:
+        """Write the stacked numbers into each member's ordinary model and optimizer."""
+        if self.fresh:
+            for k, model in enumerate(self.members):
+                self.net.store_member(k, model)
+            self.optimizer.export()
+            self.fresh = False
+
+    def load_members(self) -> None:
+        """The mirror of `store_members`, once members were loaded from their checkpoints."""
+        for k, model in enumerate(self.members):
+            self.net.load_member(k, model)
+        self.optimizer.load()
+        self.stale = False
+
+    def member(self, k: int) -> nn.Module:
+        self.store_members()
+        return self.members[k]
+
+    def numbers(self, k: int) -> dict:
+        self.store_members()
+        return {
+            "model": self.members[k].state_dict(),
+            "optimizer": self.optimizers[k].state_dict(),
+            "scheduler": self.schedulers[k].state_dict(),
+            "scaler": torch.amp.GradScaler(self.device.type, enabled=False).state_dict(),
+            "rng": rng.state(self.orders[k]),
+        }
+
+    def load(self, k: int, saved: dict) -> None:
+        self.members[k].load_state_dict(saved["model"])
+        self.optimizers[k].load_state_dict(saved["optimizer"])
+        self.schedulers[k].load_state_dict(saved["scheduler"])
+        rng.load(saved["rng"], self.orders[k])
+        self.step, self.stale = saved["step"], True
+
+
+def train_group(cfgs: list[DictConfig], run_dirs: list[Path], resume: bool = False, within=None) -> list[dict]:
+    """Train K runs as one stacked group; returns each member's metrics, as `train.train` does
+    for one. `within(k)` is a context for member k's record (its Hydra job config)."""
+    from contextlib import nullcontext
+
+    from optlab.train import finish, resolve_device, start
+
+    device = resolve_device(cfgs[0].device)
+    data = dataset.load(cfgs[0].data, device)
+    engine = Stacked(cfgs, data, device)
+    runs = [Run(cfg, run_dir, partial(engine.numbers, k), member_logger(run_dir, k))
+            for k, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs))]
+    start(engine, runs, resume)
+    stopped_by = fit(engine, runs, data, cfgs[0].epochs)
+    metrics = []
+    for k, run in enumerate(runs):
+        with (within or (lambda _: nullcontext()))(k):
+            metrics.append(finish(run, engine.members[k], data, engine.initial[k], stopped_by))
+    return metrics
+
+
+def member_logger(run_dir: Path, k: int) -> logging.Logger:
+    """A member's messages go to its own train.log, as a single run's do."""
+    logger = logging.getLogger(f"optlab.member{k}")
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+        handler.close()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][optlab][%(levelname)s] %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
