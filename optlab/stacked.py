@@ -192,7 +192,7 @@ class Stacked:
         self.active = torch.ones(self.k, dtype=torch.bool, device=device)
         self.shared_order = len({m.seed for m in cfgs}) == 1 or not cfg.shuffle  # one batch serves all
         self.diagnostics = cfg.diagnostics
-        self.step, self.fresh, self.stale = 0, True, False
+        self.step, self.fresh, self.stale = 0, False, False  # fresh: members behind the stack; stale: the stack behind members
 
     # --- the epoch ---------------------------------------------------------------------------
 

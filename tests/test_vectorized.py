@@ -1,0 +1,123 @@
+"""Vectorized sweeps: a member of a stacked group is the run it would be alone, frozen when it
+diverges without touching the others, and an ordinary run folder for everything downstream."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_config, optlab
+from optlab.files import load_checkpoint
+from optlab.stacked import group_key, train_group
+from optlab.train import train
+from test_survival import wait_for_epoch
+
+SMALL = ["model.hidden=[32]", "epochs=5"]
+
+# per optimizer: what both members share, and what each member sets of its own
+CASES = {
+    "sgd": (["optimizer=sgd"], [["optimizer.lr=0.05"], ["seed=1", "optimizer.weight_decay=0.001"]]),
+    "momentum": (["optimizer=momentum", "scheduler=step"],
+                 [["scheduler.gamma=0.5"], ["seed=1", "scheduler.gamma=0.1", "scheduler.step_size=2"]]),
+    "nesterov": (["optimizer=nesterov", "weight_decay_mode=decoupled", "optimizer.weight_decay=0.001"],
+                 [[], ["seed=1", "optimizer.momentum=0.5"]]),
+    "adam": (["optimizer=adam", "batchnorm=true"], [[], ["seed=1", "optimizer.betas=[0.8,0.99]", "optimizer.eps=1e-6"]]),
+    "adamw": (["optimizer=adamw", "scheduler=exponential"], [["scheduler.k=0.01"], ["seed=1", "optimizer.lr=0.003"]]),
+    "rmsprop": (["optimizer=rmsprop"], [["l2=0.001"], ["seed=1", "optimizer.alpha=0.9"]]),
+    "adagrad": (["optimizer=adagrad", "weight_decay_mode=l2", "optimizer.weight_decay=0.001"],
+                [[], ["seed=1", "optimizer.lr=0.05", "init=xavier_uniform"]]),
+}
+
+
+def history(run: Path, key: str = "val_loss") -> list[float]:
+    return [float(row[key]) for row in csv.DictReader((run / "history.csv").open())]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_each_member_equals_the_same_run_trained_alone(tmp_path, name):
+    shared, own = CASES[name]
+    cfgs = [make_config(*SMALL, *shared, *extra) for extra in own]
+    assert group_key(cfgs[0]) is not None and group_key(cfgs[0]) == group_key(cfgs[1])
+    members = [tmp_path / f"member{k}" for k in range(len(cfgs))]
+    train_group(cfgs, members)
+    for cfg, member in zip(cfgs, members):
+        alone = tmp_path / f"alone-{member.name}"
+        train(cfg, alone)
+        initial = [load_checkpoint(run / "checkpoints" / "init.pt") for run in (member, alone)]
+        assert all(torch.equal(initial[0][k], initial[1][k]) for k in initial[1])  # same initial weights
+        assert history(member, "examples") == history(alone, "examples")
+        torch.testing.assert_close(history(member), history(alone), rtol=1e-4, atol=0)  # every epoch
+        assert history(member, "lr") == pytest.approx(history(alone, "lr"), rel=1e-6)  # its own schedule
+
+
+def test_a_diverged_member_is_frozen_and_the_others_are_as_without_it(tmp_path):
+    lrs = {"a": 0.05, "blows_up": 1e4, "b": 0.1}
+    cfgs = {name: make_config(*SMALL, "optimizer=momentum", f"optimizer.lr={lr}", f"seed={i}")
+            for i, (name, lr) in enumerate(lrs.items())}
+    train_group(list(cfgs.values()), [tmp_path / "with" / name for name in cfgs])
+    train_group([cfgs["a"], cfgs["b"]], [tmp_path / "without" / name for name in ("a", "b")])
+    for name in ("a", "b"):
+        assert history(tmp_path / "with" / name) == history(tmp_path / "without" / name)
+    blown = json.loads((tmp_path / "with" / "blows_up" / "metrics.json").read_text())
+    assert blown["status"] == "diverged" and blown["diverged_step"] >= 1
+    kept = load_checkpoint(tmp_path / "with" / "blows_up" / "checkpoints" / "last.pt")
+    assert kept["epoch"] == blown["epochs_run"] - 1  # the last finished epoch, before the blow-up
+    assert all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+SWEEP = ["-m", "optimizer=sgd,rprop", "seed=0,1", "epochs=3", "model.hidden=[16]", "hydra/launcher=vectorized"]
+
+
+def test_a_sweep_mixing_stacked_and_single_runs_writes_ordinary_run_folders(tmp_path):
+    result = optlab("train", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "training 2 runs as one stacked model" in result.stdout  # sgd's seeds; rprop alone
+    runs = sorted(p.parent for p in (tmp_path / "sweep").glob("**/metrics.json"))
+    assert len(runs) == 4
+    for run in runs:
+        files = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
+        assert {".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "history.csv", "metrics.json",
+                "checkpoints/init.pt", "checkpoints/best.pt", "checkpoints/last.pt"} <= files
+        assert any(f.startswith("events.out.tfevents") for f in files)
+        assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+        assert "epoch 3 " in (run / "train.log").read_text()
+    assert (tmp_path / "sweep" / "summary.csv").exists()
+
+    again = optlab("train", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("skipped:") == 4  # finished: nothing retrained
+    member = next(r for r in runs if "optimizer=sgd" in str(r))
+    landscape = optlab("landscape", str(member), cwd=tmp_path)
+    assert landscape.returncode == 0, landscape.stderr
+
+
+def test_ctrl_c_stops_the_group_resumably_and_the_same_command_finishes_it(tmp_path):
+    sweep = ["-m", "optimizer.lr=0.05,0.1", "epochs=25", "model.hidden=[16]", "hydra/launcher=vectorized",
+             "hydra.sweep.dir=sweep"]
+    whole = optlab("train", *sweep[:-1], "hydra.sweep.dir=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    process = subprocess.Popen([sys.executable, "-m", "optlab", "train", *sweep], cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_epoch(tmp_path / "sweep" / "*" / "*", 3, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "run the same command again to finish the sweep" in stderr.strip().splitlines()[-1]
+    runs = sorted(p.parent for p in (tmp_path / "sweep").glob("*/*/metrics.json"))
+    records = [json.loads((run / "metrics.json").read_text()) for run in runs]
+    assert len(runs) == 2 and {r["status"] for r in records} == {"interrupted"}
+    assert len({r["epochs_run"] for r in records}) == 1 and records[0]["epochs_run"] < 25
+
+    again = optlab("train", *sweep, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "(resumed)" in again.stdout
+    for run in runs:
+        finished = tmp_path / "whole" / run.relative_to(tmp_path / "sweep")
+        assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+        assert history(run) == history(finished)  # as if it had never stopped
