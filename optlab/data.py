@@ -5,22 +5,29 @@ costs one gather instead of a DataLoader's per-sample Python work. Frame-level d
 zero-padded matrix of frames and gathers each example's context window at batch time, so no
 windowed copy is ever made. Data too large for the device stays on the host
 (`data.in_memory=false`) and reaches the device batch by batch through a DataLoader.
+
+`load` is memoized within a process: the runs of a sweep that share a data config (and device)
+share one prepared `Data`, read, split and standardized once. Training only reads its tensors.
+The split is scikit-learn's `train_test_split`, reproduced index for index without importing
+scikit-learn (tests/test_data.py checks it against scikit-learn).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import pickle
 import zipfile
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
-from sklearn.model_selection import train_test_split
+from omegaconf import DictConfig, OmegaConf
 
 from optlab.config import UsageError, construct
 from optlab.datasets import Source
@@ -78,7 +85,42 @@ class Data:
         return (output.argmax(dim=1) == y).float().mean()
 
 
+CACHE_SIZE = 4  # prepared datasets kept per process (a sweep over data options reuses each)
+_cache: OrderedDict[str, Data] = OrderedDict()
+
+
 def load(cfg: DictConfig, device: torch.device) -> Data:
+    """`prepare(cfg, device)`, memoized within the process on the resolved data config, the
+    device and, for the user's own `path`, that file's size and modification time: the runs of
+    a sweep get the same `Data` (whose tensors nobody writes into)."""
+    key = _key(cfg, device)
+    if key is None:
+        return prepare(cfg, device)
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key]
+    data = _cache[key] = prepare(cfg, device)
+    while len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
+    return data
+
+
+def _key(cfg: DictConfig, device: torch.device) -> str | None:
+    """The cache key of `load`, or None for a config that does not resolve (`prepare` says why)."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        path = cfg.source.get("path")
+    except Exception:  # noqa: BLE001 - an interpolation that fails: prepare raises the user's error
+        return None
+    try:
+        stat = os.stat(os.path.expanduser(path)) if path else None
+    except (OSError, TypeError, ValueError):
+        stat = None
+    changed = (stat.st_size, stat.st_mtime_ns) if stat else None
+    return json.dumps([resolved, str(device), changed], sort_keys=True, default=str)
+
+
+def prepare(cfg: DictConfig, device: torch.device) -> Data:
     """Load `cfg.source`, split it stratified by `cfg.split_seed` (an official test set stays
     the test split), standardize with training statistics, window frames, move to `device`.
 
@@ -172,11 +214,58 @@ def _split(index: np.ndarray, y: np.ndarray, fraction: float, seed: int, regress
                 f"change data.val_fraction / data.test_fraction)")
         if counts.min() < 2:
             labels = None
-    try:
-        return train_test_split(index, test_size=fraction, stratify=labels, random_state=seed)
-    except ValueError:  # a part would be empty
+    if not 0 < held_out < len(index):  # a part would be empty
         raise UsageError(f"data: {len(index)} examples are too few to split off a fraction of "
-                         f"{fraction:.3g} and keep some to train on") from None
+                         f"{fraction:.3g} and keep some to train on")
+    return shuffle_split(index, held_out, labels, seed)
+
+
+def shuffle_split(index: np.ndarray, n_test: int, labels: np.ndarray | None,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`sklearn.model_selection.train_test_split(index, test_size=fraction, stratify=labels,
+    random_state=seed)` with n_test = ceil(fraction·len(index)), index for index, without
+    importing scikit-learn (~1 s): the same draws from the same legacy `RandomState` stream
+    (whose output NumPy keeps fixed), in the same order, as scikit-learn 1.9's `ShuffleSplit`
+    and `StratifiedShuffleSplit`; tests/test_data.py compares it with the installed
+    scikit-learn. Stratified, every class needs >= 2 examples and each part >= one example per
+    class (`_split` checks that first)."""
+    rng = np.random.RandomState(seed)
+    n_train = len(index) - n_test
+    if labels is None:  # ShuffleSplit
+        permutation = rng.permutation(len(index))
+        return index[permutation[n_test:]], index[permutation[:n_test]]
+    # StratifiedShuffleSplit: each class's share of either part, ties broken at random
+    classes, y_indices, class_counts = np.unique(labels, return_inverse=True, return_counts=True)
+    class_indices = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
+    n_i = _approximate_mode(class_counts, n_train, rng)
+    t_i = _approximate_mode(class_counts - n_i, n_test, rng)
+    train, test = [], []
+    for i in range(len(classes)):
+        permutation = rng.permutation(class_counts[i])
+        mine = class_indices[i].take(permutation, mode="clip")
+        train.extend(mine[: n_i[i]])
+        test.extend(mine[n_i[i] : n_i[i] + t_i[i]])
+    return index[rng.permutation(train)], index[rng.permutation(test)]
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """scikit-learn's `sklearn.utils.extmath._approximate_mode`: how many of `n_draws` each class
+    gets, in proportion to `class_counts`, floored, then one more to the largest remainders
+    (ties broken by `rng`) until they add up."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add_now = min(len(inds), need_to_add)
+            inds = rng.choice(inds, size=add_now, replace=False)
+            floored[inds] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
 
 
 def pad_utterances(frames: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,7 @@ A source returns a `Source` (or scikit-learn's `(X, y)`): the raw arrays, an off
 if the dataset has one, and for frame-level data the utterance lengths. `optlab.data` splits,
 standardizes and windows every source the same way.
 
+- `digits`: scikit-learn's bundled handwritten digits, shipped with optlab (no scikit-learn import);
 - synthetic, seeded: scikit-learn's `make_moons`, `make_circles`, `make_blobs` (used directly
   as `_target_`), `spirals`, and `regression` (least squares with a chosen condition number);
 - images in their official file formats: MNIST and Fashion-MNIST (IDX), CIFAR-10 (pickled
@@ -36,6 +37,26 @@ class Source:
     test: tuple[np.ndarray, np.ndarray] | None = None  # an official test set, kept as the test split
     lengths: np.ndarray | None = None  # frames: the length of each utterance, in order
     task: str = "classification"  # or "regression": mean squared error, R² as its score
+
+
+# --- shipped ---------------------------------------------------------------------------------
+
+DIGITS = Path(__file__).with_name("digits.npz")
+
+
+def digits() -> Source:
+    """The handwritten digits of scikit-learn's `load_digits` (1797 8×8 images, grey levels
+    0…16, 10 classes), as the same arrays: float64 images flattened to 64 values, int64 labels.
+
+    Shipped as `optlab/digits.npz` (45 KB, uint8), so the default dataset needs no scikit-learn
+    import. The data is the test set of the UCI "Optical Recognition of Handwritten Digits"
+    dataset (Alpaydin & Kaynak, 1998), as bundled with scikit-learn (BSD-3-Clause, © the
+    scikit-learn developers); tests/test_data.py checks that it equals `load_digits()` exactly.
+    """
+    if not DIGITS.exists():  # a wheel built without it (pyproject.toml's package-data)
+        raise UsageError(f"data=digits: {DIGITS} is missing from this install of optlab: reinstall it")
+    with np.load(DIGITS, allow_pickle=False) as arrays:
+        return Source(arrays["X"].astype(np.float64), arrays["y"].astype(np.int64))
 
 
 # --- synthetic -------------------------------------------------------------------------------
