@@ -204,14 +204,18 @@ class BatchedOptimizer:
             return
         self._refresh()
         m = None if active is None else active.to(self.flat.device, non_blocking=True).view(-1, 1)
-        new = getattr(self, "_" + self.family)(self.flat.detach(), grad, self.h, self.state)
+        # with every member stepping, the parameter update is written straight into flat
+        new = getattr(self, "_" + self.family)(self.flat.detach(), grad, self.h, self.state,
+                                               self.flat if m is None else None)
         keep = (lambda n, o: n) if m is None else (lambda n, o: torch.where(m, n, o))
-        self.flat.copy_(keep(new.pop("param"), self.flat))
+        param = new.pop("param")
+        if param is not self.flat:
+            self.flat.copy_(keep(param, self.flat))
         for name, value in new.items():
             self.state[name] = keep(value, self.state[name])
         self.steps = self.steps + (1 if m is None else m)
 
-    def _sgd(self, p, g, h, s):
+    def _sgd(self, p, g, h, s, into=None):
         if self.any["wd"]:
             g = g.addcmul(p, h["wd"])
         out = {}
@@ -224,10 +228,10 @@ class BatchedOptimizer:
                 d = torch.where(h["has_mom"], d, g)  # momentum 0: torch uses g itself
         else:
             d = g
-        out["param"] = p.addcmul(d, h["neg_lr"])
+        out["param"] = torch.addcmul(p, d, h["neg_lr"], out=into)
         return out
 
-    def _adam(self, p, g, h, s):
+    def _adam(self, p, g, h, s, into=None):
         if self.any["decay"]:
             p = p * h["decay"]  # AdamW's decoupled decay (1.0 for Adam members)
         if self.any["wd"]:
@@ -238,9 +242,10 @@ class BatchedOptimizer:
         neg_step = self._per_step(lambda t, lr, b1: -(lr / (1 - b1**t)), "lr", "beta1")
         bc2_sqrt = self._per_step(lambda t, b2: (1 - b2**t).sqrt(), "beta2")
         denom = (exp_avg_sq.sqrt() / bc2_sqrt).add_(h["eps"])
-        return {"param": p.addcdiv(exp_avg * neg_step, denom), "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        return {"param": torch.addcdiv(p, exp_avg * neg_step, denom, out=into), "exp_avg": exp_avg,
+                "exp_avg_sq": exp_avg_sq}
 
-    def _rmsprop(self, p, g, h, s):
+    def _rmsprop(self, p, g, h, s, into=None):
         if self.any["wd"]:
             g = g.addcmul(p, h["wd"])
         out = {"square_avg": s["square_avg"] * h["alpha"]}
@@ -262,12 +267,12 @@ class BatchedOptimizer:
             out["param"] = plain
         return out
 
-    def _adagrad(self, p, g, h, s):
+    def _adagrad(self, p, g, h, s, into=None):
         if self.any["wd"]:
             g = g.addcmul(p, h["wd"])
         total = s["sum"].addcmul(g, g)
         neg_clr = self._per_step(lambda t, lr, decay: -(lr / (1 + (t - 1) * decay)), "lr", "lr_decay")
-        return {"param": p.addcdiv(g * neg_clr, total.sqrt().add_(h["eps"])), "sum": total}
+        return {"param": torch.addcdiv(p, g * neg_clr, total.sqrt().add_(h["eps"]), out=into), "sum": total}
 
     # -- checkpoints ------------------------------------------------------------------------------
 

@@ -127,6 +127,54 @@ class EarlyStopping:
             setattr(self, k, state[k])
 
 
+class StepProbe:
+    """‖∇L‖ (`step/grad_norm`) and ‖Δθ‖/‖θ‖ (`step/update_ratio`) every `every` steps (steps 1,
+    1 + every, ...; 0: never), of one model, or of each of `members` stacked models (tensors
+    with a leading member dimension).
+
+    θ is the parameter vector before the step and ∇L the gradient the step was given. A
+    measured step costs a copy of θ, a subtraction and two norm kernels over every parameter
+    tensor; values stay on the device and are read once per epoch. On a small model on a CPU
+    that is ~10% of a step, so the default measures every 8th: under 5% of throughput.
+    """
+
+    def __init__(self, params: list[torch.Tensor], every: int, members: int = 0):
+        self.params, self.every, self.members = params, every, members
+        self.before = [p.detach().clone() for p in params] if every else []
+        self.norms: list[torch.Tensor] = []  # per measured step: ‖g‖, ‖θ‖, then ‖Δθ‖ per tensor
+        self.measured: list[bool] = []  # per step of this epoch
+
+    def _norms(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.members:
+            return [torch.linalg.vector_norm(t.flatten(1), dim=1) for t in tensors]
+        return list(torch._foreach_norm(tensors))
+
+    def before_step(self, step: int) -> None:
+        self.measuring = bool(self.every) and (step - 1) % self.every == 0
+        self.measured.append(self.measuring)
+        if self.measuring:
+            torch._foreach_copy_(self.before, [p.detach() for p in self.params])
+            self.norms.append(torch.stack(self._norms([*(p.grad for p in self.params), *self.before])))
+
+    def after_step(self) -> None:
+        if self.measuring:
+            torch._foreach_sub_(self.before, [p.detach() for p in self.params])  # −Δθ
+            self.norms.append(torch.stack(self._norms(self.before)))
+
+    def epoch(self) -> dict[str, list]:
+        """This epoch's values by TensorBoard tag: at each step a number (a list of one per
+        member when stacked), or None where not measured; then start afresh."""
+        if not any(self.measured):
+            self.measured = []
+            return {}
+        norms = torch.cat(self.norms).view(-1, 3, len(self.params), *([self.members] if self.members else []))
+        grads, before, delta = torch.linalg.vector_norm(norms, dim=2).unbind(dim=1)
+        values = iter(zip(grads.tolist(), (delta / before).tolist()))
+        rows = [next(values) if measured else (None, None) for measured in self.measured]
+        self.norms, self.measured = [], []
+        return dict(zip(("step/grad_norm", "step/update_ratio"), map(list, zip(*rows))))
+
+
 class StopOnSignal:
     """Ctrl-C (SIGINT) or SIGTERM (a cluster preempting the job) asks training to stop after the
     current step, so that the run can save itself; a second Ctrl-C stops at once.

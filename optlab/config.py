@@ -142,6 +142,9 @@ class Config:
     diagnostics: bool = key(
         BOOLEAN, "log step/grad_norm, step/update_ratio, init/distinct_units (false: faster)"
     )
+    diagnostics_every: int = key(
+        POSITIVE_INT, "measure step/grad_norm and step/update_ratio every this many steps (1: every step)"
+    )
     dropout: float = key(FRACTION, "dropout probability on every hidden layer (0 = none)")
     batchnorm: bool = key(BOOLEAN, "BatchNorm1d after each hidden affine layer, before its activation")
     l2: float = key(NON_NEGATIVE, "adds ½·l2·‖θ‖² to the loss (logged as step/l2_penalty)")

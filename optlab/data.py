@@ -78,6 +78,12 @@ class Data:
             return F.mse_loss(output.float(), y)
         return F.cross_entropy(output.float(), y)
 
+    def losses(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """`loss` of each of K stacked models at once: outputs and targets [K, B, ...] → [K]."""
+        if self.task == "regression":
+            return (output.float() - y).square().flatten(1).mean(1)
+        return F.cross_entropy(output.float().transpose(1, 2), y, reduction="none").mean(1)
+
     def score(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Accuracy for classes; R² (1 − SSE/SST) for regression, reported as `acc`."""
         if self.task == "regression":

@@ -83,10 +83,11 @@ class RunLog:
         summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
         self.writer.file_writer.add_summary(summary, step, walltime)
 
-    def steps(self, first: int, columns: dict[str, list[float]], times: list[float]) -> None:
-        """Per-step values of one epoch: `columns` maps a tag to its value at each step."""
+    def steps(self, first: int, columns: dict[str, list[float | None]], times: list[float]) -> None:
+        """Per-step values of one epoch: `columns` maps a tag to its value at each step (None
+        where it was not measured)."""
         for i, walltime in enumerate(times):
-            self._scalars(first + i, {tag: v[i] for tag, v in columns.items()}, walltime)
+            self._scalars(first + i, {tag: v[i] for tag, v in columns.items() if v[i] is not None}, walltime)
 
     def epoch(self, row: dict, extra: dict[str, float] | None = None) -> None:
         """One epoch's row of history.csv, its curves (x = epoch) and the console line."""

@@ -27,7 +27,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from optlab import data as dataset
 from optlab import models, rng, schedules
 from optlab.batched import BatchedOptimizer, unsupported
-from optlab.callbacks import snapshot
+from optlab.callbacks import StepProbe, snapshot
 from optlab.init import initialize
 from optlab.loop import fit
 from optlab.optim import build_optimizer, decay_groups
@@ -71,21 +71,46 @@ def cannot_stack(cfg: DictConfig) -> str | None:
     return unsupported(cfg.optimizer)
 
 
+class Linear(torch.autograd.Function):
+    """x·wᵀ + b for K members at once: [K, B, in] (or one [B, in] for all) → [K, B, out], in
+    the orientation nn.Linear computes it. Written by hand for its backward: ∂w = gyᵀ·x comes
+    out contiguous [K, out, in], as torch's linear computes it, where autograd's baddbmm gives
+    the transpose of xᵀ·gy, whose copy into `flat.grad` is a slow transposing one."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        if x.dim() == 2:
+            return torch.matmul(x, w.transpose(1, 2)) + b[:, None]
+        return torch.baddbmm(b[:, None], x, w.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        x, w = ctx.saved_tensors
+        gx = torch.matmul(gy, w) if ctx.needs_input_grad[0] else None
+        return gx, torch.matmul(gy.transpose(1, 2), x), gy.sum(1)
+
+
 class StackedMLP(nn.Module):
-    """K MLPs of one shape as one module. Member k's parameters are row k of one leaf tensor
-    `flat` [K, N] (in `parameters()` order), so that its gradient, the optimizer state and the
-    per-step norms are [K, N] too and each costs a few whole-tensor kernels. Each linear layer
-    is one batched matmul; batch norm keeps statistics per member; dropout has a rate per member.
+    """K MLPs of one shape as one module. Member k's parameters are row k of one tensor `flat`
+    [K, N] (in `parameters()` order), so that the optimizer state, the update and the per-step
+    norms are [K, N] too and each costs a few whole-tensor kernels. Each layer's parameters
+    are leaves that view `flat` ([K, *shape]), whose gradients `backward` copies into
+    `flat.grad` (a view sliced from a leaf `flat` inside the graph would cost a [K, N]
+    zero-fill per parameter in backward). Each linear layer is one batched matmul; batch norm
+    keeps statistics per member; dropout has a rate per member.
 
     Inputs are [K, B, ...] (each member its own batch) or [B, ...] (one batch for all)."""
 
     def __init__(self, members: list[nn.Sequential], dropouts: list[float], input_dims: int):
         super().__init__()
         k, self.input_dims = len(members), input_dims  # input_dims: one example's, plus the batch's
-        self.flat = nn.Parameter(torch.stack([parameters_to_vector(m.parameters()) for m in members]).detach())
-        self.slices, offset = {}, 0
+        self.flat = torch.stack([parameters_to_vector(m.parameters()) for m in members]).detach()
+        self.flat.grad = torch.zeros_like(self.flat)
+        self.weights, self.grad_views, offset = {}, [], 0
         for name, p in members[0].named_parameters():
-            self.slices[name] = (offset, p.shape)
+            self.weights[name] = nn.Parameter(self.flat[:, offset:offset + p.numel()].view(k, *p.shape))
+            self.grad_views.append(self.flat.grad[:, offset:offset + p.numel()].view(k, *p.shape))
             offset += p.numel()
         drop = max(dropouts) > 0
         self.layers: list[tuple[str, str, nn.Module | None]] = []
@@ -101,21 +126,20 @@ class StackedMLP(nn.Module):
                 self.layers.append(("act", name, layer))
                 if drop:
                     self.layers.append(("drop", name, None))
-        self.register_buffer("p", torch.tensor(dropouts, dtype=self.flat.dtype).view(k, 1, 1))
+        self.p = torch.tensor(dropouts, dtype=self.flat.dtype, device=self.flat.device).view(k, 1, 1)
 
-    def weight(self, name: str) -> torch.Tensor:
-        """Every member's `name` parameter, [K, *shape]: a view of `flat`."""
-        offset, shape = self.slices[name]
-        return self.flat[:, offset:offset + shape.numel()].view(-1, *shape)
+    def backward(self, loss: torch.Tensor) -> None:
+        """flat.grad ← ∂loss/∂θ: each layer's gradient copied once into its slice (autograd's
+        own accumulation would first copy the transposed weight gradients to fresh tensors)."""
+        for view, grad in zip(self.grad_views, torch.autograd.grad(loss, list(self.weights.values()))):
+            view.copy_(grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shared = x.dim() == self.input_dims  # one batch for every member
         x = x.flatten(1) if shared else x.flatten(2)
         for kind, name, layer in self.layers:
-            if kind == "linear":  # [K, B, in] @ [K, in, out]: every member at once
-                w, b = self.weight(f"{name}.weight"), self.weight(f"{name}.bias")
-                x = torch.matmul(x, w.transpose(1, 2)) + b[:, None] if x.dim() == 2 else \
-                    torch.baddbmm(b[:, None], x, w.transpose(1, 2))
+            if kind == "linear":  # every member at once
+                x = Linear.apply(x, self.weights[f"{name}.weight"], self.weights[f"{name}.bias"])
             elif kind == "norm":
                 x = self.batch_norm(x, name, layer)
             elif kind == "act":
@@ -135,8 +159,8 @@ class StackedMLP(nn.Module):
                 var.lerp_(batch_var * n / (n - 1), layer.momentum)
                 getattr(self, f"{name}_num_batches_tracked").add_(1)
             mean, var = batch_mean, batch_var
-        scale = self.weight(f"{name}.weight") * torch.rsqrt(var + layer.eps)
-        return (x - mean[:, None]) * scale[:, None] + self.weight(f"{name}.bias")[:, None]
+        scale = self.weights[f"{name}.weight"] * torch.rsqrt(var + layer.eps)
+        return (x - mean[:, None]) * scale[:, None] + self.weights[f"{name}.bias"][:, None]
 
     def load_member(self, k: int, model: nn.Module) -> None:
         with torch.no_grad():
@@ -182,16 +206,18 @@ class Stacked:
             self.per_step.append(per_step)
             decoupled.append(w)
             l2.append(coefficient)
-        self.net = StackedMLP(self.members, [m.dropout for m in cfgs], 1 + len(data.input_shape)).to(device)
+        self.net = StackedMLP(self.members, [m.dropout for m in cfgs], 1 + len(data.input_shape))
         self.optimizer = BatchedOptimizer(self.net.flat, self.optimizers, [list(m.parameters()) for m in self.members])
         decayed = {id(p) for p in decay_groups(self.members[0], cfg.weight_decay_exclude)[0]}
-        mask = torch.cat([torch.full((p.numel(),), float(id(p) in decayed)) for p in self.members[0].parameters()])
-        self.decay = mask.to(device)  # [N]: 1 where weight decay and l2 apply
-        self.decoupled = torch.tensor(decoupled, device=device)[:, None] * self.decay
+        names = [(name, id(p) in decayed) for name, p in self.members[0].named_parameters()]
+        self.decayed = [self.net.weights[name] for name, decays in names if decays]  # what l2 and decay act on
+        mask = torch.cat([torch.full((self.net.weights[name][0].numel(),), float(decays)) for name, decays in names])
+        self.decoupled = torch.tensor(decoupled, device=device)[:, None] * mask.to(device) if any(decoupled) else None
         self.l2 = torch.tensor(l2, device=device) if any(l2) else None
         self.active = torch.ones(self.k, dtype=torch.bool, device=device)
+        self.frozen = False  # some member's run has ended
         self.shared_order = len({m.seed for m in cfgs}) == 1 or not cfg.shuffle  # one batch serves all
-        self.diagnostics = cfg.diagnostics
+        self.probe = StepProbe([self.net.flat], cfg.diagnostics_every if cfg.diagnostics else 0, self.k)
         self.step, self.fresh, self.stale = 0, False, False  # fresh: members behind the stack; stale: the stack behind members
 
     # --- the epoch ---------------------------------------------------------------------------
@@ -213,9 +239,8 @@ class Stacked:
         return (x, y) if index.dim() == 1 else (x.view(*index.shape, *x.shape[1:]), y.view(*index.shape, *y.shape[1:]))
 
     def losses(self, output: torch.Tensor, y: torch.Tensor, shared: bool) -> torch.Tensor:
-        """Each member's loss, [K]: the task's own loss function, vectorized over members
-        (`shared`: one set of targets for all)."""
-        return torch.vmap(self.data.loss, in_dims=(0, None if shared else 0))(output, y)
+        """Each member's loss, [K] (`shared`: one set of targets for all)."""
+        return self.data.losses(output, y.expand(self.k, *y.shape) if shared else y)
 
     def scores(self, output: torch.Tensor, y: torch.Tensor, shared: bool) -> list[float]:
         return torch.vmap(self.data.score, in_dims=(0, None if shared else 0))(output, y).tolist()
@@ -226,24 +251,23 @@ class Stacked:
         net, flat, k = self.net, self.net.flat, self.k
         net.train()
         first_step = self.step + 1
-        losses, totals, outputs, targets, sizes, lrs, norms, times = [], [], [], [], [], [], [], []
+        losses, totals, outputs, targets, sizes, lrs, times = [], [], [], [], [], [], []
         for index in self.batches():
             x, y = self.inputs(index)
             logits = net(x)  # [K, B, C]: one batched matmul per layer for every member
             loss = self.losses(logits, y, self.shared_order)
-            total = loss + 0.5 * self.l2 * (flat * self.decay).square().sum(1) if self.l2 is not None else loss
-            flat.grad = None
-            total.sum().backward()  # members share no weight: row k of the gradient is member k's
-            before = flat.detach().clone() if self.diagnostics else None
+            total = loss + 0.5 * self.l2 * sum(w.square().flatten(1).sum(1) for w in self.decayed) \
+                if self.l2 is not None else loss
+            net.backward(total.sum())  # members share no weight: row k of the gradient is member k's
+            self.probe.before_step(self.step + 1)
             lrs.append([o.param_groups[0]["lr"] for o in self.optimizers])
-            with torch.no_grad():  # θ ← θ − Δθ − w·θ, decoupled decay first (a frozen member stays)
+            if self.decoupled is not None:  # θ ← θ − Δθ − w·θ, decoupled decay first (a frozen member stays)
                 flat.mul_(1 - self.decoupled * self.active[:, None])
-            self.optimizer.step(self.active)
+            self.optimizer.step(self.active if self.frozen else None)
             for scheduler, per_step in zip(self.schedulers, self.per_step):
                 if per_step:
                     scheduler.step()
-            if self.diagnostics:  # ‖∇L‖ and ‖Δθ‖/‖θ‖ per member, three whole-tensor norms
-                norms.append(torch.stack([flat.grad.norm(dim=1), (flat.detach() - before).norm(dim=1) / before.norm(dim=1)]))
+            self.probe.after_step()
             self.step += 1
             losses.append(loss.detach())
             totals.append(total.detach())
@@ -260,9 +284,8 @@ class Stacked:
         sizes = torch.tensor(sizes, device=self.device, dtype=torch.float32)
         losses = torch.stack(losses)  # [steps, K]
         columns = {"step/loss": losses.T.tolist(), "step/lr": list(map(list, zip(*lrs)))}
-        if self.diagnostics:
-            grad_norm, ratio = torch.stack(norms).permute(1, 2, 0).tolist()  # [2, K, steps]
-            columns.update({"step/grad_norm": grad_norm, "step/update_ratio": ratio})
+        columns.update({tag: [[v and v[i] for v in values] for i in range(k)]  # per member, None kept
+                        for tag, values in self.probe.epoch().items()})
         if self.l2 is not None:
             columns["step/l2_penalty"] = (torch.stack(totals) - losses).T.tolist()
         shared = self.shared_order
@@ -290,7 +313,7 @@ class Stacked:
 
     def freeze(self, k: int) -> None:
         """Member k's run has ended: its weights and optimizer state stay as they are."""
-        self.active[k] = False
+        self.active[k], self.frozen = False, True
 
     # --- members as ordinary runs ------------------------------------------------------------
 

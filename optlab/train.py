@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from optlab import data as dataset
 from optlab import curvature, jobs, models, rng, schedules, sweep
-from optlab.callbacks import snapshot, tested_checkpoint
+from optlab.callbacks import StepProbe, snapshot, tested_checkpoint
 from optlab.config import ConfigError, UsageError, reason
 from optlab.files import atomic_write, load_checkpoint, load_yaml, write_json
 from optlab.init import initialize
@@ -83,7 +83,8 @@ class Single:
         if self.closure_based and cfg.precision == "fp16":
             raise ConfigError("precision", "fp16", "fp32 or bf16 with a closure-based optimizer "
                               "(lbfgs, newton): gradient scaling cannot re-evaluate their closures")
-        self.probe = StepProbe([p for p in self.model.parameters() if p.requires_grad], cfg.diagnostics)
+        self.probe = StepProbe([p for p in self.model.parameters() if p.requires_grad],
+                               cfg.diagnostics_every if cfg.diagnostics else 0)
         self.step = 0
 
     def objective(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +113,7 @@ class Single:
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             scaler.unscale_(optimizer)  # true gradients for the probe (fp16 only)
-            self.probe.before_step()
+            self.probe.before_step(self.step + 1)
             lrs.append(optimizer.param_groups[0]["lr"])
             if self.decoupled:  # θ ← θ − Δθ − w·θ, the decay taken before Δθ as AdamW does
                 with torch.no_grad():
@@ -307,47 +308,6 @@ def landscape_of(run_dir: Path) -> dict:
 
     with SummaryWriter(log_dir=str(run_dir)) as writer:  # the image joins the run's curves
         return landscape(model, data, cfg, initial, lr, run_dir, writer)
-
-
-class StepProbe:
-    """Per-step ‖∇L‖ (`step/grad_norm`) and ‖Δθ‖/‖θ‖ (`step/update_ratio`), when enabled.
-
-    θ is the parameter vector before the step. Norms are taken per tensor with one foreach
-    kernel, kept on the device, and combined and read once per epoch. They cost a few kernels
-    a step: `diagnostics=false` skips them.
-    """
-
-    def __init__(self, params: list[torch.nn.Parameter], enabled: bool):
-        self.params, self.enabled = params, enabled
-        self.before = [p.detach().clone() for p in params] if enabled else []
-        self.norm = _total_norm(self.before) if enabled else None
-        self.grad_norms: list[list[torch.Tensor]] = []
-        self.moves: list[list[torch.Tensor]] = []
-
-    def before_step(self) -> None:
-        if self.enabled:
-            self.grad_norms.append(torch._foreach_norm([p.grad for p in self.params]))
-
-    def after_step(self) -> None:
-        if self.enabled:
-            torch._foreach_sub_(self.before, self.params)  # before = −Δθ
-            self.moves.append(torch._foreach_norm(self.before + self.params))  # ‖Δθ‖, ‖θ_new‖
-            torch._foreach_copy_(self.before, self.params)
-
-    def epoch(self) -> dict[str, list[float]]:
-        """This epoch's values per step, by TensorBoard tag; then start afresh."""
-        if not self.enabled:
-            return {}
-        steps = len(self.grad_norms)
-        grads = torch.stack([t for norms in self.grad_norms for t in norms]).view(steps, -1)
-        moves = torch.stack([t for norms in self.moves for t in norms]).view(steps, 2, -1)
-        delta, after = torch.linalg.vector_norm(moves, dim=2).unbind(dim=1)
-        before = torch.cat([self.norm.view(1), after[:-1]])  # ‖θ‖ before each step
-        self.norm, self.grad_norms, self.moves = after[-1], [], []
-        return {
-            "step/grad_norm": torch.linalg.vector_norm(grads, dim=1).tolist(),
-            "step/update_ratio": (delta / before).tolist(),
-        }
 
 
 def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:

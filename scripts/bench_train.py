@@ -128,7 +128,7 @@ def main() -> None:
     for name in names:
         print(f"  {name:<12} {statistics.median(r[name] for r in rounds):>10,.0f} samples/s")
     for a, b in [("optlab", "plain"), ("optlab-lean", "bare"), ("optlab", "dataloader"),
-                 ("optlab-lean", "dataloader")]:
+                 ("optlab-lean", "dataloader"), ("optlab", "optlab-lean")]:
         ratio = statistics.median(r[a] / r[b] for r in rounds)
         print(f"  {a + ' / ' + b:<26} {ratio:.3f}")
 

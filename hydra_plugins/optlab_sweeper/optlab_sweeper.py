@@ -1,15 +1,29 @@
 """The sweeper Hydra instantiates for `optlab train -m`: a thin layer over BasicSweeper."""
 
+from functools import partial
 from pathlib import Path
 from typing import Any, List
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.optlab_sweeper.config import OptlabSweeperConf  # noqa: F401 (stores the config)
 from optlab import jobs
+
+
+# launchers that compose each job in this process, from the sweeper's config loader
+IN_PROCESS = ("BasicLauncher", "VectorizedLauncher")
+
+
+def _composed(configs: dict, compose, master: DictConfig, job: List[str]) -> DictConfig:
+    """A job's config as this sweeper composed it (writable again, as a fresh one), else composed."""
+    cfg = configs.pop(tuple(job), None)
+    if cfg is None:
+        return compose(master, job)
+    OmegaConf.set_readonly(cfg.hydra, False)  # checking it set Hydra's node read-only
+    return cfg
 
 
 class OptlabSweeper(BasicSweeper):
@@ -21,6 +35,9 @@ class OptlabSweeper(BasicSweeper):
         grid = [job for batch in self.split_arguments(overrides, None) for job in batch]
         configs = [loader.load_sweep_config(self.config, list(job)) for job in grid]
         todo = jobs.prepare_sweep(configs)
+        if type(self.launcher).__name__ in IN_PROCESS:  # each job is composed once, not twice (~0.1 s a job)
+            loader.load_sweep_config = partial(_composed, {tuple(job): cfg for job, cfg in zip(grid, configs)},
+                                               loader.load_sweep_config)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
