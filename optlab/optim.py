@@ -46,12 +46,12 @@ def build_optimizer(cfg, model: torch.nn.Module) -> tuple[torch.optim.Optimizer,
     out of the optimizer: `decoupled` into the former, `l2` into the latter (added to `l2`)."""
     decayed, exempt = decay_groups(model, cfg.weight_decay_exclude)
     w = cfg.optimizer.get("weight_decay", 0.0)
-    if "weight_decay" in cfg.optimizer and exempt:
+    mode = cfg.weight_decay_mode
+    if w and mode == "coupled" and exempt:  # one group is cheaper per step when no decay differs
         params = [{"params": decayed}, {"params": exempt, "weight_decay": 0.0}]
         params = [group for group in params if group["params"]]
     else:
         params = decayed + exempt
-    mode = cfg.weight_decay_mode
     extra = {"weight_decay": 0.0} if w and mode != "coupled" else {}
     optimizer = construct("optimizer", cfg.optimizer, params=params, _convert_="all", **extra)
     return optimizer, (w if mode == "decoupled" else 0.0), cfg.l2 + (w if mode == "l2" else 0.0)

@@ -7,6 +7,7 @@ counts as diverged, which epoch is best, when to stop, what last.pt holds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -128,8 +129,9 @@ class Run:
         }
         self.log.epoch(row, self.diagnose(epoch, model, data, row["lr"]))
         improved = self.stopper.on_epoch_end(epoch, row) if self.stopper else None
-        self.checkpoint.on_epoch_end(epoch, row, self.state, improved)
-        self.resume_point = snapshot(self.state())
+        point = functools.cache(lambda: snapshot(self.state()))  # one copy serves both
+        self.checkpoint.on_epoch_end(epoch, row, point, improved)
+        self.resume_point = point()
         if time.monotonic() - self.saved_at > self.cfg.checkpoint_every_s:  # what a kill -9 can lose
             self.checkpoint.save(self.resume_point)
             self.saved_at = time.monotonic()

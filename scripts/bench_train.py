@@ -5,10 +5,14 @@ and thread count, and evaluate on the validation split after every epoch:
   optlab       optlab.train.train(): TensorBoard events, history, checkpoints, metrics
   optlab-lean  the same with diagnostics=false (no per-step gradient norm or update ratio)
   plain        a hand-written loop that indexes in-memory tensors with a random permutation and
-               records what optlab records by default (per-step loss, gradient norm and
-               update ratio, per-epoch train loss and accuracy), read once per epoch
+               records what optlab records by default (per-step loss; gradient norm and update
+               ratio every `diagnostics_every` steps; per-epoch train loss and accuracy), read
+               once per epoch
   bare         the same loop recording nothing: forward, backward, step
   dataloader   the bare loop fed by torch.utils.data.DataLoader(TensorDataset, shuffle=True)
+  lightning    PyTorch Lightning's Trainer with its extras off (no logger, checkpoints, progress
+               bar or model summary), fed by the same DataLoader, validating every epoch; run
+               when pytorch-lightning is installed (`pip install pytorch-lightning`)
 They run alternated, `--repeats` times, in a rotating order; the script prints the median
 samples/s of each and the median of the per-round ratios (robust to a machine whose speed
 drifts). Timing covers the epoch loop only (data loading and start-up excluded) in all.
@@ -19,6 +23,7 @@ drifts). Timing covers the epoch loop only (data loading and start-up excluded) 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import statistics
 import tempfile
@@ -62,18 +67,20 @@ def hand_written(data, cfg, batches: str, record: bool) -> float:
         else:
             epoch = ((x[i], y[i]) for i in torch.randperm(len(y)).split(cfg.batch_size))
         losses, norms, ratios, loss_sum, correct = [], [], [], 0, 0
-        for xb, yb in epoch:
+        for step, (xb, yb) in enumerate(epoch):
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad()
             loss.backward()
-            if record:
+            probe = record and step % cfg.diagnostics_every == 0
+            if probe:
                 norms.append(get_total_norm([p.grad for p in params]))
                 before = [p.detach().clone() for p in params]
             optimizer.step()
-            if record:
+            if probe:
                 update = get_total_norm([p.detach() - b for p, b in zip(params, before)])
                 ratios.append(update / get_total_norm(before))
+            if record:
                 losses.append(loss.detach())
                 loss_sum += loss.detach() * len(yb)
                 correct += (logits.argmax(dim=1) == yb).sum()
@@ -82,6 +89,45 @@ def hand_written(data, cfg, batches: str, record: bool) -> float:
             history.append((loss_sum.item() / len(y), correct.item() / len(y)))
         history.append(evaluate(model, data, data.val))
     return cfg.epochs * len(y) / (time.perf_counter() - start)
+
+
+def lightning(data, cfg, device: str) -> float:
+    """Samples/s of PyTorch Lightning's Trainer with its extras off, on the same model, Adam and
+    DataLoader batches, validating every epoch."""
+    import logging
+    import warnings
+
+    import pytorch_lightning as pl
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = plain_model(data, list(cfg.model.hidden))
+
+        def training_step(self, batch, index):
+            x, y = batch
+            return F.cross_entropy(self.model(x), y)
+
+        def validation_step(self, batch, index):
+            x, y = batch
+            out = self.model(x)
+            return F.cross_entropy(out, y), (out.argmax(dim=1) == y).float().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=cfg.optimizer.lr)
+
+    torch.manual_seed(cfg.seed)
+    train = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=cfg.batch_size, shuffle=True)
+    val = DataLoader(TensorDataset(data.val.x, data.val.y), batch_size=8192)
+    trainer = pl.Trainer(max_epochs=cfg.epochs, accelerator=device, devices=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0)
+    start = time.perf_counter()
+    trainer.fit(Module(), train, val)
+    return cfg.epochs * len(data.train) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -114,6 +160,8 @@ def main() -> None:
             "bare": lambda r: hand_written(data, cfg, "index", record=False),
             "dataloader": lambda r: hand_written(data, cfg, "dataloader", record=False),
         }
+        if importlib.util.find_spec("pytorch_lightning"):
+            loops["lightning"] = lambda r: lightning(data, cfg, args.device)
         names = list(loops)
         rounds = []
         for r in range(args.repeats + 1):  # round 0 warms up and is dropped
@@ -128,7 +176,9 @@ def main() -> None:
     for name in names:
         print(f"  {name:<12} {statistics.median(r[name] for r in rounds):>10,.0f} samples/s")
     for a, b in [("optlab", "plain"), ("optlab-lean", "bare"), ("optlab", "dataloader"),
-                 ("optlab-lean", "dataloader"), ("optlab", "optlab-lean")]:
+                 ("optlab-lean", "dataloader"), ("optlab", "optlab-lean"), ("optlab", "lightning")]:
+        if b not in names:
+            continue
         ratio = statistics.median(r[a] / r[b] for r in rounds)
         print(f"  {a + ' / ' + b:<26} {ratio:.3f}")
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, _save_config, configure_log, run_job, setup_globals
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from optlab import jobs
 
@@ -35,38 +33,39 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         with open_dict(cfg):
             cfg.hydra.job.id = cfg.hydra.job.num = idx
         configs.append(cfg)
+    tasks = [task_config(cfg) for cfg in configs]
     returns: list[JobReturn | None] = [None] * len(configs)
-    for group in groups(configs):
+    for group, action in groups(configs, tasks):
         if len(group) == 1:  # as the basic launcher runs it
             returns[group[0]] = run_job(hydra_context=launcher.hydra_context, task_function=launcher.task_function,
                                         config=configs[group[0]], job_dir_key="hydra.sweep.dir",
                                         job_subdir_key="hydra.sweep.subdir")
         else:
-            for i, result in zip(group, train_group([configs[i] for i in group])):
+            results = train_group([configs[i] for i in group], [tasks[i] for i in group], action == "resume")
+            for i, result in zip(group, results):
                 returns[i] = result
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     return returns
 
 
-def groups(configs: list[DictConfig]) -> list[list[int]]:
-    """Indices of the jobs to train together, in the order their first job comes, each group
-    at most `vectorize.max_members` long."""
+def groups(configs: list[DictConfig], tasks: list[DictConfig]) -> list[tuple[list[int], str]]:
+    """The jobs to train together (their indices, in the order their first job comes, at most
+    `vectorize.max_members`) and whether they train or resume."""
     from optlab.stacked import group_key
 
-    found: dict[str, list[int]] = {}
-    for i, cfg in enumerate(configs):
+    found: dict[tuple, list[int]] = {}
+    for i, (cfg, task) in enumerate(zip(configs, tasks)):
         with jobs.as_job(cfg):
-            task = task_config(cfg)
             key = group_key(task)
             run_dir = jobs.job_folder(cfg)
             action = jobs.plan(run_dir, task)
             # resumed members must stand at the same epoch; fresh ones all start at 0
             at = (jobs.read_metrics(run_dir) or {}).get("epochs_run") if action == "resume" else 0
-        found.setdefault(f"{action}:{at}:{key}" if key else f"alone:{i}", []).append(i)
+        found.setdefault((action, at, key) if key else (action, i), []).append(i)
     result = []
-    for members in found.values():
+    for (action, *_), members in found.items():
         size = configs[members[0]].vectorize.max_members
-        result += [members[start:start + size] for start in range(0, len(members), size)]
+        result += [(members[start:start + size], action) for start in range(0, len(members), size)]
     return sorted(result)
 
 
@@ -78,44 +77,34 @@ def task_config(cfg: DictConfig) -> DictConfig:
     return task
 
 
-def train_group(configs: list[DictConfig]) -> list[JobReturn]:
+def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool) -> list[JobReturn]:
     """Ready each member's folder as Hydra readies a job's, train the group, and return each
     member's result as Hydra's run_job would."""
     from optlab.stacked import train_group as train_stacked
 
-    tasks, folders = [], []
-    for cfg in configs:
+    folders = []
+    for cfg, task in zip(configs, tasks):
         folder = Path(jobs.job_folder(cfg)).absolute()
         with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
             cfg.hydra.runtime.output_dir = str(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        task = task_config(cfg)
-        with jobs.as_job(cfg):
-            _save_config(task, "config.yaml", folder / ".hydra")
-            _save_config(copy.deepcopy(HydraConfig.instance().cfg), "hydra.yaml", folder / ".hydra")
-            _save_config(cfg.hydra.overrides.task, "overrides.yaml", folder / ".hydra")
-        tasks.append(task)
+        for name, node in (("config", task), ("hydra", OmegaConf.masked_copy(cfg, "hydra")),
+                           ("overrides", cfg.hydra.overrides.task)):
+            _save_config(node, f"{name}.yaml", folder / ".hydra")
         folders.append(folder)
-    resume = jobs.plan(folders[0], tasks[0]) == "resume"
-    log.info("training %d runs as one stacked model%s: %s", len(configs), " (resumed)" * resume,
-             ", ".join(f.name for f in folders))
+    names = [str(folder.relative_to(Path(configs[0].hydra.sweep.dir).absolute())) for folder in folders]
+    log.info("training %d runs as one stacked model%s: %s", len(configs), " (resumed)" * resume, ", ".join(names))
 
-    @contextmanager
-    def within(k: int):
-        with jobs.as_job(configs[k]):
-            yield
-
-    try:
-        metrics = train_stacked(tasks, folders, resume, within)
+    try:  # each member's record is made as its own job (its HParams name its overrides)
+        metrics = train_stacked(tasks, folders, resume, lambda k: jobs.as_job(configs[k]))
     except Exception as error:  # every member failed the same way
         metrics = []
         for cfg, task, folder in zip(configs, tasks, folders):
             with jobs.as_job(cfg):
                 jobs.failed(folder, task, error, in_sweep=True)
             metrics.append({"status": "failed"})
-    for folder, result in zip(folders, metrics):
+    for name, result in zip(names, metrics):
         if result["status"] != "failed":
-            log.info("  %s: %s, best val acc %.4f (epoch %s), %.0f samples/s", folder.name, result["status"],
+            log.info("  %s: %s, best val acc %.4f (epoch %s), %.0f samples/s", name, result["status"],
                      result["best_val_acc"], result["best_epoch"], result["train_samples_per_s"])
     interrupted = [m for m in metrics if m["status"] == "interrupted"]
     if interrupted:
