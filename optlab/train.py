@@ -333,9 +333,12 @@ def evaluate(model, data: dataset.Data, split: dataset.Split, autocast=nullconte
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` → CUDA when available, else CPU; refuse a device this machine does not have."""
+    """`auto` → CUDA when available, else CPU; refuse a device this machine does not have.
+    CUDA comes with its index (`cuda:0`): tensors report theirs, and the data path compares."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
     if name.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(name.partition(":")[2] or 0)

@@ -2,7 +2,9 @@
 
 Each command runs as a user runs it (a fresh process), `--repeats` times in a rotating order;
 the script prints the median wall time of each and its ratio to `import torch`, the floor of
-any command that trains.
+any command that trains. `plain epoch` is a hand-written script that trains the default MLP
+for one epoch on the same digits with torch.optim.SGD: what `optlab train epochs=1` would
+cost with nothing of optlab's (building a torch optimizer imports torch._dynamo, ~1 s).
 
     python scripts/bench_startup.py [--repeats 7]
 """
@@ -16,6 +18,26 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+PLAIN_EPOCH = """
+import numpy as np, torch
+from torch import nn
+from optlab.datasets import DIGITS
+arrays = np.load(DIGITS)
+x = torch.tensor(arrays["X"], dtype=torch.float32)
+x = (x - x.mean(0)) / x.std(0).clamp(min=1e-8)
+y = torch.tensor(arrays["y"], dtype=torch.int64)
+model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for index in torch.randperm(1078).split(64):
+    loss = nn.functional.cross_entropy(model(x[index]), y[index])
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+with torch.no_grad():
+    print(nn.functional.cross_entropy(model(x[1078:1438]), y[1078:1438]).item())
+"""
 
 
 def timed(argv: list[str], cwd: Path) -> float:
@@ -35,6 +57,7 @@ def main() -> None:
         commands = {
             "python": python,
             "import torch": [sys.executable, "-c", "import torch"],
+            "plain epoch": [sys.executable, "-c", PLAIN_EPOCH],
             "optlab --help": [*optlab, "--help"],
             "optlab train --help": [*optlab, "train", "--help"],
             "optlab train --cfg job": [*optlab, "train", "--cfg", "job"],

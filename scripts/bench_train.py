@@ -53,7 +53,7 @@ def plain_model(data, hidden: list[int]) -> nn.Module:
 def hand_written(data, cfg, batches: str, record: bool) -> float:
     """Samples/s of a loop written by hand; `batches` is 'index' or 'dataloader'."""
     torch.manual_seed(cfg.seed)
-    model = plain_model(data, list(cfg.model.hidden))
+    model = plain_model(data, list(cfg.model.hidden)).to(data.train.x.device)
     params = list(model.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.optimizer.lr)
     x, y = data.train.x, data.train.y

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,42 @@ def test_ctrl_c_stops_the_group_resumably_and_the_same_command_finishes_it(tmp_p
         finished = tmp_path / "whole" / run.relative_to(tmp_path / "sweep")
         assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
         assert history(run) == history(finished)  # as if it had never stopped
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("members", [1, 3])
+def test_on_cuda_a_run_and_a_group_sync_with_the_host_per_epoch_not_per_step(members):
+    """Four times the steps in an epoch, about the same host syncs: none is paid per step."""
+    from optlab import data as dataset
+    from optlab.callbacks import StopOnSignal
+    from optlab.stacked import Stacked
+    from optlab.train import Single, resolve_device
+
+    def syncs(batch_size: int) -> int:
+        cfgs = [make_config("device=cuda", "epochs=1", f"batch_size={batch_size}", "optimizer=adam",
+                            "model.hidden=[64]", "diagnostics_every=1", f"seed={s}") for s in range(members)]
+        device = resolve_device("cuda")
+        data = dataset.load(cfgs[0].data, device)
+        engine = Single(cfgs[0], data, device, torch.Generator()) if members == 1 else Stacked(cfgs, data, device)
+        engine.train_epoch(StopOnSignal())  # first calls may sync once (allocations, lazy init)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                engine.train_epoch(StopOnSignal())
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    more = syncs(16) - syncs(64)  # 68 steps against 17
+    assert more <= 2, f"{more} more host syncs for 51 more steps"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_a_member_equals_its_run_alone(tmp_path):
+    cfgs = [make_config(*SMALL, "device=cuda", "optimizer=adam", f"seed={s}", f"optimizer.lr={lr}")
+            for s, lr in ((0, 0.001), (1, 0.003))]
+    train_group(cfgs, [tmp_path / "member0", tmp_path / "member1"])
+    for k, cfg in enumerate(cfgs):
+        train(cfg, tmp_path / f"alone{k}")
+        torch.testing.assert_close(history(tmp_path / f"member{k}"), history(tmp_path / f"alone{k}"), rtol=1e-3, atol=0)
