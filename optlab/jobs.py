@@ -46,6 +46,7 @@ class Command:
     resume: Path | None = None  # `resume=<folder>`: the run to continue
     allow_changes: bool = False  # `resume.allow_changes=true`
     failed: list[str] = field(default_factory=list)  # sweep jobs that failed, by folder
+    planned: dict[str, str] = field(default_factory=dict)  # sweep job folder → `plan`'s word for it
     started: bool = False  # a job has begun: an error from now on is no composition error
 
 
@@ -195,8 +196,9 @@ def prepare_sweep(configs: list[DictConfig]) -> list[int]:
     todo = []
     for i, cfg in enumerate(configs):
         with as_job(cfg):
-            if prepare(job_folder(cfg), cfg) != "skip":
-                todo.append(i)
+            action = current.planned[str(job_folder(cfg))] = prepare(job_folder(cfg), cfg)
+        if action != "skip":
+            todo.append(i)
     return todo
 
 

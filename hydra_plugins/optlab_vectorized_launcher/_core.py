@@ -58,7 +58,7 @@ def groups(configs: list[DictConfig], tasks: list[DictConfig]) -> list[tuple[lis
         with jobs.as_job(cfg):
             key = group_key(task)
             run_dir = jobs.job_folder(cfg)
-            action = jobs.plan(run_dir, task)
+            action = jobs.current.planned.get(str(run_dir)) or jobs.plan(run_dir, task)  # the sweeper planned it
             # resumed members must stand at the same epoch; fresh ones all start at 0
             at = (jobs.read_metrics(run_dir) or {}).get("epochs_run") if action == "resume" else 0
         found.setdefault((action, at, key) if key else (action, i), []).append(i)
