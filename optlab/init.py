@@ -4,6 +4,8 @@ greedy layer-wise pretraining, and a measure of the symmetry that zero or equal 
 
 from __future__ import annotations
 
+import functools
+
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -133,8 +135,14 @@ def distinct_units(model: nn.Module) -> list[int]:
     counts = []
     for layer in [m for m in model.modules() if isinstance(m, nn.Linear)][:-1]:  # hidden layers
         rows = torch.cat([layer.weight, layer.bias[:, None]], dim=1)
-        direction = torch.randn(rows.shape[1], generator=torch.Generator().manual_seed(0))
-        ordered = rows[(rows @ direction.to(rows)).argsort()]
+        ordered = rows[(rows @ _direction(rows.shape[1], rows.device)).argsort()]
         gaps = torch.linalg.vector_norm(ordered[1:] - ordered[:-1], dim=1)
-        counts.append(1 + int((gaps > 1e-3 * rows.norm(dim=1).max()).sum()))
-    return counts
+        counts.append(gaps > 1e-3 * torch.linalg.vector_norm(rows, dim=1).max())
+    return [1 + int(c.sum()) for c in counts]  # read once every kernel is queued
+
+
+@functools.cache
+def _direction(size: int, device: torch.device) -> torch.Tensor:
+    """A fixed random direction (its own seed: the training streams are untouched), made once."""
+    return torch.randn(size, generator=torch.Generator().manual_seed(0)).to(device)
+
