@@ -34,6 +34,7 @@ CASES = {
     "rmsprop": (["optimizer=rmsprop"], [["l2=0.001"], ["seed=1", "optimizer.alpha=0.9"]]),
     "adagrad": (["optimizer=adagrad", "weight_decay_mode=l2", "optimizer.weight_decay=0.001"],
                 [[], ["seed=1", "optimizer.lr=0.05", "init=xavier_uniform"]]),
+    "linear": (["model=linear", "optimizer=momentum"], [[], ["seed=1", "optimizer.momentum=0.5"]]),
 }
 
 
@@ -73,6 +74,18 @@ def test_a_diverged_member_is_frozen_and_the_others_are_as_without_it(tmp_path):
     assert all(torch.isfinite(v).all() for v in kept["model"].values())
 
 
+def test_members_have_their_own_dropout_rate(tmp_path):
+    """Rates differ inside a group: the member without dropout is its run alone exactly; the
+    other draws its masks from another stream, so it is a different sample of its run."""
+    cfgs = [make_config(*SMALL, "optimizer=adam", f"dropout={p}") for p in (0.0, 0.5)]
+    assert group_key(cfgs[0]) == group_key(cfgs[1])
+    train_group(cfgs, [tmp_path / "none", tmp_path / "half"])
+    train(cfgs[0], tmp_path / "none-alone")
+    torch.testing.assert_close(history(tmp_path / "none"), history(tmp_path / "none-alone"), rtol=1e-4, atol=0)
+    assert history(tmp_path / "half") != history(tmp_path / "none")
+    assert json.loads((tmp_path / "half" / "metrics.json").read_text())["best_val_acc"] > 0.7  # it learns
+
+
 SWEEP = ["-m", "optimizer=sgd,rprop", "seed=0,1", "epochs=3", "model.hidden=[16]", "hydra/launcher=vectorized"]
 
 
@@ -93,13 +106,17 @@ def test_a_sweep_mixing_stacked_and_single_runs_writes_ordinary_run_folders(tmp_
 
     again = optlab("train", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.count("skipped:") == 4  # finished: nothing retrained
+    capped = optlab("train", *SWEEP[:2], "seed=0,1,2", *SWEEP[3:], "vectorize.max_members=2",
+                    "hydra.sweep.dir=capped", cwd=tmp_path)
+    assert capped.returncode == 0 and "training 2 runs as one stacked model" in capped.stdout
+    assert len(list((tmp_path / "capped").glob("**/metrics.json"))) == 6  # sgd's third seed alone
     member = next(r for r in runs if "optimizer=sgd" in str(r))
     landscape = optlab("landscape", str(member), cwd=tmp_path)
     assert landscape.returncode == 0, landscape.stderr
 
 
 def test_ctrl_c_stops_the_group_resumably_and_the_same_command_finishes_it(tmp_path):
-    sweep = ["-m", "optimizer.lr=0.05,0.1", "epochs=25", "model.hidden=[16]", "hydra/launcher=vectorized",
+    sweep = ["-m", "optimizer.lr=0.05,0.1,0.2", "epochs=25", "model.hidden=[16]", "hydra/launcher=vectorized",
              "hydra.sweep.dir=sweep"]
     whole = optlab("train", *sweep[:-1], "hydra.sweep.dir=whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
@@ -112,16 +129,21 @@ def test_ctrl_c_stops_the_group_resumably_and_the_same_command_finishes_it(tmp_p
     assert "run the same command again to finish the sweep" in stderr.strip().splitlines()[-1]
     runs = sorted(p.parent for p in (tmp_path / "sweep").glob("*/*/metrics.json"))
     records = [json.loads((run / "metrics.json").read_text()) for run in runs]
-    assert len(runs) == 2 and {r["status"] for r in records} == {"interrupted"}
+    assert len(runs) == 3 and {r["status"] for r in records} == {"interrupted"}
     assert len({r["epochs_run"] for r in records}) == 1 and records[0]["epochs_run"] < 25
 
-    again = optlab("train", *sweep, cwd=tmp_path)
+    alone = optlab("train", f"resume={runs[0]}", cwd=tmp_path)  # one member, as any run
+    assert alone.returncode == 0, alone.stderr
+    again = optlab("train", *sweep, cwd=tmp_path)  # the other two, as a group; the first is finished
     assert again.returncode == 0, again.stderr
-    assert "(resumed)" in again.stdout
+    assert again.stdout.count("skipped:") == 1 and "training 2 runs as one stacked model (resumed)" in again.stdout
     for run in runs:
         finished = tmp_path / "whole" / run.relative_to(tmp_path / "sweep")
         assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
-        assert history(run) == history(finished)  # as if it had never stopped
+        if run == runs[0]:  # went on alone: a run's own matmuls round in the last bits
+            torch.testing.assert_close(history(run), history(finished), rtol=1e-4, atol=0)
+        else:  # went on in its group: as if it had never stopped
+            assert history(run) == history(finished)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
