@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from optlab.init import initialize
 from optlab.loop import fit
 from optlab.optim import build_optimizer, decay_groups
 from optlab.run import Epoch, Run
+from optlab.train import finish, resolve_device, start
 
 log = logging.getLogger("optlab")
 
@@ -354,37 +356,38 @@ class Stacked:
         self.step, self.stale = saved["step"], True
 
 
-def train_group(cfgs: list[DictConfig], run_dirs: list[Path], resume: bool = False, within=None) -> list[dict]:
+def train_group(cfgs: list[DictConfig], run_dirs: list[Path], resume: bool = False,
+                within=lambda k: nullcontext()) -> list[dict]:
     """Train K runs as one stacked group; returns each member's metrics, as `train.train` does
     for one. `within(k)` is a context for member k's record (its Hydra job config)."""
-    from contextlib import nullcontext
-
-    from optlab.train import finish, resolve_device, start
-
     device = resolve_device(cfgs[0].device)
     data = dataset.load(cfgs[0].data, device)
     engine = Stacked(cfgs, data, device)
-    runs = [Run(cfg, run_dir, partial(engine.numbers, k), member_logger(run_dir, k))
-            for k, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs))]
-    start(engine, runs, resume)
-    stopped_by = fit(engine, runs, data, cfgs[0].epochs)
-    metrics = []
-    for k, run in enumerate(runs):
-        with (within or (lambda _: nullcontext()))(k):
-            metrics.append(finish(run, engine.members[k], data, engine.initial[k], stopped_by))
+    with ExitStack() as logs:
+        runs = [Run(cfg, run_dir, partial(engine.numbers, k), logs.enter_context(member_log(run_dir, k)))
+                for k, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs))]
+        start(engine, runs, resume)
+        stopped_by = fit(engine, runs, data, cfgs[0].epochs)
+        metrics = []
+        for k, run in enumerate(runs):
+            with within(k):
+                metrics.append(finish(run, engine.members[k], data, engine.initial[k], stopped_by))
     return metrics
 
 
-def member_logger(run_dir: Path, k: int) -> logging.Logger:
-    """A member's messages go to its own train.log, as a single run's do."""
-    logger = logging.getLogger(f"optlab.member{k}")
-    for handler in logger.handlers[:]:
-        logger.removeHandler(handler)
-        handler.close()
+@contextmanager
+def member_log(run_dir: Path, k: int):
+    """A logger whose messages go to the member's own train.log, as a single run's do (and not
+    to the console, which K members would flood)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][optlab][%(levelname)s] %(message)s"))
-    logger.addHandler(handler)
+    logger = logging.getLogger(f"optlab.member{k}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    return logger
+    logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
