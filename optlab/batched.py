@@ -11,8 +11,8 @@ else [K, N] (typically weight decay, exempt for biases), expanded from [K, G] pe
 with one precomputed [1, N] (or [K, N]) mask per group. Flags that torch branches on per
 group (SGD momentum = 0 vs > 0, nesterov, RMSprop centered, Adam vs AdamW) are per-member
 tensors too, so such members share one BatchedOptimizer; only `maximize` and `amsgrad` are
-refused. Step counts are per member ([K, 1], on the device), so a member frozen by `active`
-and thawed later continues exactly like a solo optimizer that skipped those steps.
+refused. Step counts are per member ([K, 1], on the device): a member frozen by `active` keeps
+its own count, as a solo optimizer that stopped stepping would.
 """
 
 from __future__ import annotations
@@ -61,10 +61,8 @@ def unsupported(optimizer_cfg: Mapping) -> str | None:
     module, _, name = target.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
+    except Exception:  # noqa: BLE001 - whatever a user's module raises, it is not one of these
         return f"{target or 'a config without _target_'} has no batched rule"
-    if cls not in SUPPORTED:
-        return f"{target} has no batched rule"
     return _refusal(cls, optimizer_cfg)
 
 

@@ -5,7 +5,6 @@ greedy layer-wise pretraining, and a measure of the symmetry that zero or equal 
 from __future__ import annotations
 
 import functools
-
 import logging
 from collections.abc import Callable
 from pathlib import Path

@@ -42,7 +42,7 @@ log = logging.getLogger("optlab")
 MAY_DIFFER = ("seed", "init", "scheduler", "early_stopping", "optimizer.", "dropout", "l2",
               "weight_decay_mode", "diverge_threshold", "checkpoint_every_s", "rerun", "summary",
               "curvature")
-MUST_MATCH = ("optimizer._target_", "optimizer.amsgrad", "optimizer.maximize")
+MUST_MATCH = ("optimizer._target_",)
 
 
 def group_key(cfg: DictConfig) -> str | None:
@@ -231,7 +231,7 @@ class Stacked:
                        device=self.device, min_size=self.min_batch)
         if self.shared_order:
             yield from draw(self.orders[0])
-            for order in self.orders[1:]:  # keep every member's stream where its own run's would be
+            for order in self.orders[1:] if self.cfgs[0].shuffle else ():  # each stream where its run's would be
                 order.set_state(self.orders[0].get_state())
             return
         yield from (torch.stack(step) for step in zip(*(draw(order) for order in self.orders)))
@@ -288,13 +288,14 @@ class Stacked:
         columns = {"step/loss": losses.T.tolist(), "step/lr": list(map(list, zip(*lrs)))}
         columns.update({tag: [[v and v[i] for v in values] for i in range(k)]  # per member, None kept
                         for tag, values in self.probe.epoch().items()})
-        if self.l2 is not None:
-            columns["step/l2_penalty"] = (torch.stack(totals) - losses).T.tolist()
+        if self.l2 is not None:  # for the members that have one, as a single run logs it
+            columns["step/l2_penalty"] = [v if l2 else None for v, l2 in
+                                          zip((torch.stack(totals) - losses).T.tolist(), self.l2.tolist())]
         shared = self.shared_order
         acc = self.scores(torch.cat(outputs, dim=1), torch.cat(targets, dim=0 if shared else 1), shared)
         train_loss = ((sizes @ losses) / count).tolist()
-        return [Epoch(first_step, {tag: v[i] for tag, v in columns.items()}, times, train_loss[i], acc[i], count)
-                for i in range(k)]
+        return [Epoch(first_step, {tag: v[i] for tag, v in columns.items() if v[i] is not None}, times,
+                      train_loss[i], acc[i], count) for i in range(k)]
 
     @torch.inference_mode()
     def evaluate(self) -> list[tuple[float, float]]:
@@ -366,6 +367,7 @@ def train_group(cfgs: list[DictConfig], run_dirs: list[Path], resume: bool = Fal
     with ExitStack() as logs:
         runs = [Run(cfg, run_dir, partial(engine.numbers, k), logs.enter_context(member_log(run_dir, k)))
                 for k, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs))]
+        logs.callback(lambda: [run.log.writer.close() for run in runs if run.log])  # also if training fails
         start(engine, runs, resume)
         stopped_by = fit(engine, runs, data, cfgs[0].epochs)
         metrics = []

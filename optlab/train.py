@@ -232,7 +232,7 @@ def finish(run: Run, model: torch.nn.Module, data: dataset.Data, initial: dict, 
         "best_epoch": run.checkpoint.best_epoch,
         "stopped_epoch": run.stopper.stopped_epoch or None if run.stopper else None,
         "diverged_step": run.diverged_step,
-        "interrupted_by": signal.Signals(stopped_by).name if stopped_by else None,
+        "interrupted_by": signal.Signals(stopped_by).name if stopped_by and run.status == "interrupted" else None,
         "epochs_run": run.epoch,  # an interrupted epoch is dropped
         "steps": run.step,
         "final_train_loss": last.get("train_loss", nan),

@@ -115,6 +115,20 @@ def test_a_sweep_mixing_stacked_and_single_runs_writes_ordinary_run_folders(tmp_
     assert landscape.returncode == 0, landscape.stderr
 
 
+def test_a_mistake_in_one_member_fails_that_run_alone(tmp_path):
+    """torch refuses Nesterov without momentum only as the group is built: the group falls back
+    to one run at a time, and only that run fails."""
+    result = optlab("train", "-m", "optimizer=nesterov", "optimizer.momentum=0,0.9", "epochs=1",
+                    "model.hidden=[16]", "hydra/launcher=vectorized", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "each runs alone" in result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert "1 run of the sweep failed" in last and "optimizer.momentum=0/" in last
+    statuses = {p.parent.parent.name.rpartition("momentum=")[2]: json.loads(p.read_text())["status"]
+                for p in (tmp_path / "sweep").glob("*/*/metrics.json")}
+    assert statuses == {"0.9": "completed", "0": "failed"}, statuses
+
+
 def test_ctrl_c_stops_the_group_resumably_and_the_same_command_finishes_it(tmp_path):
     sweep = ["-m", "optimizer.lr=0.05,0.1,0.2", "epochs=25", "model.hidden=[16]", "hydra/launcher=vectorized",
              "hydra.sweep.dir=sweep"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -19,11 +20,13 @@ from hydra.core.utils import JobReturn, JobStatus, _save_config, configure_log, 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from optlab import jobs
+from optlab.config import usage_error
 
 log = logging.getLogger("optlab")
 
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    jobs.current.started = True  # an error from here on is a job's, not the command line's
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -35,13 +38,13 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         configs.append(cfg)
     tasks = [task_config(cfg) for cfg in configs]
     returns: list[JobReturn | None] = [None] * len(configs)
+    alone = partial(run_job, hydra_context=launcher.hydra_context, task_function=launcher.task_function,
+                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     for group, action in groups(configs, tasks):
         if len(group) == 1:  # as the basic launcher runs it
-            returns[group[0]] = run_job(hydra_context=launcher.hydra_context, task_function=launcher.task_function,
-                                        config=configs[group[0]], job_dir_key="hydra.sweep.dir",
-                                        job_subdir_key="hydra.sweep.subdir")
+            returns[group[0]] = alone(config=configs[group[0]])
         else:
-            results = train_group([configs[i] for i in group], [tasks[i] for i in group], action == "resume")
+            results = train_group([configs[i] for i in group], [tasks[i] for i in group], action == "resume", alone)
             for i, result in zip(group, results):
                 returns[i] = result
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
@@ -77,9 +80,12 @@ def task_config(cfg: DictConfig) -> DictConfig:
     return task
 
 
-def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool) -> list[JobReturn]:
-    """Ready each member's folder as Hydra readies a job's, train the group, and return each
-    member's result as Hydra's run_job would."""
+def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool, alone) -> list[JobReturn]:
+    """Ready each member's folder as Hydra readies a job's (`.hydra/` and `train.log`; Hydra's
+    job callbacks and `env_set` are not run for members), train the group, and return each
+    member's result as Hydra's run_job would. If a member's config is a mistake that only shows
+    as the group is built (torch refusing an optimizer's settings, a checkpoint that does not
+    load), each job runs `alone` instead, so that only that one fails."""
     from optlab.stacked import train_group as train_stacked
 
     folders = []
@@ -91,13 +97,16 @@ def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool
                            ("overrides", cfg.hydra.overrides.task)):
             _save_config(node, f"{name}.yaml", folder / ".hydra")
         folders.append(folder)
-    names = [str(folder.relative_to(Path(configs[0].hydra.sweep.dir).absolute())) for folder in folders]
+    names = [os.path.relpath(folder, configs[0].hydra.sweep.dir) for folder in folders]
     log.info("training %d runs as one stacked model%s: %s", len(configs), " (resumed)" * resume, ", ".join(names))
 
     try:  # each member's record is made as its own job (its HParams name its overrides)
         metrics = train_stacked(tasks, folders, resume, lambda k: jobs.as_job(configs[k]))
-    except Exception as error:  # every member failed the same way
-        metrics = []
+    except Exception as error:
+        if usage_error(error) is not None:  # a member's mistake: the others may train (finished ones are skipped)
+            log.warning("cannot train %s as one model (%s): each runs alone", ", ".join(names), usage_error(error))
+            return [alone(config=cfg) for cfg in configs]
+        metrics = []  # every member failed the same way
         for cfg, task, folder in zip(configs, tasks, folders):
             with jobs.as_job(cfg):
                 jobs.failed(folder, task, error, in_sweep=True)
