@@ -286,6 +286,12 @@ def pad_utterances(frames: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.
     return padded, centers.astype(np.int64)
 
 
+def batching(cfg: DictConfig, n: int) -> tuple[int, int]:
+    """(examples per step, smallest last batch kept) for a run on `n` training examples:
+    `batch_size=full` takes them all; batch norm cannot train on a batch of one."""
+    return n if cfg.batch_size == "full" else min(cfg.batch_size, n), 2 if cfg.batchnorm else 1
+
+
 def count_batches(n: int, batch_size: int, min_size: int = 1) -> int:
     """How many batches `batches` gives an epoch."""
     full, rest = divmod(n, batch_size)

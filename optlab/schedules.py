@@ -11,7 +11,7 @@ import math
 
 from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, LinearLR, SequentialLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, LinearLR, ReduceLROnPlateau, SequentialLR
 
 from optlab.config import construct
 
@@ -49,3 +49,12 @@ def build(cfg: DictConfig, optimizer: Optimizer, steps_per_epoch: int):
     target = OmegaConf.create({k: v for k, v in cfg.items() if k != "interval"})  # resolved
     extra = {"steps_per_epoch": steps_per_epoch} if "steps_per_epoch" in cfg else {}
     return construct("scheduler", target, optimizer=optimizer, _convert_="all", **extra), cfg.interval == "step"
+
+
+def step(scheduler, loss: float) -> None:
+    """One step of a schedule: ReduceLROnPlateau watches `loss` (the validation loss; a
+    surface's value), every other schedule only counts."""
+    if isinstance(scheduler, ReduceLROnPlateau):
+        scheduler.step(loss)
+    else:
+        scheduler.step()

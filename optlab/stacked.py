@@ -23,7 +23,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from optlab import data as dataset
 from optlab import models, rng, schedules
@@ -189,8 +188,7 @@ class Stacked:
         cfg = cfgs[0]
         self.cfgs, self.data, self.device, self.k = cfgs, data, device, len(cfgs)
         n = len(data.train)
-        self.batch_size = n if cfg.batch_size == "full" else min(cfg.batch_size, n)
-        self.min_batch = 2 if cfg.batchnorm else 1
+        self.batch_size, self.min_batch = dataset.batching(cfg, n)
         steps = dataset.count_batches(n, self.batch_size, self.min_batch)
         self.members, self.optimizers, self.schedulers, self.per_step, self.orders, self.initial = [], [], [], [], [], []
         decoupled, l2 = [], []
@@ -312,7 +310,7 @@ class Stacked:
     def schedule(self, val_losses: list[float]) -> None:
         for scheduler, per_step, loss in zip(self.schedulers, self.per_step, val_losses):
             if not per_step:
-                scheduler.step(loss) if isinstance(scheduler, ReduceLROnPlateau) else scheduler.step()
+                schedules.step(scheduler, loss)
 
     def freeze(self, k: int) -> None:
         """Member k's run has ended: its weights and optimizer state stay as they are."""

@@ -18,7 +18,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from optlab import jobs, schedules, sweep
 from optlab.config import construct
@@ -182,7 +181,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         except (IndexError, ZeroDivisionError):  # L-BFGS's line search on a surface that falls forever
             status = "diverged"
             break
-        scheduler.step(surface().item()) if isinstance(scheduler, ReduceLROnPlateau) else scheduler.step()
+        schedules.step(scheduler, surface().item())
         points.append(surface.point.detach().clone())
         times.append(time.time())
         if not torch.isfinite(points[-1]).all():

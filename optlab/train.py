@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from optlab import data as dataset
 from optlab import curvature, jobs, models, rng, schedules, sweep
@@ -56,8 +55,7 @@ class Single:
     def __init__(self, cfg: DictConfig, data: dataset.Data, device: torch.device, order: torch.Generator):
         self.cfg, self.data, self.device, self.order = cfg, data, device, order
         n = len(data.train)
-        self.batch_size = n if cfg.batch_size == "full" else min(cfg.batch_size, n)
-        self.min_batch = 2 if cfg.batchnorm else 1  # batch norm cannot train on a batch of one
+        self.batch_size, self.min_batch = dataset.batching(cfg, n)
         self.model = models.build(cfg, data).to(device)
         initialize(self.model, cfg.init, data.train, self.batch_size)
         self.initial = [snapshot(self.model.state_dict())]  # where training starts: the landscape's line begins here
@@ -148,10 +146,7 @@ class Single:
 
     def schedule(self, val_losses: list[float]) -> None:
         if not self.per_step:
-            if isinstance(self.scheduler, ReduceLROnPlateau):
-                self.scheduler.step(val_losses[0])
-            else:
-                self.scheduler.step()
+            schedules.step(self.scheduler, val_losses[0])
 
     def member(self, k: int) -> torch.nn.Module:
         return self.model
