@@ -14,13 +14,12 @@ scikit-learn (tests/test_data.py checks it against scikit-learn).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import pickle
 import zipfile
-
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -91,24 +90,18 @@ class Data:
         return (output.argmax(dim=1) == y).float().mean()
 
 
-CACHE_SIZE = 4  # prepared datasets kept per process (a sweep over data options reuses each)
-_cache: OrderedDict[str, Data] = OrderedDict()
-
-
 def load(cfg: DictConfig, device: torch.device) -> Data:
     """`prepare(cfg, device)`, memoized within the process on the resolved data config, the
     device and, for the user's own `path`, that file's size and modification time: the runs of
     a sweep get the same `Data` (whose tensors nobody writes into)."""
     key = _key(cfg, device)
-    if key is None:
-        return prepare(cfg, device)
-    if key in _cache:
-        _cache.move_to_end(key)
-        return _cache[key]
-    data = _cache[key] = prepare(cfg, device)
-    while len(_cache) > CACHE_SIZE:
-        _cache.popitem(last=False)
-    return data
+    return prepare(cfg, device) if key is None else _prepared(key, device)
+
+
+@functools.lru_cache(maxsize=4)  # prepared datasets kept (a sweep over data options reuses each)
+def _prepared(key: str, device: torch.device) -> Data:
+    """`prepare` of the resolved data config that `key` begins with."""
+    return prepare(OmegaConf.create(json.loads(key)[0]), device)
 
 
 def _key(cfg: DictConfig, device: torch.device) -> str | None:
