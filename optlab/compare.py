@@ -26,7 +26,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from optlab.config import METRICS
+from optlab.config import METRICS, flatten
 from optlab.files import atomic_write, write_csv
 
 # lower is better for these; higher for the rest
@@ -120,16 +120,6 @@ def _load(path: Path) -> Run | None:
     except Exception:  # an interpolation that only Hydra could resolve
         plain = OmegaConf.to_container(config)
     return Run(path, metrics, {k.lstrip("+~"): v for k, _, v in pairs}, flatten(plain))
-
-
-def flatten(node, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} → {'a.b': 1}: configs compared key by key."""
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
 
 
 def group_runs(runs: list[Run]) -> list[Group]:

@@ -44,6 +44,16 @@ class UsageError(ValueError):
     """A user's mistake: the CLI prints its one-line message and exits with code 2."""
 
 
+def flatten(node, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} → {'a.b': 1}: configs compared key by key."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
 def usage_error(error: BaseException | None) -> BaseException | None:
     """The user's mistake behind `error`, if any (Hydra's instantiate wraps it)."""
     while error is not None and not isinstance(error, UsageError):

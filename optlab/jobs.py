@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from optlab.config import UsageError, usage_error, validate
+from optlab.config import UsageError, flatten, usage_error, validate
 from optlab.files import atomic_write, load_checkpoint, load_yaml, write_json
 
 log = logging.getLogger("optlab")
@@ -128,8 +128,6 @@ def archive(run_dir: Path) -> Path | None:
 
 def config_changes(saved: DictConfig, cfg: DictConfig) -> list[str]:
     """`key: old → new` for every value that differs between two configs."""
-    from optlab.compare import flatten
-
     ignore = ("rerun", "summary.metric", "summary.x", "vectorize.max_members")
     old, new = (flatten(OmegaConf.to_container(c)) for c in (saved, cfg))
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignore)

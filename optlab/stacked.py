@@ -27,6 +27,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from optlab import data as dataset
 from optlab import models, rng, schedules
 from optlab.batched import BatchedOptimizer, unsupported
+from optlab.config import flatten
 from optlab.callbacks import StepProbe, snapshot
 from optlab.init import initialize
 from optlab.loop import fit
@@ -51,8 +52,6 @@ def group_key(cfg: DictConfig) -> str | None:
     if why:
         log.debug("not stacked: %s", why)
         return None
-    from optlab.compare import flatten
-
     flat = flatten(OmegaConf.to_container(cfg, resolve=True))
     kept = {k: v for k, v in flat.items()
             if k in MUST_MATCH or not any(k == p or k.startswith(p if p.endswith(".") else p + ".") for p in MAY_DIFFER)}
