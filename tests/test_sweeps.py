@@ -215,9 +215,9 @@ def test_parallel_and_cluster_launchers_complete_a_sweep(launcher, tmp_path):
 
 
 @pytest.mark.parametrize("launcher", ["basic", "vectorized"])
-def test_each_job_of_a_sweep_is_composed_once(launcher, tmp_path, monkeypatch):
-    """optlab's sweeper composes every job to check it, and hands in-process launchers those
-    configs: Hydra's launchers would compose each one again (~0.09 s a job)."""
+def test_a_sweep_composes_each_defaults_list_once(launcher, tmp_path, monkeypatch):
+    """optlab's sweeper composes each defaults list the sweep picks once (~0.08 s) and hands
+    in-process launchers the jobs' configs: Hydra's launchers would compose every job again."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
     from optlab.cli import main
@@ -227,8 +227,36 @@ def test_each_job_of_a_sweep_is_composed_once(launcher, tmp_path, monkeypatch):
     monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config",
                         lambda self, master, job: composed.append(job) or compose(self, master, job))
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "-m", "seed=0,1", "epochs=1", "model.hidden=[8]", f"hydra/launcher={launcher}",
-                 "hydra.sweep.dir=sweep"]) == 0
-    assert len(list((tmp_path / "sweep").glob("**/metrics.json"))) == 2
-    assert sorted(sorted(job) for job in composed) == [["epochs=1", "model.hidden=[8]", "seed=0"],
-                                                       ["epochs=1", "model.hidden=[8]", "seed=1"]]
+    assert main(["train", "-m", "seed=0,1", "optimizer=sgd,momentum", "epochs=1", "model.hidden=[8]",
+                 f"hydra/launcher={launcher}", "hydra.sweep.dir=sweep"]) == 0
+    assert len(list((tmp_path / "sweep").glob("**/metrics.json"))) == 4
+    assert sorted(job[1] for job in composed) == ["optimizer=momentum", "optimizer=sgd"]
+
+
+def test_a_job_composed_from_its_defaults_lists_copy_equals_hydras_own(tmp_path):
+    """The copy with a job's values set is the config Hydra composes for the job, whatever
+    the overrides: group choices, values, lists, dicts (merged), additions."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.optlab_sweeper.optlab_sweeper import compose_grid
+    from optlab import config
+
+    config.register()
+    grid = [["optimizer=sgd", "optimizer.lr=0.1", "seed=0", "model.hidden=[8]"],
+            ["optimizer=sgd", "optimizer.lr=0.3", "seed=1", "model.hidden=[16,16]"],
+            ["optimizer=adam", "optimizer.lr=0.1", "seed=0", "model.hidden=[8]"],
+            ["optimizer=adam", "optimizer.lr=0.2", "seed=2", "model.hidden=[8]"],
+            ["optimizer=adam", "seed=0", "+extra=1"],
+            ["optimizer=adam", "seed=0", "+extra=2"],
+            ["optimizer=adam", "early_stopping={patience:3}"],
+            ["optimizer=adam", "early_stopping={min_delta:0.1}"]]
+    with initialize_config_dir(config_dir=str(Path(config.__file__).parents[1] / "conf"), version_base=None):
+        loader = GlobalHydra.instance().hydra.config_loader
+        master = compose("config", [f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
+        for job, fast in zip(grid, compose_grid(loader, master, grid)):
+            slow = loader.load_sweep_config(master, job)
+            assert OmegaConf.to_container(fast) == OmegaConf.to_container(slow), job
+            assert OmegaConf.is_struct(fast) and OmegaConf.is_struct(slow)
+            assert fast.hydra.job.override_dirname == slow.hydra.job.override_dirname != ""

@@ -1,11 +1,14 @@
 """The sweeper Hydra instantiates for `optlab train -m`: a thin layer over BasicSweeper."""
 
+import copy
 from functools import partial
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Sequence
 
+from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,6 +18,41 @@ from optlab import jobs
 
 # launchers that compose each job in this process, from the sweeper's config loader
 IN_PROCESS = ("BasicLauncher", "VectorizedLauncher")
+
+
+def compose_grid(loader: ConfigLoaderImpl, master: DictConfig, grid: Sequence[Sequence[str]]) -> List[DictConfig]:
+    """Each job's config, equal to what `loader.load_sweep_config` composes for it. Jobs whose
+    overrides differ only in plain values pick the same defaults list: it is composed once
+    (~0.08 s) and each job gets a copy (~5 ms) with its values set as Hydra sets them, after
+    composing."""
+    parser = OverridesParser.create(config_loader=loader)
+    templates: dict = {}
+    configs = []
+    for job in grid:
+        parsed = parser.parse_overrides(list(job))
+        values = [o for o in parsed if _plain_value(o, loader)]
+        shape = tuple(o.key_or_group if o in values else o.input_line for o in parsed)
+        if shape not in templates:
+            templates[shape] = loader.load_sweep_config(master, list(job))
+            configs.append(copy.deepcopy(templates[shape]))
+            continue
+        cfg = copy.deepcopy(templates[shape])
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        task = [o for o in parsed if not o.is_hydra_override()]
+        cfg.hydra.overrides.task = [o.input_line for o in task]
+        naming = cfg.hydra.job.config.override_dirname
+        cfg.hydra.job.override_dirname = get_overrides_dirname(task, list(naming.exclude_keys), naming.item_sep,
+                                                               naming.kv_sep)
+        configs.append(cfg)
+    return configs
+
+
+def _plain_value(override: Override, loader: ConfigLoaderImpl) -> bool:
+    """`key=value` that Hydra applies after composing, so that it leaves the defaults list as
+    it is: not a group choice, `+`/`~`, a package, a Hydra key, or a dict (which would merge)."""
+    return (override.type == OverrideType.CHANGE and override.package is None
+            and not override.is_hydra_override() and not isinstance(override.value(), dict)
+            and not loader.repository.group_exists(override.key_or_group))
 
 
 def _composed(configs: dict, compose, master: DictConfig, job: List[str]) -> DictConfig:
@@ -33,7 +71,7 @@ class OptlabSweeper(BasicSweeper):
         loader = self.hydra_context.config_loader
         overrides = OverridesParser.create(config_loader=loader).parse_overrides([*self._parse_config(), *arguments])
         grid = [job for batch in self.split_arguments(overrides, None) for job in batch]
-        configs = [loader.load_sweep_config(self.config, list(job)) for job in grid]
+        configs = compose_grid(loader, self.config, grid)
         todo = jobs.prepare_sweep(configs)
         if type(self.launcher).__name__ in IN_PROCESS:  # each job is composed once, not twice (~0.1 s a job)
             loader.load_sweep_config = partial(_composed, {tuple(job): cfg for job, cfg in zip(grid, configs)},
