@@ -9,7 +9,6 @@ completion) pass straight through. Nothing here imports torch.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from optlab import __version__
 
 COMMANDS = {
     "train": "train a network on real data (see: optlab train --help)",
+    "tune": "search hyperparameters with Optuna, pruning bad trials early (see: optlab tune --help)",
+    "lr-find": "the learning-rate range test: which rate to train with (see: optlab lr-find --help)",
     "compare": "one summary of runs and sweeps: table, CSV, plots (see: optlab compare --help)",
     "landscape": "curvature of a finished run: sharpness, spectrum, loss slices (optlab landscape RUN)",
 }
@@ -32,6 +33,8 @@ examples:
   optlab train
   optlab train optimizer=adam batch_size=64
   optlab train -m optimizer=sgd,adam batch_size=16,256
+  optlab tune optimizer=choice(sgd,momentum,adam) optimizer.lr='tag(log,interval(1e-4,1))' tune.trials=30
+  optlab lr-find optimizer=adam
   optlab compare outputs/sweeps/2026-11-25_10-00-00 outputs/sweeps/2026-11-25_11-00-00
   eval "$(optlab train -sc install=bash)"      # shell completion
 """
@@ -54,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return {"compare": _run_compare, "landscape": _run_landscape}.get(command, _run_train)(rest)
+    if command in APPS:
+        return _run_app(command, rest)
+    return {"compare": _run_compare, "landscape": _run_landscape}[command](rest)
 
 
 def _run_landscape(args: list[str]) -> int:
@@ -143,10 +148,18 @@ def _complete(args: list[str]) -> int:
         return 0
     # Hand Hydra the line as if the subcommand were the program itself.
     os.environ["COMP_LINE"] = " ".join(words[:1] + words[2:]) + ("" if line_ends_word else " ")
-    return _run_train(args)
+    return _run_app("train", args)
 
 
-def _run_train(args: list[str]) -> int:
+# the Hydra apps: command → (primary config in conf/, the module whose `run(cfg, run_dir)` is the job)
+APPS = {"train": ("config", "optlab.jobs"), "tune": ("tune", "optlab.tune"), "lr-find": ("lr_find", "optlab.lr_find")}
+
+
+def _run_app(name: str, args: list[str]) -> int:
+    """`optlab train`, `optlab tune` or `optlab lr-find`: one Hydra app each, the same groups and
+    overrides, and the same one-line answer to a user's mistake."""
+    import importlib
+
     import hydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -156,20 +169,28 @@ def _run_train(args: list[str]) -> int:
 
     config.register()
     jobs.current = jobs.Command()
-    resume = [a for a in args if a.split("=", 1)[0] in ("resume", "resume.allow_changes")]
-    if resume:
-        try:
+    prog = f"optlab {name}"
+    try:
+        if name != "train" and {"-m", "--multirun"} & set(args):
+            raise config.UsageError(f"-m: {prog} runs one job" + (" (its trials are its own sweep)" * (name == "tune")))
+        if name == "tune":  # choice(...), interval(...): the search space, which Hydra would read as a sweep
+            from optlab.tune import split_search
+
+            args, jobs.current.search = split_search(args)
+        resume = [a for a in args if a.split("=", 1)[0] in ("resume", "resume.allow_changes")]
+        if resume and name == "train":
             args = _resume_args(args, resume)
-        except config.UsageError as mistake:
-            print(f"optlab train: {mistake}", file=sys.stderr)
-            return 2
-        if args is None:
-            return 0
+            if args is None:
+                return 0
+    except config.UsageError as mistake:
+        print(f"{prog}: {mistake}", file=sys.stderr)
+        return 2
     sys.argv = [sys.argv[0], *args]
     user_wants_traceback = "HYDRA_FULL_ERROR" in os.environ
+    config_name, module = APPS[name]
 
-    @hydra.main(config_path="pkg://optlab.conf", config_name="config", version_base="1.3")
-    def train_app(cfg) -> dict:
+    @hydra.main(config_path="pkg://optlab.conf", config_name=config_name, version_base="1.3")
+    def app(cfg) -> dict:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
@@ -177,27 +198,31 @@ def _run_train(args: list[str]) -> int:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
         try:
-            metrics = jobs.run(cfg, run_dir)
+            metrics = importlib.import_module(module).run(cfg, run_dir)
         except Exception as error:
-            mistake = jobs.failed(run_dir, cfg, error, in_sweep)
+            mistake = jobs.failed(run_dir, cfg, error, in_sweep) if name != "tune" else config.usage_error(error)
             if in_sweep:  # a sweep goes on; its last line names every failed run
                 return {"status": "failed"}
             if mistake is None:  # a bug ends in its traceback
                 raise
-            print(f"optlab train: {mistake}", file=sys.stderr)
+            print(f"{prog}: {mistake}", file=sys.stderr)
             sys.exit(2)  # exit here: Hydra would print the job as failed
-        if metrics["status"] == "interrupted":
-            jobs.stop_interrupted(metrics, "resume with: " + command("optlab", "train", f"resume={relative(run_dir)}"))
+        if metrics.get("status") == "interrupted":
+            if name == "train":
+                jobs.stop_interrupted(metrics, f"{prog}: interrupted after epoch {metrics['epochs_run']}; resume with: "
+                                      + command("optlab", "train", f"resume={relative(run_dir)}"))
+            jobs.stop_interrupted(metrics, f"{prog}: interrupted; the same command goes on"
+                                  + f" (tune.dir={relative(run_dir)})" * (name == "tune"))
         return metrics
 
     try:
         os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us instead of exit(1)
         if {"--help", "-h"} & set(args):
-            print(_train_help([a for a in args if a not in ("--help", "-h")]))
+            print(_help(config_name, [a for a in args if a not in ("--help", "-h")]))
             return 0
-        train_app()
+        app()
     except KeyboardInterrupt:  # the second Ctrl-C: no time to save
-        print("optlab train: stopped at once; the run folder keeps its last save", file=sys.stderr)
+        print(f"{prog}: stopped at once; the run folder keeps its last save", file=sys.stderr)
         return 130
     except (jobs.Refused, config.UsageError, HydraException, OmegaConfBaseException) as error:
         if user_wants_traceback:
@@ -205,32 +230,32 @@ def _run_train(args: list[str]) -> int:
         error = error.error if isinstance(error, jobs.Refused) else error
         if not isinstance(error, (config.UsageError, HydraException, OmegaConfBaseException)):
             raise error  # a bug in the guard: its traceback
-        print(f"optlab train: {error if isinstance(error, config.UsageError) else describe(error, args)}",
+        print(f"{prog}: {error if isinstance(error, config.UsageError) else config.describe(error, args)}",
               file=sys.stderr)
         return 2
     except ValueError as error:  # Hydra composing the overrides (`=3`), before any job ran
         if user_wants_traceback or jobs.current.started:
             raise
-        print(f"optlab train: cannot apply the overrides: {describe(error, args)}", file=sys.stderr)
+        print(f"{prog}: cannot apply the overrides: {config.describe(error, args)}", file=sys.stderr)
         return 2
     except OSError as error:  # Hydra cannot make or write the run folder
-        print(f"optlab train: cannot write {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        print(f"{prog}: cannot write {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return 2
     finally:
         if not user_wants_traceback:
             del os.environ["HYDRA_FULL_ERROR"]
     if jobs.current.failed:
         failed = jobs.current.failed
-        print(f"optlab train: {len(failed)} run{'s' * (len(failed) > 1)} of the sweep failed "
+        print(f"{prog}: {len(failed)} run{'s' * (len(failed) > 1)} of the {'study' if name == 'tune' else 'sweep'} failed "
               f"(the lines above say why): {', '.join(str(relative(Path(f))) for f in failed)}", file=sys.stderr)
         return 1
     return 0
 
 
-def _train_help(overrides: list[str]) -> str:
-    """`optlab train --help`: conf/config.yaml's help template, filled in here. Hydra's own help
-    builds a config repository for each of its ~90 groups to list them (over 1 s); the groups
-    that matter are optlab's, read from conf/ in a few milliseconds."""
+def _help(config_name: str, overrides: list[str]) -> str:
+    """`optlab train --help` (and tune's, lr-find's): the app's help template, filled in here.
+    Hydra's own help builds a config repository for each of its ~90 groups to list them (over
+    1 s); the groups that matter are optlab's, read from conf/ in a few milliseconds."""
     import string
 
     from hydra import compose, initialize_config_module
@@ -239,7 +264,7 @@ def _train_help(overrides: list[str]) -> str:
     from optlab import config
 
     with initialize_config_module("optlab.conf", version_base="1.3"):
-        cfg = compose("config", overrides, return_hydra_config=True)
+        cfg = compose(config_name, overrides, return_hydra_config=True)
     groups = "".join(f"{group}: {', '.join(config.options(group))}\n" for group in config.option_groups())
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     return string.Template(cfg.hydra.help.template).substitute(
@@ -271,53 +296,3 @@ def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:
     jobs.current.allow_changes = options.get("resume.allow_changes", "false").lower() == "true"
     own = [a for a in args if a not in resume]
     return [*saved, *own, override("hydra.run.dir", folder), "hydra.output_subdir=null"]
-
-
-def describe(error: Exception, args: list[str]) -> str:
-    """One line for a user's mistake: the key, the value, and what is allowed."""
-    from hydra.errors import MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
-
-    from optlab import config
-
-    if isinstance(error, OverrideParseException):
-        return f"cannot parse override: {config.reason(error)}"
-    if isinstance(error, MissingConfigException) and error.options:
-        missing = re.search(r"Could not find '([^']+)'", str(error))
-        group, _, option = (missing.group(1) if missing else "?/?").rpartition("/")
-        return str(config.ConfigError(group, option, ", ".join(error.options), "unknown option for"))
-    cause = error.__cause__ or error
-    if isinstance(cause, (ConfigKeyError, ConfigAttributeError, ValidationError)) and cause.full_key:
-        path = cause.full_key
-        value = _typed_value(path, args)
-        if isinstance(cause, ValidationError):
-            rule = config.rule_for(path)
-            allowed = rule.allowed if rule else config.reason(cause)
-            return str(config.ConfigError(path, value, allowed))
-        removed = [a.partition("=")[0][1:] for a in args if a.startswith("~")]
-        for key in removed:
-            if path == key or path.startswith(f"{key}."):
-                return f"'{key}' cannot be removed: every run needs it (see: optlab train --help)"
-        parent, _, name = path.rpartition(".")
-        known = [str(k) for k in (cause.parent_node or {}) if k not in ("_target_", "hydra")]
-        hint = config.suggest(name, known)
-        where = f"'{parent}'" if parent else "the top level"
-        return (
-            f"unknown key '{path}': {config.show(value)}{hint} "
-            f"(allowed at {where}: {', '.join(known)})"
-        )
-    return config.reason(error)
-
-
-def _typed_value(path: str, args: list[str]) -> object:
-    """The value the user wrote for `path` on the command line, parsed as YAML reads it."""
-    import yaml
-
-    for arg in args:
-        name, sep, value = arg.lstrip("+~").partition("=")
-        if sep and name == path:
-            try:
-                return yaml.safe_load(value)
-            except yaml.YAMLError:
-                return value
-    return "?"

@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 # config groups, plus `summary`: a plain node whose keys are checked like a group's
 GROUPS = ("model", "data", "optimizer", "scheduler", "surface", "init", "early_stopping", "summary",
-          "curvature", "vectorize")
+          "curvature", "vectorize", "lr_find", "tune")
 
 # what a sweep summary can rank by and plot against (optlab/compare.py)
 METRICS = (
@@ -27,6 +27,9 @@ METRICS = (
     "rate_measured", "lambda_max", "trace", "sharpness", "condition_number",
 )
 CURVE_X = ("epoch", "step", "examples", "time")
+# what `optlab tune` can optimize: metrics a run has after every epoch, so a trial can be pruned
+TUNE_METRICS = ("best_val_acc", "best_val_loss", "final_val_acc", "final_val_loss", "final_train_loss",
+                "final_train_acc")
 
 # Activation names a model may use, mapped to their torch.nn class names.
 ACTIVATIONS = {
@@ -176,6 +179,8 @@ class Config:
     summary: Any = MISSING
     curvature: Any = MISSING
     vectorize: Any = MISSING
+    lr_find: Any = MISSING
+    tune: Any = None  # only `optlab tune` (conf/tune.yaml) has it
 
 
 GROUP_RULES: dict[str, Rule] = {
@@ -216,7 +221,8 @@ GROUP_RULES: dict[str, Rule] = {
     "data.path": Rule("a file or folder", lambda v: v is None or isinstance(v, str)),
     "data.label": Rule("a column name", lambda v: isinstance(v, str)),
     "data.context": NON_NEGATIVE_INT,
-    "optimizer.lr": POSITIVE,
+    "optimizer.lr": Rule("a number > 0, or find (the learning-rate range test picks it; see optlab lr-find)",
+                         lambda v: v == "find" or POSITIVE.ok(v)),
     "optimizer.momentum": FRACTION,
     "optimizer.dampening": FRACTION,
     "optimizer.weight_decay": NON_NEGATIVE,
@@ -294,6 +300,20 @@ GROUP_RULES: dict[str, Rule] = {
     "curvature.epsilon": POSITIVE,
     "curvature.exact_max_params": NON_NEGATIVE_INT,
     "vectorize.max_members": POSITIVE_INT,
+    "lr_find.min_lr": POSITIVE,
+    "lr_find.max_lr": POSITIVE,
+    "lr_find.steps": Rule("an integer >= 10", lambda v: _is_int(v) and v >= 10),
+    "lr_find.stop_factor": Rule("a number > 1", lambda v: _is_number(v) and v > 1),
+    "lr_find.beta": FRACTION,
+    "tune.trials": POSITIVE_INT,
+    "tune.sampler": one_of("tpe", "random", "grid", "cmaes"),
+    "tune.pruner": one_of("none", "median", "hyperband", "successive_halving"),
+    "tune.metric": one_of(*TUNE_METRICS),
+    "tune.direction": one_of("auto", "maximize", "minimize"),
+    "tune.seed": NON_NEGATIVE_INT,
+    "tune.dir": Rule("a folder", lambda v: isinstance(v, str) and v != ""),
+    "tune.params": Rule("key: search expression, e.g. optimizer.lr: tag(log, interval(1e-4, 1))",
+                        lambda v: isinstance(v, DictConfig) and all(isinstance(x, str) for x in v.values())),
     "summary.metric": one_of(*METRICS),
     "summary.x": one_of(*CURVE_X),
     "surface.kappa": Rule("a number >= 1", lambda v: _is_number(v) and v >= 1),
@@ -317,7 +337,7 @@ def _leaves(node: DictConfig, prefix: str):
     for name in node:
         value = node[name]
         path = f"{prefix}.{name}"
-        if isinstance(value, DictConfig):
+        if isinstance(value, DictConfig) and path not in GROUP_RULES:  # `tune.params` is one value
             yield from _leaves(value, path)
         elif name != "_target_":
             yield path, value, node
@@ -362,6 +382,8 @@ def validate(cfg: DictConfig) -> None:
             and cfg.scheduler.interval == "step":
         raise ConfigError("scheduler.interval", "step", "epoch: ReduceLROnPlateau steps on the validation "
                           "loss, which is measured once an epoch")
+    if cfg.lr_find.min_lr >= cfg.lr_find.max_lr:
+        raise ConfigError("lr_find.max_lr", cfg.lr_find.max_lr, f"a number above lr_find.min_lr={cfg.lr_find.min_lr}")
     data = cfg.data
     if data.val_fraction + data.test_fraction >= 1:
         raise ConfigError(
@@ -428,3 +450,51 @@ def register() -> None:
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+
+
+def describe(error: Exception, args: list[str]) -> str:
+    """One line for a user's mistake: the key, the value, and what is allowed."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    if isinstance(error, OverrideParseException):
+        return f"cannot parse override: {reason(error)}"
+    if isinstance(error, MissingConfigException) and error.options:
+        missing = re.search(r"Could not find '([^']+)'", str(error))
+        group, _, option = (missing.group(1) if missing else "?/?").rpartition("/")
+        return str(ConfigError(group, option, ", ".join(error.options), "unknown option for"))
+    cause = error.__cause__ or error
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError, ValidationError)) and cause.full_key:
+        path = cause.full_key
+        value = _typed_value(path, args)
+        if isinstance(cause, ValidationError):
+            rule = rule_for(path)
+            allowed = rule.allowed if rule else reason(cause)
+            return str(ConfigError(path, value, allowed))
+        removed = [a.partition("=")[0][1:] for a in args if a.startswith("~")]
+        for key in removed:
+            if path == key or path.startswith(f"{key}."):
+                return f"'{key}' cannot be removed: every run needs it (see: optlab train --help)"
+        parent, _, name = path.rpartition(".")
+        known = [str(k) for k in (cause.parent_node or {}) if k not in ("_target_", "hydra")]
+        hint = suggest(name, known)
+        where = f"'{parent}'" if parent else "the top level"
+        return (
+            f"unknown key '{path}': {show(value)}{hint} "
+            f"(allowed at {where}: {', '.join(known)})"
+        )
+    return reason(error)
+
+
+def _typed_value(path: str, args: list[str]) -> object:
+    """The value the user wrote for `path` on the command line, parsed as YAML reads it."""
+    import yaml
+
+    for arg in args:
+        name, sep, value = arg.lstrip("+~").partition("=")
+        if sep and name == path:
+            try:
+                return yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+    return "?"

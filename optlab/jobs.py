@@ -55,8 +55,9 @@ current = Command()
 
 def config_hash(cfg: DictConfig) -> str:
     """SHA-1 of the resolved config, less what does not change training (`rerun`, `summary`,
-    `vectorize`)."""
-    kept = [k for k in cfg if k not in ("rerun", "summary", "vectorize", "hydra")]
+    `vectorize`, `tune`, and `lr_find` unless `optimizer.lr=find`)."""
+    finds = OmegaConf.select(cfg, "optimizer.lr") == "find"
+    kept = [k for k in cfg if k not in ("rerun", "summary", "vectorize", "hydra", "tune", *["lr_find"] * (not finds))]
     plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, kept), resolve=True)
     return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -256,10 +257,10 @@ def failed(run_dir: Path, cfg: DictConfig, error: Exception, in_sweep: bool) -> 
     return mistake
 
 
-def stop_interrupted(metrics: dict, hint: str) -> None:
+def stop_interrupted(metrics: dict, message: str) -> None:
     """End the command after a signal stopped training, with the conventional exit code
-    (128 + signal) and how to go on."""
-    print(f"optlab train: interrupted after epoch {metrics['epochs_run']}; {hint}", file=sys.stderr)
+    (128 + signal) and `message`: how to go on."""
+    print(message, file=sys.stderr)
     sys.exit(130 if metrics["interrupted_by"] == "SIGINT" else 143)
 
 

@@ -7,6 +7,7 @@ States are kept as tensors and numbers, forms that torch.load(weights_only=True)
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -39,6 +40,18 @@ def load(saved: dict, order: torch.Generator) -> None:
     if saved["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([r.cpu() for r in saved["cuda"]])
     order.set_state(saved["order"].cpu())
+
+
+@contextlib.contextmanager
+def untouched():
+    """Whatever is drawn inside, the global streams come out as they went in (the learning-rate
+    range test before a run trains: the run starts from its own untouched streams)."""
+    spare = torch.Generator()
+    saved = state(spare)
+    try:
+        yield
+    finally:
+        load(saved, spare)
 
 
 def _numpy_state() -> dict:

@@ -44,8 +44,10 @@ class Run:
     """
 
     def __init__(self, cfg: DictConfig, run_dir: Path, numbers: Callable[[], dict],
-                 logger: logging.Logger | None = None):
+                 logger: logging.Logger | None = None, asked: DictConfig | None = None, pruner=None):
         self.cfg, self.dir, self.numbers = cfg, run_dir, numbers
+        self.asked = cfg if asked is None else asked  # as the command gave it (`optimizer.lr=find`)
+        self.pruner = pruner  # `should_prune(epoch, row)`: a search ends a hopeless trial early
         self.logger = logger or logging.getLogger("optlab")
         self.history: list[dict] = []  # a row per finished epoch
         watch = cfg.early_stopping.monitor
@@ -139,6 +141,9 @@ class Run:
             self.logger.info("early stopping at epoch %d: %s has not improved since epoch %d",
                              epoch, self.stopper.monitor, self.stopper.best_epoch)
             self.end("completed")
+        elif self.pruner is not None and self.pruner.should_prune(epoch, self.history):
+            self.logger.info("pruned at epoch %d: the search stops this trial", epoch)
+            self.end("pruned")
 
     def diagnose(self, epoch: int, model: torch.nn.Module, data, lr: float) -> dict[str, float]:
         """Per-epoch measurements of the weights: distinct units per layer, and curvature every

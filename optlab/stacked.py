@@ -68,6 +68,8 @@ def cannot_stack(cfg: DictConfig) -> str | None:
         return "precision or compile set"
     if not cfg.data.get("in_memory", True):
         return "data.in_memory=false"
+    if cfg.optimizer.get("lr") == "find":
+        return "optimizer.lr=find (each run's range test comes first)"
     return unsupported(cfg.optimizer)
 
 

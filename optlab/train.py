@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from optlab import data as dataset
-from optlab import curvature, jobs, models, rng, schedules, sweep
+from optlab import curvature, jobs, lr_find, models, rng, schedules, sweep
 from optlab.callbacks import StepProbe, snapshot, tested_checkpoint
 from optlab.config import ConfigError, UsageError, reason
 from optlab.files import atomic_write, load_checkpoint, load_yaml, write_json
@@ -31,18 +31,20 @@ from optlab.run import Epoch, Run
 log = logging.getLogger("optlab")
 
 
-def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
+def train(cfg: DictConfig, run_dir: Path, resume: bool = False, pruner=None) -> dict:
     """Train as `cfg` says, write everything into `run_dir`, and return the final metrics.
 
     With `resume`, continue the run in `run_dir` from its checkpoints/last.pt: the state at the
     end of its last finished epoch, every RNG stream included, so that it ends exactly as if it
-    had never stopped.
+    had never stopped. With `optimizer.lr=find`, the learning-rate range test picks the rate
+    first (optlab/lr_find.py). `pruner` may end the run after an epoch (optlab/tune.py).
     """
     device = resolve_device(cfg.device)
     order = rng.seed(cfg.seed)
     data = dataset.load(cfg.data, device)
-    engine = Single(cfg, data, device, order)
-    run = Run(cfg, run_dir, partial(engine.numbers, 0))
+    trained = lr_find.resolve(cfg, run_dir, data, device, resume) if cfg.optimizer.get("lr") == "find" else cfg
+    engine = Single(trained, data, device, order)
+    run = Run(trained, run_dir, partial(engine.numbers, 0), asked=cfg, pruner=pruner)
     start(engine, [run], resume)
     stopped_by = fit(engine, [run], data, cfg.epochs)
     return finish(run, engine.model, data, engine.initial[0], stopped_by, engine.autocast, engine.forward)
@@ -98,30 +100,39 @@ class Single:
             total.backward()
         return total
 
+    def batches(self):
+        """One epoch of training batches, in this run's order."""
+        return dataset.epoch(self.data.train, self.batch_size, self.cfg.shuffle, self.order, self.device,
+                             self.min_batch, self.cfg.data.workers)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimizer step on a batch: (logits, data loss, objective minimized), on the device."""
+        optimizer, scaler = self.optimizer, self.scaler
+        with self.autocast():
+            logits = self.forward(x)
+            loss, total = self.objective(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)  # true gradients for the probe (fp16 only)
+        self.probe.before_step(self.step + 1)
+        if self.decoupled:  # θ ← θ − Δθ − w·θ, the decay taken before Δθ as AdamW does
+            with torch.no_grad():
+                torch._foreach_mul_(self.decayed, 1 - self.decoupled)
+        scaler.step(optimizer, *([partial(self.closure, x, y)] if self.closure_based else []))
+        scaler.update()
+        self.probe.after_step()
+        self.step += 1
+        return logits, loss, total
+
     def train_epoch(self, stop) -> list[Epoch] | None:
-        cfg, optimizer, scaler = self.cfg, self.optimizer, self.scaler
         self.model.train()
         first_step = self.step + 1
         targets, losses, totals, outputs, lrs, times = [], [], [], [], [], []
-        for x, y in dataset.epoch(self.data.train, self.batch_size, cfg.shuffle, self.order, self.device,
-                                  self.min_batch, cfg.data.workers):
-            with self.autocast():
-                logits = self.forward(x)
-                loss, total = self.objective(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.unscale_(optimizer)  # true gradients for the probe (fp16 only)
-            self.probe.before_step(self.step + 1)
-            lrs.append(optimizer.param_groups[0]["lr"])
-            if self.decoupled:  # θ ← θ − Δθ − w·θ, the decay taken before Δθ as AdamW does
-                with torch.no_grad():
-                    torch._foreach_mul_(self.decayed, 1 - self.decoupled)
-            scaler.step(optimizer, *([partial(self.closure, x, y)] if self.closure_based else []))
-            scaler.update()
+        for x, y in self.batches():
+            lrs.append(self.optimizer.param_groups[0]["lr"])
+            logits, loss, total = self.train_step(x, y)
             if self.per_step:
                 self.scheduler.step()
-            self.probe.after_step()
-            self.step += 1
             # keep tensors, not numbers: no host sync inside the loop
             targets.append(y)
             losses.append(loss.detach())
@@ -241,7 +252,7 @@ def finish(run: Run, model: torch.nn.Module, data: dataset.Data, initial: dict, 
         "train_time_s": train_time,
         "epoch_time_s": train_time / max(run.epoch, 1),
         "train_samples_per_s": run.seen / train_time if train_time else nan,
-        "config_hash": jobs.config_hash(cfg),
+        "config_hash": jobs.config_hash(run.asked),
         **{k: v for k, v in measured.items() if isinstance(v, float)},
     }
     score = "R²" if data.task == "regression" else "acc"  # what `acc` means for this task

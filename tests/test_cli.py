@@ -17,7 +17,7 @@ def test_optlab_help_lists_subcommands(tmp_path):
     assert result.returncode == 0
     assert "train" in result.stdout and "usage: optlab" in result.stdout
     commands = result.stdout.split("commands:\n")[1].split("\n\n")[0].splitlines()
-    assert [line.split()[0] for line in commands] == ["train", "compare", "landscape"]  # each name apart
+    assert [line.split()[0] for line in commands] == ["train", "tune", "lr-find", "compare", "landscape"]  # each name apart
 
 
 def test_version_from_the_installed_console_script(tmp_path):
@@ -97,7 +97,7 @@ BAD_INPUT = [
     (["batch_size=abc"], "invalid value for 'batch_size': 'abc' (allowed: an integer >= 1, or 'full')"),
     (["epochs=-1"], "invalid value for 'epochs': -1 (allowed: an integer >= 1)"),
     (["epochs=abc"], "invalid value for 'epochs': 'abc' (allowed: an integer >= 1)"),
-    (["optimizer.lr=-1"], "invalid value for 'optimizer.lr': -1 (allowed: a number > 0)"),
+    (["optimizer.lr=-1"], "invalid value for 'optimizer.lr': -1 (allowed: a number > 0, or find"),
     (["optimizer=nope"], "unknown option for 'optimizer': 'nope' (allowed: adadelta, adagrad, adam,"),
     (["surface=sphere"], "unknown option for 'surface': 'sphere' (allowed: beale, quadratic, rosenbrock, saddle)"),
     (["surface=quadratic", "surface.kappa=0.5"], "invalid value for 'surface.kappa': 0.5 (allowed: a number >= 1)"),

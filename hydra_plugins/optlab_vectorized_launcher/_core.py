@@ -117,7 +117,8 @@ def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool
                      result["best_val_acc"], result["best_epoch"], result["train_samples_per_s"])
     interrupted = [m for m in metrics if m["status"] == "interrupted"]
     if interrupted:
-        jobs.stop_interrupted(interrupted[0], "run the same command again to finish the sweep")
+        jobs.stop_interrupted(interrupted[0], f"optlab train: interrupted after epoch {interrupted[0]['epochs_run']}; "
+                              "run the same command again to finish the sweep")
     return [JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task, hydra_cfg=cfg, working_dir=os.getcwd(),
                       task_name=cfg.hydra.job.name, status=JobStatus.COMPLETED, _return_value=result)
             for cfg, task, result in zip(configs, tasks, metrics)]

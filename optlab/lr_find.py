@@ -1,0 +1,158 @@
+"""The learning-rate range test (Smith 2017, "Cyclical Learning Rates"; fastai's and
+Lightning's lr_find): `optlab lr-find`, and `optimizer.lr=find` before a run trains.
+
+From the run's own model, initialization, optimizer and batches, the rate rises exponentially
+from `lr_find.min_lr` to `lr_find.max_lr` over `lr_find.steps` steps. The loss is smoothed
+(exponential average with weight `beta`, bias-corrected) and the test stops once it exceeds
+`stop_factor` × its best: the rate has blown up. The suggestion is where the smoothed loss falls
+fastest against log(lr), the axis the rates are spaced on (measured against lr itself, the
+steepest point drifts to the largest rates: Lightning #21141).
+
+The test trains a copy: the run that follows starts from its untouched model, optimizer and
+random streams, so `optimizer.lr=find` trains exactly as `optimizer.lr=<suggested_lr>` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from optlab import data as dataset
+from optlab import rng
+from optlab.config import UsageError
+from optlab.files import write_csv, write_json
+from optlab.naming import command
+
+log = logging.getLogger("optlab")
+
+
+@dataclass
+class Result:
+    lrs: list[float]
+    losses: list[float]  # the batch loss at each step
+    smoothed: list[float]  # bias-corrected exponential average
+    suggested_lr: float
+    blowup_lr: float | None  # where the smoothed loss passed stop_factor × its best (None: it never did)
+
+    def record(self) -> dict:
+        return {"suggested_lr": self.suggested_lr, "blowup_lr": self.blowup_lr, "steps_run": len(self.lrs),
+                "min_loss": min(self.smoothed), "min_loss_lr": self.lrs[int(np.argmin(self.smoothed))]}
+
+
+def range_test(cfg: DictConfig, data: dataset.Data, device: torch.device) -> Result:
+    """Run the test on a fresh model and optimizer built from `cfg`, as training builds them."""
+    from optlab.train import Single  # the run's own engine: same init, objective and step
+
+    test = cfg.lr_find
+    quiet = OmegaConf.merge(cfg, {"diagnostics": False, "compile": False, "optimizer": {"lr": test.min_lr}})
+    with rng.untouched():  # the run that follows draws from its streams as if no test had run
+        engine = Single(quiet, data, device, rng.seed(cfg.seed))
+        return _sweep(engine, test)
+
+
+def _sweep(engine, test: DictConfig) -> Result:
+    """Step `engine` at exponentially rising rates until the smoothed loss blows up."""
+    engine.model.train()
+    lrs = (test.min_lr * (test.max_lr / test.min_lr) ** (np.arange(test.steps) / (test.steps - 1))).tolist()
+    losses, smoothed, average, best, blowup = [], [], 0.0, math.inf, None
+    batches = iter(())
+    for i, lr in enumerate(lrs):
+        x_y = next(batches, None)
+        if x_y is None:  # the next epoch, in the run's order
+            batches = iter(engine.batches())
+            x_y = next(batches)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        loss = engine.train_step(*x_y)[1].item()  # one sync a step: the test stops on it
+        average = test.beta * average + (1 - test.beta) * loss
+        smooth = average / (1 - test.beta ** (i + 1))
+        losses.append(loss)
+        smoothed.append(smooth)
+        if not math.isfinite(smooth) or smooth > test.stop_factor * best:
+            blowup = lr
+            break
+        best = min(best, smooth)
+    return Result(lrs[: len(losses)], losses, smoothed, suggest(lrs[: len(losses)], smoothed, blowup), blowup)
+
+
+def suggest(lrs: list[float], smoothed: list[float], blowup: float | None) -> float:
+    """The rate where the smoothed loss falls fastest against log(lr), before any blow-up."""
+    end = len(lrs) - (blowup is not None)  # the blown-up point is no candidate
+    if end < 3:
+        raise UsageError(f"lr_find: the loss blew up within {len(lrs)} steps of lr_find.min_lr={lrs[0]:.3g}; "
+                         "lower lr_find.min_lr")
+    slope = np.gradient(np.asarray(smoothed[:end]), np.log(lrs[:end]))
+    return float(lrs[int(np.nanargmin(slope))])
+
+
+def write(result: Result, cfg: DictConfig, run_dir: Path) -> None:
+    """lr_find.csv, lr_find.json, lr_find.png and the curve in TensorBoard (`lr_find/*`)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    rows = [{"step": i + 1, "lr": lr, "loss": loss, "smoothed_loss": s}
+            for i, (lr, loss, s) in enumerate(zip(result.lrs, result.losses, result.smoothed))]
+    write_csv(run_dir / "lr_find.csv", rows)
+    write_json(run_dir / "lr_find.json", {**result.record(), **OmegaConf.to_container(cfg.lr_find)})
+    plot(result, run_dir / "lr_find.png")
+    with SummaryWriter(log_dir=str(run_dir)) as writer:
+        for row in rows:
+            for key in ("lr", "loss", "smoothed_loss"):
+                writer.add_scalar(f"lr_find/{key}", row[key], row["step"])
+
+
+def plot(result: Result, path: Path) -> Path:
+    """The smoothed loss (and the raw one, faint) against the rate, the suggestion marked."""
+    from optlab.plots import pyplot, save_figure
+
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.4), layout="constrained")
+    ax.plot(result.lrs, result.losses, color="grey", alpha=0.35, lw=0.8, label="batch loss")
+    ax.plot(result.lrs, result.smoothed, lw=1.6, label="smoothed loss")
+    ax.axvline(result.suggested_lr, color="tab:red", ls="--", label=f"suggested lr {result.suggested_lr:.3g}")
+    if result.blowup_lr is not None:
+        ax.axvline(result.blowup_lr, color="black", ls=":", label=f"blew up at {result.blowup_lr:.3g}")
+    finite = [v for v in result.smoothed if math.isfinite(v)]
+    ax.set_ylim(min(finite) - 0.05 * abs(min(finite)), 1.5 * max(finite[: max(1, len(finite) - 1)]))
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="learning-rate range test")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    save_figure(fig, path)
+    return path
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """`optlab lr-find`: the test, its files, and the command that trains at the suggestion."""
+    from optlab.train import resolve_device
+
+    device = resolve_device(cfg.device)
+    result = range_test(cfg, dataset.load(cfg.data, device), device)
+    write(result, cfg, run_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("optimizer.lr=", "lr_find."))]
+    blew = f", blew up at {result.blowup_lr:.3g}" if result.blowup_lr else ", no blow-up up to lr_find.max_lr"
+    log.info("suggested lr %.4g (steepest descent of the smoothed loss%s)", result.suggested_lr, blew)
+    log.info("written: %s", ", ".join(str(run_dir / f"lr_find.{x}") for x in ("csv", "json", "png")))
+    log.info("train with it: %s", command("optlab", "train", *overrides, f"optimizer.lr={result.suggested_lr!r}"))
+    return result.record()
+
+
+def resolve(cfg: DictConfig, run_dir: Path, data: dataset.Data, device: torch.device, resume: bool) -> DictConfig:
+    """For `optimizer.lr=find`: `cfg` with the suggested rate in its place (the test's files in
+    `run_dir`; a resumed run reads its lr_find.json instead of testing again)."""
+    found = run_dir / "lr_find.json"
+    if resume and found.exists():
+        import json
+
+        lr = json.loads(found.read_text())["suggested_lr"]
+    else:
+        result = range_test(cfg, data, device)
+        write(result, cfg, run_dir)
+        lr = result.suggested_lr
+        log.info("lr_find: suggested lr %.4g (lr_find.png); training with it", lr)
+    return OmegaConf.merge(cfg, {"optimizer": {"lr": lr}})
