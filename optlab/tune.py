@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import math
 import os
+import random
 import socket
 import warnings
 from dataclasses import dataclass
@@ -196,16 +198,24 @@ def load(journal: Path, direction: str | None = None):
     return optuna.create_study(study_name="optlab", storage=storage, direction=direction, load_if_exists=True)
 
 
-def sampler(name: str, seed: int, params: list[Param]):
+def sampler(name: str, seed: int):
+    """The study's sampler; `grid` is served from the queue (`grid`), so any sampler would do."""
     import optuna
 
-    if name == "grid":
-        return optuna.samplers.GridSampler({p.key: p.distribution.choices for p in params}, seed=seed)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    if name == "random":
+    if name in ("random", "grid"):
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)  # constant_liar: parallel workers spread out
+
+
+def grid(params: list[Param], seed: int) -> list[dict]:
+    """Every combination of the choices, in a seeded order. Optuna's GridSampler stops its study
+    from inside `tell`, which only works within `study.optimize`; these are queued instead."""
+    points = [dict(zip([p.key for p in params], values))
+              for values in itertools.product(*(p.distribution.choices for p in params))]
+    random.Random(seed).shuffle(points)
+    return points
 
 
 def pruner(name: str, epochs: int):
@@ -252,10 +262,12 @@ def locked(folder: Path):
 
 def counted(trial) -> bool:
     """A trial that used up its share of `tune.trials`: finished, pruned, running, or failed on
-    its own (not interrupted, nor left by a process that died)."""
+    its own (not queued, interrupted, nor left by a process that died)."""
     from optuna.trial import TrialState
 
-    return trial.state != TrialState.FAIL or trial.user_attrs.get("failed", False)
+    if trial.state == TrialState.FAIL:
+        return trial.user_attrs.get("failed", False)
+    return trial.state != TrialState.WAITING
 
 
 def next_trial(study, distributions: dict, trials: int):
@@ -267,6 +279,7 @@ def next_trial(study, distributions: dict, trials: int):
         attrs = stale.user_attrs
         if attrs.get("host") == socket.gethostname() and not _alive(attrs.get("pid", 0)):
             study.tell(stale.number, state=TrialState.FAIL)
+            study.enqueue_trial(stale.params)  # its settings get their run
     if sum(map(counted, study.get_trials(deepcopy=False))) >= trials:
         return None
     trial = study.ask(distributions)
@@ -293,11 +306,13 @@ def run(cfg: DictConfig, study_dir: Path) -> dict:
     params = parse(entries)
     study = load(study_dir / JOURNAL, direction(cfg))
     with locked(study_dir):
-        if "study" not in study.user_attrs:
+        if "study" not in study.user_attrs:  # a new study
             study.set_user_attr("study", describe_study(cfg, entries))
+            for point in grid(params, cfg.tune.seed) if cfg.tune.sampler == "grid" else []:
+                study.enqueue_trial(point)
         worker = study.user_attrs.get("workers", 0)  # each process its own seed: workers spread out
         study.set_user_attr("workers", worker + 1)
-    study.sampler = sampler(cfg.tune.sampler, cfg.tune.seed + worker, params)
+    study.sampler = sampler(cfg.tune.sampler, cfg.tune.seed + worker)
     study.pruner = pruner(cfg.tune.pruner, cfg.epochs)
     trials = cfg.tune.trials
     if cfg.tune.sampler == "grid":
@@ -356,7 +371,8 @@ def run_trial(trial, params: list[Param], cfg: DictConfig, study_dir: Path) -> s
     if metrics["status"] == "pruned":
         study_tell(trial, TrialState.PRUNED)
     elif metrics["status"] == "interrupted":
-        study_tell(trial, TrialState.FAIL)  # not counted: the next command runs another
+        study_tell(trial, TrialState.FAIL)  # not counted: the next command trains these settings again
+        trial.study.enqueue_trial(trial.params)
     elif isinstance(value, (int, float)) and math.isfinite(value):
         study_tell(trial, TrialState.COMPLETE, value)
     else:  # diverged before its first epoch ended: nothing to compare; the study goes on
