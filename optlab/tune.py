@@ -279,7 +279,7 @@ def next_trial(study, distributions: dict, trials: int):
         attrs = stale.user_attrs
         if attrs.get("host") == socket.gethostname() and not _alive(attrs.get("pid", 0)):
             study.tell(stale.number, state=TrialState.FAIL)
-            study.enqueue_trial(stale.params)  # its settings get their run
+            study.enqueue_trial(stale.params, user_attrs={"run": attrs.get("run")})  # its folder gets its run
     if sum(map(counted, study.get_trials(deepcopy=False))) >= trials:
         return None
     trial = study.ask(distributions)
@@ -347,20 +347,22 @@ def run_trial(trial, params: list[Param], cfg: DictConfig, study_dir: Path) -> s
     from optuna.trial import TrialState
 
     chosen = [(p, trial.params[p.key]) for p in params]
-    name = f"{trial.number:03d}_{overrides_name([p.name(v) for p, v in chosen])}"
+    # a trial queued again after an interruption goes on in its own folder
+    name = trial.user_attrs.get("run") or f"{trial.number:03d}_{overrides_name([p.name(v) for p, v in chosen])}"
     trial.set_user_attr("run", name)
     overrides = [*base_overrides(), *(p.override(v) for p, v in chosen)]
     job = compose("config", overrides, return_hydra_config=True)
     with read_write(job.hydra), open_dict(job.hydra):
         job.hydra.sweep.dir, job.hydra.sweep.subdir, job.hydra.job.name = str(study_dir), name, "train"
         job.hydra.job.num, job.hydra.job.id = trial.number, f"trial_{trial.number}"
+    folder, task = study_dir / name, OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
+    action = jobs.prepare(folder, task)  # `resume` after an interruption; else an earlier attempt is moved aside
     context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks())
-    folder = study_dir / name
-    log.info("trial %d: %s", trial.number, " ".join(p.name(v) for p, v in chosen))
-    result = run_job(partial(_train, Pruning(trial, cfg.tune.metric)), job, "hydra.sweep.dir", "hydra.sweep.subdir",
-                     context)
+    log.info("trial %d: %s%s", trial.number, " ".join(p.name(v) for p, v in chosen),
+             f" (resumes {name})" * (action == "resume"))
+    result = run_job(partial(_train, Pruning(trial, cfg.tune.metric), action == "resume"), job,
+                     "hydra.sweep.dir", "hydra.sweep.subdir", context)
     if result.status == JobStatus.FAILED:
-        task = OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
         jobs.failed(folder, task, result._return_value, in_sweep=True)
         jobs.current.failed.append(str(folder))
         trial.set_user_attr("failed", True)
@@ -371,8 +373,8 @@ def run_trial(trial, params: list[Param], cfg: DictConfig, study_dir: Path) -> s
     if metrics["status"] == "pruned":
         study_tell(trial, TrialState.PRUNED)
     elif metrics["status"] == "interrupted":
-        study_tell(trial, TrialState.FAIL)  # not counted: the next command trains these settings again
-        trial.study.enqueue_trial(trial.params)
+        study_tell(trial, TrialState.FAIL)  # not counted: the next command resumes these settings
+        trial.study.enqueue_trial(trial.params, user_attrs={"run": name})
     elif isinstance(value, (int, float)) and math.isfinite(value):
         study_tell(trial, TrialState.COMPLETE, value)
     else:  # diverged before its first epoch ended: nothing to compare; the study goes on
@@ -387,12 +389,12 @@ def study_tell(trial, state, value: float | None = None) -> None:
     trial.study.tell(trial, value, state=state)
 
 
-def _train(pruning: Pruning, cfg: DictConfig) -> dict:
+def _train(pruning: Pruning, resume: bool, cfg: DictConfig) -> dict:
     """A trial's job, inside run_job: an ordinary run that reports to the study."""
     from optlab.train import train
 
     validate(cfg)
-    return train(cfg, Path(HydraConfig.get().runtime.output_dir), pruner=pruning)
+    return train(cfg, Path(HydraConfig.get().runtime.output_dir), resume=resume, pruner=pruning)
 
 
 def restore(own: DictConfig) -> None:

@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,27 @@ def test_a_study_folder_takes_no_other_study(tmp_path):
     other = optlab("tune", "dropout=interval(0,0.5)", "tune.trials=1", f"tune.dir={folder}", *TINY, cwd=tmp_path)
     assert other.returncode == 2 and "holds another study" in other.stderr
     assert (folder / ".hydra" / "overrides.yaml").read_text() == saved and len(trial_folders(folder)) == 1
+
+
+def test_ctrl_c_stops_the_study_and_the_same_command_resumes_the_trial_in_its_folder(tmp_path):
+    from test_survival import wait_for_epoch
+
+    folder = tmp_path / "study"
+    args = ["tune", "optimizer.lr=interval(0.05,0.5)", "tune.trials=1", f"tune.dir={folder}", "epochs=40",
+            "model.hidden=[8]", "device=cpu", "checkpoint_every_s=0"]
+    process = subprocess.Popen([sys.executable, "-m", "optlab", *args], cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_epoch(folder / "000_*", 2, process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted; the same command goes on" in err
+    (run,) = trial_folders(folder)
+    stopped = metrics(run)
+    assert stopped["status"] == "interrupted" and stopped["epochs_run"] < 40
+
+    again = optlab(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert trial_folders(folder) == [run] and f"resumes {run.name}" in again.stdout
+    record = metrics(run)
+    assert record["status"] == "completed" and record["epochs_run"] == 40
+    assert [t.state.name for t in study(folder).get_trials()] == ["FAIL", "COMPLETE"]
