@@ -176,13 +176,24 @@ class StudyGuard(Callback):
                                       "is not a list of values (use choice(...) or range(...) for a grid)")
                 check(params, base_overrides())
                 existing = Path(config.tune.dir) / JOURNAL
-                if existing.exists():
-                    held = load(existing).user_attrs.get("study")
-                    if held != describe_study(config, entries):
-                        raise UsageError(f"tune.dir={config.tune.dir} holds another study ({json.dumps(held)}); "
-                                         "give a new tune.dir, or that study's command")
+                if existing.exists():  # `run` checks again under the lock: another process may be making it
+                    same_study(_held(existing), config, entries)
         except Exception as error:  # Hydra would only warn, and run the job unchecked
             raise jobs.Refused(error) from error
+
+
+def _held(journal: Path) -> dict | None:
+    """What the study in `journal` is of; None while another process is still making it."""
+    try:
+        return load(journal).user_attrs.get("study")
+    except KeyError:  # the journal holds no study yet
+        return None
+
+
+def same_study(held: dict | None, cfg: DictConfig, entries: dict[str, str]) -> None:
+    if held is not None and held != describe_study(cfg, entries):
+        raise UsageError(f"tune.dir={cfg.tune.dir} holds another study ({json.dumps(held)}); "
+                         "give a new tune.dir, or that study's command")
 
 
 def load(journal: Path, direction: str | None = None):
@@ -304,8 +315,9 @@ def run(cfg: DictConfig, study_dir: Path) -> dict:
 
     entries = space(cfg)
     params = parse(entries)
-    study = load(study_dir / JOURNAL, direction(cfg))
-    with locked(study_dir):
+    with locked(study_dir):  # one process makes the study; the others load it
+        study = load(study_dir / JOURNAL, direction(cfg))
+        same_study(study.user_attrs.get("study"), cfg, entries)
         if "study" not in study.user_attrs:  # a new study
             study.set_user_attr("study", describe_study(cfg, entries))
             for point in grid(params, cfg.tune.seed) if cfg.tune.sampler == "grid" else []:
