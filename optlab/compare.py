@@ -32,12 +32,14 @@ from optlab.files import atomic_write, write_csv
 # lower is better for these; higher for the rest
 MINIMIZED = {
     "best_val_loss", "test_loss", "final_train_loss", "final_val_loss", "generalization_gap", "epoch_time_s",
-    "wall_time_s", "final_loss", "final_distance", "rate_measured",
+    "wall_time_s", "final_loss", "final_distance", "rate_measured", "steps_to_target", "examples_to_target",
+    "time_to_target",
 }
 # columns of the table, after the ranking metric, where some run has them
 COLUMNS = (
     "best_val_acc", "best_val_loss", "test_acc", "generalization_gap", "epoch_time_s", "epochs_run",
-    "final_loss", "final_distance", "rate_measured", "lambda_max", "sharpness",
+    "final_loss", "final_distance", "rate_measured", "lambda_max", "sharpness", "noise_b_simple",
+    "steps_to_target", "examples_to_target",
 )
 CURVE_X = {"epoch": "epoch", "step": "step", "examples": "examples", "time": "elapsed_s"}
 

@@ -17,14 +17,15 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 # config groups, plus `summary`: a plain node whose keys are checked like a group's
 GROUPS = ("model", "data", "optimizer", "scheduler", "surface", "init", "early_stopping", "summary",
-          "curvature", "vectorize", "lr_find", "tune")
+          "curvature", "vectorize", "lr_find", "tune", "noise", "target")
 
 # what a sweep summary can rank by and plot against (optlab/compare.py)
 METRICS = (
     "best_val_acc", "best_val_loss", "test_acc", "test_loss", "final_train_loss", "final_train_acc",
     "final_val_loss", "final_val_acc",
     "generalization_gap", "epoch_time_s", "wall_time_s", "epochs_run", "final_loss", "final_distance",
-    "rate_measured", "lambda_max", "trace", "sharpness", "condition_number",
+    "rate_measured", "lambda_max", "trace", "sharpness", "condition_number", "noise_b_simple",
+    "steps_to_target", "examples_to_target", "time_to_target",
 )
 CURVE_X = ("epoch", "step", "examples", "time")
 # what `optlab tune` can optimize: metrics a run has after every epoch, so a trial can be pruned
@@ -180,6 +181,8 @@ class Config:
     curvature: Any = MISSING
     vectorize: Any = MISSING
     lr_find: Any = MISSING
+    noise: Any = MISSING
+    target: Any = MISSING
     tune: Any = None  # only `optlab tune` (conf/tune.yaml) has it
 
 
@@ -300,6 +303,12 @@ GROUP_RULES: dict[str, Rule] = {
     "curvature.epsilon": POSITIVE,
     "curvature.exact_max_params": NON_NEGATIVE_INT,
     "vectorize.max_members": POSITIVE_INT,
+    "noise.every": NON_NEGATIVE_INT,
+    "noise.final": BOOLEAN,
+    "noise.samples": Rule("an integer >= 2", lambda v: _is_int(v) and v >= 2),
+    "target.val_loss": Rule("null or a number > 0", lambda v: v is None or POSITIVE.ok(v)),
+    "target.val_acc": Rule("null or a number in (0, 1]", lambda v: v is None or _is_number(v) and 0 < v <= 1),
+    "target.stop": BOOLEAN,
     "lr_find.min_lr": POSITIVE,
     "lr_find.max_lr": POSITIVE,
     "lr_find.steps": Rule("an integer >= 10", lambda v: _is_int(v) and v >= 10),

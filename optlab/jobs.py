@@ -54,12 +54,25 @@ current = Command()
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """SHA-1 of the resolved config, less what does not change training (`rerun`, `summary`,
-    `vectorize`, `tune`, and `lr_find` unless `optimizer.lr=find`)."""
-    finds = OmegaConf.select(cfg, "optimizer.lr") == "find"
-    kept = [k for k in cfg if k not in ("rerun", "summary", "vectorize", "hydra", "tune", *["lr_find"] * (not finds))]
+    """SHA-1 of the resolved config, less what does not change a run's record (`rerun`,
+    `summary`, `vectorize`, `tune`) and the nodes of features it does not use, so that adding a
+    feature leaves earlier runs' hashes as they were."""
+    kept = [k for k in cfg if k not in ("rerun", "summary", "vectorize", "hydra", "tune") and _used(cfg, k)]
     plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, kept), resolve=True)
     return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _used(cfg: DictConfig, key: str) -> bool:
+    """Whether a feature's node matters to this run: `lr_find` with `optimizer.lr=find`, `noise`
+    when measured, `target` when set; every other node always."""
+    node = cfg.get(key)
+    if key == "lr_find":
+        return OmegaConf.select(cfg, "optimizer.lr") == "find"
+    if key == "noise":
+        return bool(node.every or node.final)
+    if key == "target":
+        return node.val_loss is not None or node.val_acc is not None
+    return True
 
 
 def read_metrics(run_dir: Path) -> dict | None:

@@ -43,7 +43,7 @@ record_writer.masked_crc32c = masked_crc32c
 # the final metrics a run reports to HParams (network runs and surface runs)
 HPARAM_METRICS = (
     "best_val_acc", "best_val_loss", "test_acc", "epochs_run", "wall_time_s",
-    "final_loss", "final_distance", "rate_measured",
+    "final_loss", "final_distance", "rate_measured", "noise_b_simple", "steps_to_target",
 )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from optlab import curvature
+from optlab import curvature, noise
 from optlab.callbacks import Checkpoint, EarlyStopping, snapshot
 from optlab.init import distinct_units
 from optlab.logs import RunLog
@@ -55,6 +55,7 @@ class Run:
         self.stopper = EarlyStopping(**cfg.early_stopping) if watch else None
         self.epoch = self.step = self.seen = 0
         self.first_loss: float | None = None
+        self.reached: dict | None = None  # where the run first met `target`
         self.status, self.diverged_step = "running", None
         self.started = time.perf_counter()
         self.trained = self.waited = 0.0  # seconds trained and in all, before this process
@@ -79,6 +80,7 @@ class Run:
                 "history": tuple(self.history),  # rows are never changed: snapshot shares them
                 "checkpoint": self.checkpoint.state_dict(),
                 "stopper": self.stopper.state_dict() if self.stopper else None,
+                "reached": self.reached,
             },
         }
 
@@ -88,6 +90,7 @@ class Run:
         self.epoch, self.step, self.seen, self.first_loss = saved["epoch"], saved["step"], loop["seen"], loop["first_loss"]
         self.trained, self.waited = loop["train_time"], loop["wall_time"]
         self.history[:] = list(loop["history"])
+        self.reached = loop.get("reached")
         self.checkpoint.load_state_dict(loop["checkpoint"])
         if self.stopper:
             self.stopper.load_state_dict(loop["stopper"])
@@ -129,7 +132,13 @@ class Run:
             "examples": self.seen,
             "elapsed_s": self.train_time,
         }
+        measuring = time.perf_counter()
         self.log.epoch(row, self.diagnose(epoch, model, data, row["lr"]))
+        self.clock += time.perf_counter() - measuring  # measuring is not training: the train clock skips it
+        if self.reached is None and meets(self.cfg.target, row):
+            self.reached = {"steps_to_target": self.step, "examples_to_target": self.seen,
+                            "time_to_target": row["elapsed_s"], "epoch_to_target": epoch}
+            self.logger.info("reached the target at epoch %d (step %d, %d examples)", epoch, self.step, self.seen)
         improved = self.stopper.on_epoch_end(epoch, row) if self.stopper else None
         point = functools.cache(lambda: snapshot(self.state()))  # one copy serves both
         self.checkpoint.on_epoch_end(epoch, row, point, improved)
@@ -141,15 +150,27 @@ class Run:
             self.logger.info("early stopping at epoch %d: %s has not improved since epoch %d",
                              epoch, self.stopper.monitor, self.stopper.best_epoch)
             self.end("completed")
+        elif self.reached and self.cfg.target.stop:
+            self.end("completed")
         elif self.pruner is not None and self.pruner.should_prune(epoch, self.history):
             self.logger.info("pruned at epoch %d: the search stops this trial", epoch)
             self.end("pruned")
 
+    def to_target(self) -> dict:
+        """What metrics.json records of the target: where the run first met it (None each when
+        it never did); nothing when no target is set."""
+        if self.cfg.target.val_loss is None and self.cfg.target.val_acc is None:
+            return {}
+        return self.reached or dict.fromkeys(("steps_to_target", "examples_to_target", "time_to_target",
+                                              "epoch_to_target"))
+
     def diagnose(self, epoch: int, model: torch.nn.Module, data, lr: float) -> dict[str, float]:
-        """Per-epoch measurements of the weights: distinct units per layer, and curvature every
-        `curvature.every` epochs."""
+        """Per-epoch measurements of the weights: distinct units per layer, curvature every
+        `curvature.every` epochs and the gradient noise scale every `noise.every`."""
         units = distinct_units(model) if self.cfg.diagnostics else []
         extra = {f"init/distinct_units/layer{i}": u for i, u in enumerate(units, 1)}
+        if self.cfg.noise.every and epoch % self.cfg.noise.every == 0:
+            extra.update({f"noise/{k}": v for k, v in noise.measure(model, data, self.cfg.noise.samples).items()})
         if self.cfg.curvature.every and epoch % self.cfg.curvature.every == 0:
             measured = curvature.measure(model, curvature.subset_loss(model, data, self.cfg.curvature.samples),
                                          self.cfg.curvature, lr, exact=False)
@@ -161,3 +182,9 @@ class Run:
         if self.active:
             self.trained = self.train_time
             self.status = status
+
+
+def meets(target: DictConfig, row: dict) -> bool:
+    """Whether an epoch's row meets every target set (val_loss at or below, val_acc at or above)."""
+    set_ = {k: v for k, v in target.items() if k in ("val_loss", "val_acc") and v is not None}
+    return bool(set_) and all(row[k] <= v if k == "val_loss" else row[k] >= v for k, v in set_.items())

@@ -41,7 +41,7 @@ log = logging.getLogger("optlab")
 # optimizer and schedule, so these are per-member numbers. Everything else must be equal.
 MAY_DIFFER = ("seed", "init", "scheduler", "early_stopping", "optimizer.", "dropout", "l2",
               "weight_decay_mode", "diverge_threshold", "checkpoint_every_s", "rerun", "summary",
-              "curvature")
+              "curvature", "noise", "target")
 MUST_MATCH = ("optimizer._target_",)
 
 

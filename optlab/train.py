@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from optlab import data as dataset
-from optlab import curvature, jobs, lr_find, models, rng, schedules, sweep
+from optlab import curvature, jobs, lr_find, models, noise, rng, schedules, sweep
 from optlab.callbacks import StepProbe, snapshot, tested_checkpoint
 from optlab.config import ConfigError, UsageError, reason
 from optlab.files import atomic_write, load_checkpoint, load_yaml, write_json
@@ -228,6 +228,8 @@ def finish(run: Run, model: torch.nn.Module, data: dataset.Data, initial: dict, 
     measured = {}
     if cfg.curvature.final and history:  # on the weights that were tested
         measured = landscape(model, data, cfg, initial, last["lr"], run.dir, run.log.writer)
+    if cfg.noise.final and history:
+        measured.update({f"noise_{k}": v for k, v in noise.measure(model, data, cfg.noise.samples).items()})
     train_time = run.train_time
     metrics = {
         "status": run.status,
@@ -253,6 +255,7 @@ def finish(run: Run, model: torch.nn.Module, data: dataset.Data, initial: dict, 
         "epoch_time_s": train_time / max(run.epoch, 1),
         "train_samples_per_s": run.seen / train_time if train_time else nan,
         "config_hash": jobs.config_hash(run.asked),
+        **run.to_target(),
         **{k: v for k, v in measured.items() if isinstance(v, float)},
     }
     score = "R²" if data.task == "regression" else "acc"  # what `acc` means for this task
