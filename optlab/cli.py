@@ -275,6 +275,8 @@ def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:
     """The arguments that continue a run: its own overrides, the user's others, its folder
     (quoted for Hydra), and no rewrite of its `.hydra/` (see jobs.Guard). None when the run
     already completed (it says so; nothing changes)."""
+    from omegaconf import OmegaConf
+
     from optlab import jobs
     from optlab.config import UsageError
     from optlab.files import load_yaml
@@ -291,7 +293,7 @@ def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:
     if status in jobs.FINISHED:
         print(f"optlab train: {folder} already {status}: nothing to resume (metrics.json)")
         return None
-    saved = [str(o) for o in load_yaml(folder / ".hydra" / "overrides.yaml", "resume: ")]
+    saved = OmegaConf.to_container(load_yaml(folder / ".hydra" / "overrides.yaml", "resume: "))  # as typed: `${...}` unresolved
     jobs.current.resume = folder
     jobs.current.allow_changes = options.get("resume.allow_changes", "false").lower() == "true"
     own = [a for a in args if a not in resume]

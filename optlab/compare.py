@@ -8,7 +8,9 @@ that set it apart from the others. Written into the output folder:
 - `summary.csv` and `summary.md`: one row per configuration, best first by `summary.metric`;
 - `curves.png`: training and validation curves overlaid, against `summary.x`;
 - `<metric>_vs_<key>.png`: the ranking metric against each swept key;
-- `trajectories.png`: for surface runs, every path on one contour plot.
+- `trajectories.png`: for surface runs, every path on one contour plot;
+- `critical_batch.{json,png}`: for runs that reached a target at 3 or more batch sizes, the
+  critical batch size fitted to their steps and examples (optlab/critical.py).
 
 `SweepCallback` (conf/config.yaml, hydra.callbacks) writes it when a multirun ends.
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from optlab import critical
 from optlab.config import METRICS, flatten
 from optlab.files import atomic_write, write_csv
 
@@ -112,7 +115,7 @@ def find_runs(paths: list[Path]) -> list[Run]:
 def _load(path: Path) -> Run | None:
     try:
         metrics = json.loads((path / "metrics.json").read_text())
-        overrides = OmegaConf.load(path / ".hydra" / "overrides.yaml")
+        overrides = OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "overrides.yaml"))  # `${...}` as typed
         config = OmegaConf.load(path / ".hydra" / "config.yaml")
     except (OSError, ValueError):  # a half-made folder (no .hydra): not a run to compare
         return None
@@ -216,6 +219,7 @@ def summarize(paths: list[Path], out: Path, metric: str = "best_val_acc", x: str
     written += plot_curves(groups, out / "curves.png", x)
     written += [plot_metric(groups, metric, key, out / f"{metric}_vs_{key}.png") for key in swept]
     written += overlay_trajectories(groups, out)
+    written += critical.summarize(runs, out)
     print(f"summary written to {out}: " + ", ".join(p.name for p in written))
     return written
 
