@@ -391,6 +391,8 @@ def validate(cfg: DictConfig) -> None:
             and cfg.scheduler.interval == "step":
         raise ConfigError("scheduler.interval", "step", "epoch: ReduceLROnPlateau steps on the validation "
                           "loss, which is measured once an epoch")
+    if cfg.get("surface") is not None and cfg.optimizer.get("lr") == "find":
+        raise ConfigError("optimizer.lr", "find", "a number > 0 on a surface (the range test needs a network and data)")
     if cfg.lr_find.min_lr >= cfg.lr_find.max_lr:
         raise ConfigError("lr_find.max_lr", cfg.lr_find.max_lr, f"a number above lr_find.min_lr={cfg.lr_find.min_lr}")
     data = cfg.data

@@ -1,7 +1,9 @@
-"""Files that are never half-written: write to a temporary file, then rename into place."""
+"""Files that are never half-written (write to a temporary file, then rename into place), and a
+lock that processes sharing a folder take in turn."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -89,3 +91,16 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
     if not isinstance(saved, dict):
         raise UsageError(f"cannot load {path}: it holds a {type(saved).__name__}, not a checkpoint's dict")
     return saved
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """One process at a time in the block, across processes sharing `folder` (a lock file in it)."""
+    import fcntl
+
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

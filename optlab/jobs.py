@@ -41,11 +41,13 @@ CHECKPOINTS = ("last.pt", "best.pt", "init.pt")  # what a resumed run reads
 
 @dataclass
 class Command:
-    """What this `optlab train` command asked for beyond its config, and what came of its jobs."""
+    """What this command (`optlab train`, `tune`, `lr-find`) asked for beyond its config, and
+    what came of its jobs."""
 
     resume: Path | None = None  # `resume=<folder>`: the run to continue
     allow_changes: bool = False  # `resume.allow_changes=true`
     failed: list[str] = field(default_factory=list)  # sweep jobs that failed, by folder
+    search: list[str] = field(default_factory=list)  # `optlab tune`'s search expressions (optlab/space.py)
     planned: dict[str, str] = field(default_factory=dict)  # sweep job folder → `plan`'s word for it
     started: bool = False  # a job has begun: an error from now on is no composition error
 
@@ -66,6 +68,8 @@ def _used(cfg: DictConfig, key: str) -> bool:
     """Whether a feature's node matters to this run: `lr_find` with `optimizer.lr=find`, `noise`
     when measured, `target` when set; every other node always."""
     node = cfg.get(key)
+    if key in ("noise", "target") and node is None:
+        return False
     if key == "lr_find":
         return OmegaConf.select(cfg, "optimizer.lr") == "find"
     if key == "noise":
@@ -143,7 +147,9 @@ def archive(run_dir: Path) -> Path | None:
 def config_changes(saved: DictConfig, cfg: DictConfig) -> list[str]:
     """`key: old → new` for every value that differs between two configs."""
     ignore = ("rerun", "summary.metric", "summary.x", "vectorize.max_members")
-    old, new = (flatten(OmegaConf.to_container(c)) for c in (saved, cfg))
+    # a feature's node the run does not use (a run saved before the feature existed has none)
+    old, new = (flatten(OmegaConf.to_container(OmegaConf.masked_copy(c, [k for k in c if _used(c, k)])))
+                for c in (saved, cfg))
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignore)
     return [f"{k}: {old.get(k)} → {new.get(k)}" for k in keys]
 
@@ -214,9 +220,9 @@ def prepare_sweep(configs: list[DictConfig]) -> list[int]:
     return todo
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """One job, as `plan` says: the earlier record if finished, else train or resume it.
-    Returns its metrics."""
+def run(cfg: DictConfig, run_dir: Path, pruner=None) -> dict:
+    """One job, as `plan` says: the earlier record if finished, else train or resume it
+    (`pruner`: a search's, see optlab/tune.py). Returns its metrics."""
     from optlab.sweep import set_threads
 
     action = plan(run_dir, cfg)
@@ -229,7 +235,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         return run_surface(cfg, run_dir)
     from optlab.train import train
 
-    return train(cfg, run_dir, resume=action == "resume")
+    return train(cfg, run_dir, resume=action == "resume", pruner=pruner)
 
 
 def take_back(run_dir: Path, cfg: DictConfig, keep_fresh: bool = False) -> bool:

@@ -14,6 +14,7 @@ random streams, so `optimizer.lr=find` trains exactly as `optimizer.lr=<suggeste
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -30,6 +31,14 @@ from optlab.files import write_csv, write_json
 from optlab.naming import command
 
 log = logging.getLogger("optlab")
+
+
+# optimizers whose step the rate does not set
+UNSUITED = {
+    "torch.optim.LBFGS": "takes its step from a line search",
+    "optlab.optim.Newton": "takes its step from the Hessian",
+    "torch.optim.Rprop": "takes its first step from lr and adapts every later one by sign",
+}
 
 
 @dataclass
@@ -50,6 +59,10 @@ def range_test(cfg: DictConfig, data: dataset.Data, device: torch.device) -> Res
     from optlab.train import Single  # the run's own engine: same init, objective and step
 
     test = cfg.lr_find
+    target = cfg.optimizer._target_
+    if target in UNSUITED:
+        raise UsageError(f"lr_find: optimizer {target.rsplit('.', 1)[-1]} {UNSUITED[target]}: its loss does not "
+                         "follow the rate (the test suits sgd, momentum, nesterov and the adaptive methods)")
     quiet = OmegaConf.merge(cfg, {"diagnostics": False, "compile": False, "optimizer": {"lr": test.min_lr}})
     with rng.untouched():  # the run that follows draws from its streams as if no test had run
         engine = Single(quiet, data, device, rng.seed(cfg.seed))
@@ -82,13 +95,16 @@ def _sweep(engine, test: DictConfig) -> Result:
 
 
 def suggest(lrs: list[float], smoothed: list[float], blowup: float | None) -> float:
-    """The rate where the smoothed loss falls fastest against log(lr), before any blow-up."""
+    """The rate where the smoothed loss falls fastest against log(lr), before any blow-up and
+    past the first tenth of the steps (where the bias-corrected average still settles; Lightning
+    skips them too), so that the suggestion is not an end of the range by default."""
     end = len(lrs) - (blowup is not None)  # the blown-up point is no candidate
-    if end < 3:
+    start = min(len(lrs) // 10, max(end - 3, 0))
+    if end - start < 3:
         raise UsageError(f"lr_find: the loss blew up within {len(lrs)} steps of lr_find.min_lr={lrs[0]:.3g}; "
                          "lower lr_find.min_lr")
-    slope = np.gradient(np.asarray(smoothed[:end]), np.log(lrs[:end]))
-    return float(lrs[int(np.nanargmin(slope))])
+    slope = np.gradient(np.asarray(smoothed[start:end]), np.log(lrs[start:end]))
+    return float(lrs[start + int(np.nanargmin(slope))])
 
 
 def write(result: Result, cfg: DictConfig, run_dir: Path) -> None:
@@ -106,7 +122,7 @@ def write(result: Result, cfg: DictConfig, run_dir: Path) -> None:
                 writer.add_scalar(f"lr_find/{key}", row[key], row["step"])
 
 
-def plot(result: Result, path: Path) -> Path:
+def plot(result: Result, path: Path) -> None:
     """The smoothed loss (and the raw one, faint) against the rate, the suggestion marked."""
     from optlab.plots import pyplot, save_figure
 
@@ -122,18 +138,19 @@ def plot(result: Result, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     save_figure(fig, path)
-    return path
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """`optlab lr-find`: the test, its files, and the command that trains at the suggestion."""
+    from hydra.core.hydra_config import HydraConfig
+
     from optlab.train import resolve_device
 
+    if cfg.get("surface") is not None:
+        raise UsageError("surface=...: the range test needs a network and data (on a surface: optlab train)")
     device = resolve_device(cfg.device)
     result = range_test(cfg, dataset.load(cfg.data, device), device)
     write(result, cfg, run_dir)
-    from hydra.core.hydra_config import HydraConfig
-
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("optimizer.lr=", "lr_find."))]
     blew = f", blew up at {result.blowup_lr:.3g}" if result.blowup_lr else ", no blow-up up to lr_find.max_lr"
     log.info("suggested lr %.4g (steepest descent of the smoothed loss%s)", result.suggested_lr, blew)
@@ -147,8 +164,6 @@ def resolve(cfg: DictConfig, run_dir: Path, data: dataset.Data, device: torch.de
     `run_dir`; a resumed run reads its lr_find.json instead of testing again)."""
     found = run_dir / "lr_find.json"
     if resume and found.exists():
-        import json
-
         lr = json.loads(found.read_text())["suggested_lr"]
     else:
         result = range_test(cfg, data, device)

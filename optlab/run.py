@@ -152,7 +152,7 @@ class Run:
             self.end("completed")
         elif self.reached and self.cfg.target.stop:
             self.end("completed")
-        elif self.pruner is not None and self.pruner.should_prune(epoch, self.history):
+        elif self.pruner is not None and epoch < self.cfg.epochs and self.pruner.should_prune(epoch, self.history):
             self.logger.info("pruned at epoch %d: the search stops this trial", epoch)
             self.end("pruned")
 

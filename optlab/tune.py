@@ -1,34 +1,26 @@
 """`optlab tune`: search, not only grids. Optuna samples each trial's settings from a space
-written in Hydra's sweep grammar; every trial is an ordinary run, reported to the study after
-each epoch, so that a hopeless one is pruned in-process (no Hydra sweeper can: a launcher only
-hands back a trial's final value, Hydra #1954).
+(optlab/space.py); every trial is an ordinary run that reports to the study after each epoch, so
+a hopeless one is pruned in-process (no Hydra sweeper can: a launcher only hands back a trial's
+final value, Hydra #1954).
 
-- The space: `key=choice(a,b)`, `key=interval(low,high)`, `key=range(start,stop,step)`, with
-  `tag(log, ...)` for a log scale and `tag(int, interval(...))` for integers, on the command
-  line or in a `conf/search/<name>.yaml` preset (`tune.params`). Checked whole, against the
-  config, before any trial trains (`StudyGuard`).
 - The study lives in `<tune.dir>/study.journal` (Optuna's JournalStorage). Trials are counted
   and asked for under a file lock, so several processes on one folder share the study and stop
-  at `tune.trials` together; running the command again goes on where it stopped.
-- Trial k trains in `<tune.dir>/<k>_<its settings>/` through Hydra's own `run_job` (its
-  `.hydra/`, `train.log`), with `optlab train`'s files; a pruned one ends `status: pruned`.
+  at `tune.trials` together; the same command again goes on where the study stopped.
+- Trial k trains in `<tune.dir>/<k>_<its settings>/` through Hydra's own `run_job` (`.hydra/`,
+  `train.log`) and `jobs.run`, as a sweep's job does; a pruned one ends `status: pruned`.
 - At the end: the sweep summary, the best trial as an `optlab train` command
   (`best_trial.json`), and Optuna's plots (`optuna_*.png`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import itertools
-import json
 import logging
 import math
 import os
 import random
 import socket
 import warnings
-from dataclasses import dataclass
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -36,110 +28,28 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from optlab import jobs
-from optlab.config import ConfigError, UsageError, describe, validate
-from optlab.files import write_json
+from optlab import jobs, space
+from optlab.config import ConfigError, UsageError, validate
+from optlab.files import locked, write_json
 from optlab.naming import command, overrides_name, relative
 
 log = logging.getLogger("optlab")
 
 JOURNAL = "study.journal"
-SEARCH = "choice(a,b), interval(low,high), range(start,stop,step), tag(log, interval(low,high)), tag(int, ...)"
+# a searched metric as it stands after some epochs: the history column and how it is reduced
+SO_FAR = {"best_val_acc": ("val_acc", max), "best_val_loss": ("val_loss", min), "final_val_acc": ("val_acc", None),
+          "final_val_loss": ("val_loss", None), "final_train_acc": ("train_acc", None),
+          "final_train_loss": ("train_loss", None)}
 
 
-@dataclass
-class Param:
-    """One searched key: its distribution, and the values a check composes (its ends, or every choice)."""
-
-    key: str
-    text: str  # as written: `tag(log, interval(1e-4, 1))`
-    distribution: object  # an optuna.distributions object
-    probes: list
-
-    def override(self, value) -> str:
-        return f"{self.key}={value!r}" if isinstance(value, float) else f"{self.key}={value}"
-
-    def name(self, value) -> str:
-        """`key=value` for a folder name: floats to 4 significant digits."""
-        return f"{self.key}={value:.4g}" if isinstance(value, float) else f"{self.key}={value}"
-
-
-def split_search(args: list[str]) -> tuple[list[str], list[str]]:
-    """(plain overrides and flags, search expressions): Hydra would read `choice(...)` as a sweep."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
-    plain, search = [], []
-    for arg in args:
-        try:
-            is_search = not arg.startswith("-") and parser.parse_override(arg).is_sweep_override()
-        except HydraException:  # Hydra reports it, in its own words
-            is_search = False
-        (search if is_search else plain).append(arg)
-    return plain, search
-
-
-def space(cfg: DictConfig) -> dict[str, str]:
+def entries(cfg: DictConfig) -> dict[str, str]:
     """key → search expression: the preset's `tune.params`, then the command line's."""
-    entries = dict(OmegaConf.to_container(cfg.tune.params))
-    entries.update(arg.split("=", 1) for arg in jobs.current.search)
-    if not entries:
+    found = dict(OmegaConf.to_container(cfg.tune.params))
+    found.update(arg.split("=", 1) for arg in jobs.current.search)
+    if not found:
         raise UsageError(f"nothing to search: give keys like optimizer.lr='tag(log,interval(1e-4,1))' or "
-                         f"search=<preset> (allowed: {SEARCH})")
-    return entries
-
-
-def parse(entries: dict[str, str]) -> list[Param]:
-    """The search space as Optuna distributions; a malformed entry is the user's to fix."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    parser = OverridesParser.create()
-    params = []
-    for key, text in entries.items():
-        try:
-            override = parser.parse_override(f"{key}={text}")
-        except HydraException as error:
-            raise ConfigError(key, text, SEARCH, "cannot parse the search expression for") from error
-        value = override.value()
-        if not override.is_sweep_override():
-            raise ConfigError(key, text, SEARCH, "not a search expression for")
-        if override.is_interval_sweep():
-            low, high, tags = value.start, value.end, value.tags
-            if not low < high:
-                raise ConfigError(key, text, "interval(low, high) with low < high", "reversed interval for")
-            if "log" in tags and low <= 0:
-                raise ConfigError(key, text, "a log interval with 0 < low < high", "log scale through 0 for")
-            if "int" in tags:
-                if low != int(low) or high != int(high):
-                    raise ConfigError(key, text, "integer ends with tag(int, ...)")
-                params.append(Param(key, text, IntDistribution(int(low), int(high), log="log" in tags),
-                                    [int(low), int(high)]))
-            else:
-                params.append(Param(key, text, FloatDistribution(low, high, log="log" in tags), [low, high]))
-        else:
-            choices = list(override.sweep_string_iterator())
-            params.append(Param(key, text, CategoricalDistribution(choices), choices))
-    return params
-
-
-def check(params: list[Param], base: list[str]) -> None:
-    """Compose and validate the config at every choice and both ends of every interval (the
-    other keys at their first value): an unknown key, an unknown option or a value out of range
-    ends the command before any trial trains."""
-    from hydra import compose
-
-    for param in params:
-        for probe in param.probes:
-            overrides = [*base, *(p.override(probe if p is param else p.probes[0]) for p in params)]
-            try:
-                validate(compose("config", overrides))
-            except UsageError as error:
-                raise UsageError(f"search space: {param.key}={param.text}: {error}") from None
-            except Exception as error:  # Hydra's composition: an unknown key or option
-                raise UsageError(f"search space: {param.key}={param.text}: {describe(error, overrides)}") from None
+                         f"search=<preset> (allowed: {space.GRAMMAR})")
+    return found
 
 
 def base_overrides() -> list[str]:
@@ -155,29 +65,41 @@ def direction(cfg: DictConfig) -> str:
     return "minimize" if cfg.tune.metric in MINIMIZED else "maximize"
 
 
-def describe_study(cfg: DictConfig, entries: dict[str, str]) -> dict:
-    """What a study is of: a folder holds one, and a different command must not join it."""
-    return {"metric": cfg.tune.metric, "direction": direction(cfg), "space": entries, "base": base_overrides()}
+def identity(cfg: DictConfig, params: list[space.Param]) -> dict:
+    """What a study is of: a folder holds one, and another search must not join it."""
+    return {"metric": cfg.tune.metric, "direction": direction(cfg), "space": space.described(params),
+            "overrides": sorted(base_overrides())}
+
+
+def same_study(held: dict | None, cfg: DictConfig, params: list[space.Param]) -> None:
+    mine = identity(cfg, params)
+    if held is not None and held != mine:
+        differs = "; ".join(f"{k}: {held.get(k)} here, {mine[k]} now" for k in mine if held.get(k) != mine[k])
+        raise UsageError(f"tune.dir={cfg.tune.dir} holds another study ({differs}); give another tune.dir")
 
 
 class StudyGuard(Callback):
-    """Hydra callback (conf/tune.yaml): the search space and the config are checked, and a
-    study already in `tune.dir` must be the same study, before Hydra writes into the folder."""
+    """Hydra callback (conf/tune.yaml): the config, the search space and the study folder are
+    checked before Hydra writes into the folder."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
             with jobs.as_job(config):
                 validate(config)
-                entries = space(config)
-                params = parse(entries)
-                if config.tune.sampler == "grid" and any(not hasattr(p.distribution, "choices") for p in params):
-                    loose = next(p for p in params if not hasattr(p.distribution, "choices"))
-                    raise ConfigError("tune.sampler", "grid", f"tpe, random or cmaes: {loose.key}={loose.text} "
-                                      "is not a list of values (use choice(...) or range(...) for a grid)")
-                check(params, base_overrides())
-                existing = Path(config.tune.dir) / JOURNAL
-                if existing.exists():  # `run` checks again under the lock: another process may be making it
-                    same_study(_held(existing), config, entries)
+                params = space.parse(entries(config))
+                if config.tune.sampler == "grid":
+                    loose = [p for p in params if not hasattr(p.distribution, "choices") and
+                             getattr(p.distribution, "step", None) is None]
+                    if loose:
+                        raise ConfigError("tune.sampler", "grid", f"tpe, random or cmaes: {loose[0].key}="
+                                          f"{loose[0].text} is not a list of values (grid: choice or range)")
+                space.check(params, base_overrides())
+                folder = Path(config.tune.dir)
+                if (folder / JOURNAL).exists():  # `run` checks again under the lock
+                    same_study(_held(folder / JOURNAL), config, params)
+                elif folder.is_dir() and any(folder.iterdir()):
+                    raise UsageError(f"tune.dir={config.tune.dir} holds other files and no study; give a new "
+                                     "or empty folder")
         except Exception as error:  # Hydra would only warn, and run the job unchecked
             raise jobs.Refused(error) from error
 
@@ -188,16 +110,12 @@ def _held(journal: Path) -> dict | None:
         return load(journal).user_attrs.get("study")
     except KeyError:  # the journal holds no study yet
         return None
-
-
-def same_study(held: dict | None, cfg: DictConfig, entries: dict[str, str]) -> None:
-    if held is not None and held != describe_study(cfg, entries):
-        raise UsageError(f"tune.dir={cfg.tune.dir} holds another study ({json.dumps(held)}); "
-                         "give a new tune.dir, or that study's command")
+    except Exception as error:  # not a journal Optuna can read
+        raise UsageError(f"tune.dir: cannot read the study in {journal}: {type(error).__name__}: {error}") from None
 
 
 def load(journal: Path, direction: str | None = None):
-    """The study in `journal`: made there with `direction` if there is none yet."""
+    """The study in `journal`; made there with `direction` if there is none yet."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -210,7 +128,7 @@ def load(journal: Path, direction: str | None = None):
 
 
 def sampler(name: str, seed: int):
-    """The study's sampler; `grid` is served from the queue (`grid`), so any sampler would do."""
+    """The study's sampler; `grid` is served from the queue (`queue_grid`): any sampler would do."""
     import optuna
 
     if name == "cmaes":
@@ -220,13 +138,20 @@ def sampler(name: str, seed: int):
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)  # constant_liar: parallel workers spread out
 
 
-def grid(params: list[Param], seed: int) -> list[dict]:
-    """Every combination of the choices, in a seeded order. Optuna's GridSampler stops its study
-    from inside `tell`, which only works within `study.optimize`; these are queued instead."""
-    points = [dict(zip([p.key for p in params], values))
-              for values in itertools.product(*(p.distribution.choices for p in params))]
+def queue_grid(study, params: list[space.Param], seed: int) -> int:
+    """Queue every point of the grid no trial has yet, in a seeded order; returns the grid's size.
+    Optuna's GridSampler stops its study from inside `tell`, which only works within
+    `study.optimize`; optlab asks and tells itself."""
+    import itertools
+
+    points = [dict(zip([p.key for p in params], values)) for values in itertools.product(*(p.grid() for p in params))]
+    taken = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False) if counted(t)
+             or t.state.name == "WAITING"]
     random.Random(seed).shuffle(points)
-    return points
+    for point in points:
+        if point not in taken:
+            study.enqueue_trial(point)
+    return len(points)
 
 
 def pruner(name: str, epochs: int):
@@ -247,56 +172,40 @@ class Pruning:
         self.trial, self.metric = trial, metric
 
     def should_prune(self, epoch: int, history: list[dict]) -> bool:
-        self.trial.report(value_so_far(self.metric, history), epoch)
+        column, best = SO_FAR[self.metric]
+        values = [row[column] for row in history]
+        self.trial.report(best(values) if best else values[-1], epoch)
         return self.trial.should_prune()
 
 
-def value_so_far(metric: str, history: list[dict]) -> float:
-    """`metric` (one of config.TUNE_METRICS) as it stands after the epochs in `history`."""
-    column = metric.removeprefix("best_").removeprefix("final_")
-    values = [row[column] for row in history]
-    if metric.startswith("final_"):
-        return values[-1]
-    return min(values) if "loss" in metric else max(values)
-
-
-@contextlib.contextmanager
-def locked(folder: Path):
-    """One process at a time counts and asks for trials in `folder`."""
-    with open(folder / "study.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def counted(trial) -> bool:
-    """A trial that used up its share of `tune.trials`: finished, pruned, running, or failed on
-    its own (not queued, interrupted, nor left by a process that died)."""
-    from optuna.trial import TrialState
-
-    if trial.state == TrialState.FAIL:
-        return trial.user_attrs.get("failed", False)
-    return trial.state != TrialState.WAITING
+    """A trial that used up its share of `tune.trials`: finished, pruned, running, or one that
+    diverged before it had a value (not queued, nor interrupted, failed, or left by a dead process)."""
+    if trial.state.name == "FAIL":
+        return trial.user_attrs.get("diverged", False)
+    return trial.state.name != "WAITING"
 
 
 def next_trial(study, distributions: dict, trials: int):
     """A new trial if the study has fewer than `trials`, else None. Trials left running by a
-    process of this machine that is gone (killed) fail first, so that they are run again."""
-    from optuna.trial import TrialState
-
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    process of this machine that is gone (killed) fail first, and their settings are queued."""
+    for stale in study.get_trials(deepcopy=False, states=(_state("RUNNING"),)):
         attrs = stale.user_attrs
         if attrs.get("host") == socket.gethostname() and not _alive(attrs.get("pid", 0)):
-            study.tell(stale.number, state=TrialState.FAIL)
-            study.enqueue_trial(stale.params, user_attrs={"run": attrs.get("run")})  # its folder gets its run
+            study.tell(stale.number, state=_state("FAIL"))
+            study.enqueue_trial(stale.params, user_attrs={"run": attrs.get("run")})
     if sum(map(counted, study.get_trials(deepcopy=False))) >= trials:
         return None
     trial = study.ask(distributions)
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
     return trial
+
+
+def _state(name: str):
+    from optuna.trial import TrialState
+
+    return TrialState[name]
 
 
 def _alive(pid: int) -> bool:
@@ -311,28 +220,22 @@ def _alive(pid: int) -> bool:
 
 def run(cfg: DictConfig, study_dir: Path) -> dict:
     """The study: trials until `tune.trials` are done (by this process or others), then the summary."""
-    from optuna.trial import TrialState
-
-    entries = space(cfg)
-    params = parse(entries)
+    params = space.parse(entries(cfg))
+    trials = cfg.tune.trials
     with locked(study_dir):  # one process makes the study; the others load it
         study = load(study_dir / JOURNAL, direction(cfg))
-        same_study(study.user_attrs.get("study"), cfg, entries)
-        if "study" not in study.user_attrs:  # a new study
-            study.set_user_attr("study", describe_study(cfg, entries))
-            for point in grid(params, cfg.tune.seed) if cfg.tune.sampler == "grid" else []:
-                study.enqueue_trial(point)
+        same_study(study.user_attrs.get("study"), cfg, params)
+        study.set_user_attr("study", identity(cfg, params))
         worker = study.user_attrs.get("workers", 0)  # each process its own seed: workers spread out
         study.set_user_attr("workers", worker + 1)
+        if cfg.tune.sampler == "grid":
+            trials = min(trials, queue_grid(study, params, cfg.tune.seed))
     study.sampler = sampler(cfg.tune.sampler, cfg.tune.seed + worker)
     study.pruner = pruner(cfg.tune.pruner, cfg.epochs)
-    trials = cfg.tune.trials
-    if cfg.tune.sampler == "grid":
-        trials = min(trials, math.prod(len(p.distribution.choices) for p in params))
     distributions = {p.key: p.distribution for p in params}
     own = HydraConfig.instance().cfg  # the tune command's: each trial's run_job sets its own
-    log.info("study %s: %s %s by %s, up to %d trials (%s sampler, %s pruner)", relative(study_dir),
-             study.direction.name.lower(), cfg.tune.metric, ", ".join(f"{k}={v}" for k, v in entries.items()),
+    log.info("study %s: %s %s over %s, up to %d trials (%s sampler, %s pruner)", relative(study_dir),
+             study.direction.name.lower(), cfg.tune.metric, " ".join(p.override(p.text) for p in params),
              trials, cfg.tune.sampler, cfg.tune.pruner)
     while True:
         with locked(study_dir):
@@ -340,73 +243,64 @@ def run(cfg: DictConfig, study_dir: Path) -> dict:
         if trial is None:
             break
         try:
-            outcome = run_trial(trial, params, cfg, study_dir)
+            metrics = run_trial(trial, params, cfg, study_dir)
         finally:
             restore(own)
-        if outcome == "interrupted":
-            return {"status": "interrupted", "interrupted_by": "SIGINT"}
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return finish(study, cfg, study_dir, params) if done else {"status": "completed", "trials": 0}
+        value = metrics.get(cfg.tune.metric)
+        log.info("trial %d: %s, %s %s", trial.number, metrics["status"], cfg.tune.metric,
+                 f"{value:.4f}" if isinstance(value, float) else value)
+        if metrics["status"] == "interrupted":
+            return metrics
+    if not study.get_trials(deepcopy=False, states=(_state("COMPLETE"),)):
+        log.info("no trial of the study has finished with a %s yet: nothing to summarize", cfg.tune.metric)
+        return {"status": "completed"}
+    return finish(study, cfg, study_dir, params)
 
 
-def run_trial(trial, params: list[Param], cfg: DictConfig, study_dir: Path) -> str:
-    """Train one trial in its own folder through Hydra's run_job; tell the study how it went."""
+def run_trial(trial, params: list[space.Param], cfg: DictConfig, study_dir: Path) -> dict:
+    """Train one trial in its folder, as a sweep's job trains (Hydra's run_job, then
+    `jobs.run`), and tell the study how it went. A failed trial stops the study: a user's
+    mistake there would fail every trial alike."""
     from hydra import compose
+    from hydra._internal.callbacks import Callbacks
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.utils import JobStatus, run_job
     from hydra.types import HydraContext
-    from hydra._internal.callbacks import Callbacks
-    from optuna.trial import TrialState
 
     chosen = [(p, trial.params[p.key]) for p in params]
     # a trial queued again after an interruption goes on in its own folder
     name = trial.user_attrs.get("run") or f"{trial.number:03d}_{overrides_name([p.name(v) for p, v in chosen])}"
     trial.set_user_attr("run", name)
-    overrides = [*base_overrides(), *(p.override(v) for p, v in chosen)]
-    job = compose("config", overrides, return_hydra_config=True)
+    job = compose("config", [*base_overrides(), *(p.override(v) for p, v in chosen)], return_hydra_config=True)
     with read_write(job.hydra), open_dict(job.hydra):
         job.hydra.sweep.dir, job.hydra.sweep.subdir, job.hydra.job.name = str(study_dir), name, "train"
         job.hydra.job.num, job.hydra.job.id = trial.number, f"trial_{trial.number}"
     folder, task = study_dir / name, OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
     action = jobs.prepare(folder, task)  # `resume` after an interruption; else an earlier attempt is moved aside
-    context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks())
     log.info("trial %d: %s%s", trial.number, " ".join(p.name(v) for p, v in chosen),
              f" (resumes {name})" * (action == "resume"))
-    result = run_job(partial(_train, Pruning(trial, cfg.tune.metric), action == "resume"), job,
+    context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks())
+    result = run_job(lambda c: jobs.run(c, folder, pruner=Pruning(trial, cfg.tune.metric)), job,
                      "hydra.sweep.dir", "hydra.sweep.subdir", context)
     if result.status == JobStatus.FAILED:
-        jobs.failed(folder, task, result._return_value, in_sweep=True)
-        jobs.current.failed.append(str(folder))
-        trial.set_user_attr("failed", True)
-        study_tell(trial, TrialState.FAIL)
-        return "failed"
-    metrics = result.return_value
-    value = metrics.get(cfg.tune.metric)
+        trial.study.tell(trial, state=_state("FAIL"))  # not counted: fixed, the same command trains it
+        trial.study.enqueue_trial(trial.params, user_attrs={"run": name})
+        mistake = jobs.failed(folder, task, result._return_value, in_sweep=False)
+        if mistake is not None:
+            raise UsageError(f"trial {trial.number}: {mistake}")
+        raise result._return_value
+    metrics, value = result.return_value, result.return_value.get(cfg.tune.metric)
     if metrics["status"] == "pruned":
-        study_tell(trial, TrialState.PRUNED)
-    elif metrics["status"] == "interrupted":
-        study_tell(trial, TrialState.FAIL)  # not counted: the next command resumes these settings
+        trial.study.tell(trial, state=_state("PRUNED"))
+    elif metrics["status"] == "interrupted":  # not counted: the next command resumes it in its folder
+        trial.study.tell(trial, state=_state("FAIL"))
         trial.study.enqueue_trial(trial.params, user_attrs={"run": name})
     elif isinstance(value, (int, float)) and math.isfinite(value):
-        study_tell(trial, TrialState.COMPLETE, value)
+        trial.study.tell(trial, value)
     else:  # diverged before its first epoch ended: nothing to compare; the study goes on
-        trial.set_user_attr("failed", True)
-        study_tell(trial, TrialState.FAIL)
-    log.info("trial %d: %s, %s %s", trial.number, metrics["status"], cfg.tune.metric,
-             f"{value:.4f}" if isinstance(value, float) else value)
-    return metrics["status"]
-
-
-def study_tell(trial, state, value: float | None = None) -> None:
-    trial.study.tell(trial, value, state=state)
-
-
-def _train(pruning: Pruning, resume: bool, cfg: DictConfig) -> dict:
-    """A trial's job, inside run_job: an ordinary run that reports to the study."""
-    from optlab.train import train
-
-    validate(cfg)
-    return train(cfg, Path(HydraConfig.get().runtime.output_dir), resume=resume, pruner=pruning)
+        trial.set_user_attr("diverged", True)
+        trial.study.tell(trial, state=_state("FAIL"))
+    return metrics
 
 
 def restore(own: DictConfig) -> None:
@@ -417,16 +311,17 @@ def restore(own: DictConfig) -> None:
     configure_log(own.hydra.job_logging, own.hydra.verbose)
 
 
-def finish(study, cfg: DictConfig, study_dir: Path, params: list[Param]) -> dict:
+def finish(study, cfg: DictConfig, study_dir: Path, params: list[space.Param]) -> dict:
     """The summary of every trial, the best as a command to paste, and Optuna's plots."""
     from optlab.compare import summarize
 
     summarize([study_dir], study_dir, cfg.tune.metric, cfg.summary.x)
     best = study.best_trial
     overrides = [*base_overrides(), *(p.override(best.params[p.key]) for p in params)]
+    states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
     record = {"number": best.number, cfg.tune.metric: best.value, "params": best.params,
               "run": str(relative(study_dir / best.user_attrs["run"])), "command": command("optlab", "train", *overrides),
-              "trials": {state.name.lower(): n for state, n in _states(study).items()}}
+              "trials": dict(states)}
     write_json(study_dir / "best_trial.json", record)
     plots = optuna_plots(study, study_dir)
     log.info("best: trial %d, %s %.4f (%s)", best.number, cfg.tune.metric, best.value, record["run"])
@@ -434,13 +329,6 @@ def finish(study, cfg: DictConfig, study_dir: Path, params: list[Param]) -> dict
     log.info("written: best_trial.json, %s; the study: optuna-dashboard %s", ", ".join(p.name for p in plots),
              command(relative(study_dir / JOURNAL)))
     return {"status": "completed", **record}
-
-
-def _states(study) -> dict:
-    counts: dict = {}
-    for trial in study.get_trials(deepcopy=False):
-        counts[trial.state] = counts.get(trial.state, 0) + 1
-    return counts
 
 
 def optuna_plots(study, out: Path) -> list[Path]:
@@ -465,3 +353,4 @@ def optuna_plots(study, out: Path) -> list[Path]:
         save_figure(figure, out / f"optuna_{name}.png")
         written.append(out / f"optuna_{name}.png")
     return written
+

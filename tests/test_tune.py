@@ -150,7 +150,7 @@ def test_ctrl_c_stops_the_study_and_the_same_command_resumes_the_trial_in_its_fo
     wait_for_epoch(folder / "000_*", 2, process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130 and "interrupted; the same command goes on" in err
+    assert process.returncode == 130 and "interrupted; go on with: optlab tune" in err and "tune.dir=" in err
     (run,) = trial_folders(folder)
     stopped = metrics(run)
     assert stopped["status"] == "interrupted" and stopped["epochs_run"] < 40
