@@ -307,7 +307,8 @@ def _help(config_name: str, overrides: list[str]) -> str:
 
     with initialize_config_module("optlab.conf", version_base="1.3"):
         cfg = compose(config_name, overrides, return_hydra_config=True)
-    groups = "".join(f"{group}: {', '.join(config.options(group))}\n" for group in config.option_groups())
+    shown = [g for g in config.option_groups() if g != "search" or config_name == "tune"]  # tune's presets
+    groups = "".join(f"{group}: {', '.join(config.options(group))}\n" for group in shown)
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     return string.Template(cfg.hydra.help.template).substitute(
         APP_CONFIG_GROUPS=groups, CONFIG=OmegaConf.to_yaml(task), HYDRA_CONFIG_GROUPS="", FLAGS_HELP="")

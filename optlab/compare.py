@@ -281,7 +281,7 @@ def plot_metric(groups: list[Group], metric: str, key: str, path: Path) -> Path:
     from optlab.plots import pyplot, save_figure
 
     plt = pyplot()
-    values = sorted({g.params.get(key) for g in groups if key in g.params}, key=_sort_key)
+    values = sorted({g.params.get(key) for g in groups if key in g.params}, key=sort_key)
     numeric = all(isinstance(_number(v), float) for v in values)
     lines: dict[str, list[Group]] = {}
     for g in groups:
@@ -290,7 +290,7 @@ def plot_metric(groups: list[Group], metric: str, key: str, path: Path) -> Path:
             lines.setdefault(rest, []).append(g)
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for rest, members in lines.items():
-        members = sorted(members, key=lambda g: _sort_key(g.params[key]))
+        members = sorted(members, key=lambda g: sort_key(g.params[key]))
         points = [(g.params[key], g.mean(metric), g.std(metric)) for g in members if g.mean(metric) is not None]
         if not points:
             continue
@@ -350,6 +350,7 @@ def _number(text):
     return number if abs(number) < 1e30 else math.nan
 
 
-def _sort_key(value):
+def sort_key(value):
+    """Numbers by value before text: 8, 16, 128, full."""
     number = _number(value)
     return (0, number, "") if isinstance(number, float) else (1, 0.0, str(value))

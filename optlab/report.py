@@ -26,7 +26,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from optlab.compare import Run, find_runs, group_runs
+from optlab.compare import Run, find_runs, group_runs, sort_key
 from optlab.config import UsageError
 from optlab.files import atomic_write, write_json
 
@@ -155,7 +155,8 @@ def figure(finding: Finding, runs: list[Run], path: Path) -> Path:
     from optlab.plots import pyplot, save_figure
 
     claim = finding.claim
-    groups = [g for g in group_runs(runs) if any(value(r, claim.metric) is not None for r in g.runs)]
+    groups = sorted((g for g in group_runs(runs) if any(value(r, claim.metric) is not None for r in g.runs)),
+                    key=lambda g: [sort_key(v) for v in g.params.values()])  # 8, 16, ..., full
     chosen = {id(r): colour for side, colour in ((claim.better, "tab:green"), (claim.than, "tab:red"))
               for r in picked(runs, side)}
     fig, ax = pyplot().subplots(figsize=(max(5.0, 0.55 * len(groups) + 2), 3.6), layout="constrained")

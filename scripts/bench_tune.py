@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -36,8 +37,9 @@ def search(folder: Path, epochs: int, *settings: str) -> dict:
     seconds = time.perf_counter() - started
     trials = [json.loads(p.read_text()) for p in folder.glob("*/metrics.json")]
     return {"trials": len(trials), "pruned": sum(t["status"] == "pruned" for t in trials),
-            "epochs": sum(t["epochs_run"] for t in trials),
-            "best": max(t["best_val_acc"] for t in trials if t["best_val_acc"] == t["best_val_acc"]),
+            "epochs": sum(t.get("epochs_run", 0) for t in trials),
+            "best": max(t["best_val_acc"] for t in trials  # failed or diverged trials have none
+                        if isinstance(t.get("best_val_acc"), float) and not math.isnan(t["best_val_acc"])),
             "seconds": seconds}
 
 
