@@ -32,7 +32,7 @@ from optlab.files import atomic_write, write_json
 
 log = logging.getLogger("optlab")
 
-VERDICTS = ("shown", "not shown on this data", "opposite")
+VERDICTS = ("shown", "not shown on this data", "opposite", "not run")
 
 
 @dataclass
@@ -55,6 +55,8 @@ class Finding:
     @property
     def verdict(self) -> str:
         """Shown when the whole interval lies on the claimed side of 0, opposite when on the other."""
+        if self.data == "not run":
+            return "not run"
         sign = 1 if self.claim.direction == "higher" else -1
         if sign * self.low > 0 and sign * self.high > 0:
             return "shown"
@@ -73,6 +75,9 @@ def run_experiments(spec: DictConfig, out: Path) -> list[str]:
 
     failed = []
     for name in progress(list(spec.experiments), desc="experiments", unit="preset"):
+        if missing(spec.experiments[name]):
+            log.info("%s: not run: needs %s", name, missing(spec.experiments[name]))
+            continue
         folder = out / "runs" / name
         marker, preset = folder / ".report.json", _fingerprint(name)
         if marker.exists() and json.loads(marker.read_text()).get("preset") == preset:
@@ -90,6 +95,14 @@ def run_experiments(spec: DictConfig, out: Path) -> list[str]:
         else:
             failed.append(name)
     return failed
+
+
+def missing(experiment: DictConfig) -> str | None:
+    """What an experiment needs that is not installed (`pip install -e ".[mnist5k]"`), if anything."""
+    import importlib.util
+
+    need = experiment.get("needs")
+    return f'{need} (pip install -e ".[mnist5k]")' if need and importlib.util.find_spec(need) is None else None
 
 
 def _fingerprint(name: str) -> str:
@@ -176,6 +189,8 @@ def figure(finding: Finding, runs: list[Run], path: Path) -> Path:
 
 
 def effect_text(f: Finding) -> str:
+    if f.verdict == "not run":
+        return f.note
     if not (f.better and f.than):
         return "no value"
     bounds = "" if f.low == f.high else f" [{f.low:+.4g}, {f.high:+.4g}]"
@@ -183,11 +198,16 @@ def effect_text(f: Finding) -> str:
     return f"Δ {f.claim.metric} = {f.effect:+.4g}{bounds} ({means}; {f.note})"
 
 
-def markdown(findings: list[Finding], figures: dict[int, list[Path]], minutes: float) -> str:
+def tally(findings: list[Finding]) -> str:
+    """`20 claims: 15 shown, 5 not shown on this data, 0 opposite` (and any not run)."""
     counts = {v: sum(f.verdict == v for f in findings) for v in VERDICTS}
+    parts = [f"{counts[v]} {v}" for v in VERDICTS if v != "not run" or counts[v]]
+    return f"{len(findings)} claims: " + ", ".join(parts)
+
+
+def markdown(findings: list[Finding], figures: dict[int, list[Path]], minutes: float) -> str:
     lines = ["# The recitation, reproduced", "",
-             f"{len(findings)} claims: {counts['shown']} shown, {counts['not shown on this data']} not shown on "
-             f"this data, {counts['opposite']} opposite. Every number comes from the runs under `runs/` "
+             f"{tally(findings)}. Every number comes from the runs under `runs/` "
              f"({minutes:.1f} min of experiments on this machine); effects are the difference of the two "
              "configurations' means over seeds with a 95% interval.", "",
              "| slide | claim | data | effect (95% interval) | verdict |", "| --- | --- | --- | --- | --- |"]
@@ -216,7 +236,6 @@ def page(findings: list[Finding], figures: dict[int, list[Path]], minutes: float
     def inline(path):
         return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
 
-    counts = {v: sum(f.verdict == v for f in findings) for v in VERDICTS}
     rows = "".join(f"<tr><td>{html.escape(f.slide)}</td><td>{html.escape(f.claim.claim)}</td><td>{f.data}</td>"
                    f"<td>{html.escape(effect_text(f))}</td><td>{badge(f)}</td></tr>" for f in findings)
     sections, slide = [], None
@@ -228,9 +247,8 @@ def page(findings: list[Finding], figures: dict[int, list[Path]], minutes: float
         sections.append(f"<h3>{html.escape(f.claim.claim)}</h3>{''.join(inline(p) for p in figures[i])}"
                         f"<p>{html.escape(effect_text(f))}: {badge(f)}</p>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>optlab report</title><style>{CSS}</style>"
-            f"</head><body><h1>The recitation, reproduced</h1><p>{len(findings)} claims: {counts['shown']} shown, "
-            f"{counts['not shown on this data']} not shown on this data, {counts['opposite']} opposite "
-            f"({minutes:.1f} min of experiments). Effects: difference of means over seeds, 95% interval.</p>"
+            f"</head><body><h1>The recitation, reproduced</h1><p>{tally(findings)} ({minutes:.1f} min of "
+            "experiments). Effects: difference of means over seeds, 95% interval.</p>"
             f"<table><tr><th>slide</th><th>claim</th><th>data</th><th>effect</th><th>verdict</th></tr>{rows}</table>"
             f"{''.join(sections)}</body></html>\n")
 
@@ -242,12 +260,18 @@ def report(out: Path) -> list[Finding]:
     if failed:
         raise UsageError(f"report: experiment{'s' * (len(failed) > 1)} {', '.join(failed)} failed: "
                          f"see {out / 'runs'}/<name>.log; run the same command again to go on")
-    minutes = sum(json.loads((out / "runs" / n / ".report.json").read_text())["seconds"] for n in plan.experiments) / 60
-    runs = {name: find_runs([out / "runs" / name]) for name in plan.experiments}
+    ran = [n for n in plan.experiments if not missing(plan.experiments[n])]
+    minutes = sum(json.loads((out / "runs" / n / ".report.json").read_text())["seconds"] for n in ran) / 60
+    runs = {name: find_runs([out / "runs" / name]) for name in ran}
     findings, figures = [], {}
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for i, claim in enumerate(plan.claims):
-        finding = judge(claim, plan.experiments[claim.experiment].slide, runs[claim.experiment])
+        slide, absent = plan.experiments[claim.experiment].slide, missing(plan.experiments[claim.experiment])
+        if absent:
+            findings.append(Finding(claim, slide, [], [], math.nan, math.nan, f"not run: needs {absent}", "not run"))
+            figures[i] = []
+            continue
+        finding = judge(claim, slide, runs[claim.experiment])
         findings.append(finding)
         figures[i] = [figure(finding, runs[claim.experiment], out / "figures" / f"claim{i + 1:02d}.png")]
         extra = out / "runs" / claim.experiment / "critical_batch.png"

@@ -106,3 +106,12 @@ def test_the_readme_table_is_the_reports():
     assert module.replace(readme, block) == f"intro\n{module.START}\n{block}\n{module.END}\nrest\n"
     current = (ROOT / "README.md").read_text()
     assert module.START in current and module.END in current  # the README's table is generated
+
+
+def test_a_preset_whose_data_needs_an_extra_is_listed_as_not_run():
+    experiment = OmegaConf.create({"slide": "2.2", "launcher": "vectorized", "needs": "no_such_module_here"})
+    assert "pip install" in report.missing(experiment)
+    assert report.missing(OmegaConf.create({"slide": "2.2", "needs": "json"})) is None
+    finding = report.Finding(claim(), "2.2", [], [], float("nan"), float("nan"), "not run: needs x", "not run")
+    assert finding.verdict == "not run" and report.effect_text(finding) == "not run: needs x"
+    assert report.tally([finding]) == "1 claims: 0 shown, 0 not shown on this data, 0 opposite, 1 not run"
