@@ -28,7 +28,6 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from optlab import critical
 from optlab.config import METRICS, flatten
 from optlab.files import atomic_write, write_csv
 
@@ -219,6 +218,8 @@ def summarize(paths: list[Path], out: Path, metric: str = "best_val_acc", x: str
     written += plot_curves(groups, out / "curves.png", x)
     written += [plot_metric(groups, metric, key, out / f"{metric}_vs_{key}.png") for key in swept]
     written += overlay_trajectories(groups, out)
+    from optlab import critical  # numpy: only once a summary is written
+
     written += critical.summarize(runs, out)
     print(f"summary written to {out}: " + ", ".join(p.name for p in written))
     return written
