@@ -70,7 +70,7 @@ def _run_report(args: list[str]) -> int:
 
     parser = argparse.ArgumentParser(
         prog="optlab report",
-        description="Run every experiment preset of conf/report.yaml that has not been run (about 10 "
+        description="Run every experiment preset of conf/report.yaml that has not been run (about 6 "
         "minutes on 2 CPU cores; a second call reuses the runs), test each claim of the recitation "
         "against its runs (difference of means over seeds, 95%% interval, verdict), and write "
         "report.md and a self-contained index.html.",
