@@ -47,7 +47,7 @@ class Run:
                  logger: logging.Logger | None = None, asked: DictConfig | None = None, pruner=None):
         self.cfg, self.dir, self.numbers = cfg, run_dir, numbers
         self.asked = cfg if asked is None else asked  # as the command gave it (`optimizer.lr=find`)
-        self.pruner = pruner  # `should_prune(epoch, row)`: a search ends a hopeless trial early
+        self.pruner = pruner  # `should_prune(epoch, history)`: a search ends a hopeless trial early
         self.logger = logger or logging.getLogger("optlab")
         self.history: list[dict] = []  # a row per finished epoch
         watch = cfg.early_stopping.monitor
