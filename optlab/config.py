@@ -450,6 +450,11 @@ def keys_help() -> str:
     )
 
 
+def targets(target) -> dict:
+    """The targets a run watches (`target.val_loss`, `target.val_acc` that are set)."""
+    return {k: target[k] for k in ("val_loss", "val_acc") if target.get(k) is not None}
+
+
 def scaled_lr(batch_size: Any, lr_max: float, b_noise: float) -> float:
     """`${optlab_scaled_lr:${batch_size},lr_max,b_noise}`: the learning rate for a batch size as
     McCandlish et al. (2018, eq. 2.6) scale it, ε(B) = ε_max / (1 + B_noise/B): linear in B for

@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from optlab.config import UsageError, flatten, usage_error, validate
+from optlab.config import UsageError, flatten, targets, usage_error, validate
 from optlab.files import atomic_write, load_checkpoint, load_yaml, write_json
 
 log = logging.getLogger("optlab")
@@ -75,7 +75,7 @@ def _used(cfg: DictConfig, key: str) -> bool:
     if key == "noise":
         return bool(node.every or node.final)
     if key == "target":
-        return node.val_loss is not None or node.val_acc is not None
+        return bool(targets(node))
     return True
 
 

@@ -263,7 +263,7 @@ def report(out: Path) -> list[Finding]:
     ran = [n for n in plan.experiments if not missing(plan.experiments[n])]
     minutes = sum(json.loads((out / "runs" / n / ".report.json").read_text())["seconds"] for n in ran) / 60
     runs = {name: find_runs([out / "runs" / name]) for name in ran}
-    findings, figures = [], {}
+    findings, figures, pictured = [], {}, set()
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for i, claim in enumerate(plan.claims):
         slide, absent = plan.experiments[claim.experiment].slide, missing(plan.experiments[claim.experiment])
@@ -274,9 +274,10 @@ def report(out: Path) -> list[Finding]:
         finding = judge(claim, slide, runs[claim.experiment])
         findings.append(finding)
         figures[i] = [figure(finding, runs[claim.experiment], out / "figures" / f"claim{i + 1:02d}.png")]
-        extra = out / "runs" / claim.experiment / "critical_batch.png"
-        if extra.exists() and i == next(j for j, c in enumerate(plan.claims) if c.experiment == claim.experiment):
+        extra = out / "runs" / claim.experiment / "critical_batch.png"  # the preset's own fit, once
+        if extra.exists() and claim.experiment not in pictured:
             figures[i].append(atomic_copy(extra, out / "figures" / "critical_batch.png"))
+        pictured.add(claim.experiment)
     atomic_write(out / "report.md", lambda f: f.write(markdown(findings, figures, minutes).encode()))
     atomic_write(out / "index.html", lambda f: f.write(page(findings, figures, minutes).encode()))
     return findings

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optlab import curvature, noise
 from optlab.callbacks import Checkpoint, EarlyStopping, snapshot
+from optlab.config import targets
 from optlab.init import distinct_units
 from optlab.logs import RunLog
 
@@ -159,7 +160,7 @@ class Run:
     def to_target(self) -> dict:
         """What metrics.json records of the target: where the run first met it (None each when
         it never did); nothing when no target is set."""
-        if self.cfg.target.val_loss is None and self.cfg.target.val_acc is None:
+        if not targets(self.cfg.target):
             return {}
         return self.reached or dict.fromkeys(("steps_to_target", "examples_to_target", "time_to_target",
                                               "epoch_to_target"))
@@ -186,5 +187,5 @@ class Run:
 
 def meets(target: DictConfig, row: dict) -> bool:
     """Whether an epoch's row meets every target set (val_loss at or below, val_acc at or above)."""
-    set_ = {k: v for k, v in target.items() if k in ("val_loss", "val_acc") and v is not None}
-    return bool(set_) and all(row[k] <= v if k == "val_loss" else row[k] >= v for k, v in set_.items())
+    watched = targets(target)
+    return bool(watched) and all(row[k] <= v if k == "val_loss" else row[k] >= v for k, v in watched.items())

@@ -330,3 +330,16 @@ def test_an_interrupted_sweep_keeps_its_finished_runs_and_a_rerun_resumes_the_re
     assert "skipped:" in again.stdout and "resumed" in again.stdout
     assert metrics_of(first) == finished and metrics_of(second)["status"] == "completed"
     assert (sweep / "summary.csv").exists()
+
+
+def test_a_run_saved_before_a_feature_existed_still_resumes_its_config():
+    """lr_find, noise and target came later: a saved config without them is the same run."""
+    from omegaconf import OmegaConf
+
+    from optlab.jobs import config_changes
+
+    cfg = make_config("epochs=3")
+    saved = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("lr_find", "noise", "target")])
+    assert config_changes(saved, cfg) == []
+    watched = config_changes(saved, make_config("epochs=3", "target.val_acc=0.9"))
+    assert "target.val_acc: None → 0.9" in watched  # a feature the run now uses is a change

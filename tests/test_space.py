@@ -1,0 +1,56 @@
+"""The search space: each expression's Optuna distribution, the values a check composes, a
+grid's points, and a grid resumed on an existing study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from optlab import space
+from optlab.config import UsageError
+
+
+def test_each_expression_becomes_its_distribution():
+    lr, epochs, batch, hidden, step = space.parse({
+        "optimizer.lr": "tag(log, interval(1e-4, 1))", "init.epochs": "tag(int, interval(1, 4))",
+        "batch_size": "range(16,80,32)", "model.hidden": "choice([64],[256,256])", "dropout": "range(0,0.5,0.25)"})
+    assert lr.distribution == FloatDistribution(1e-4, 1.0, log=True) and lr.probes == [1e-4, 1.0]
+    assert epochs.distribution == IntDistribution(1, 4) and epochs.probes == [1, 4]
+    assert batch.distribution == IntDistribution(16, 48, step=32) and batch.grid() == [16, 48]
+    assert hidden.distribution == CategoricalDistribution(["[64]", "[256,256]"]) and hidden.override("[64]") == \
+        "model.hidden=[64]"
+    assert step.grid() == [0.0, 0.25] and step.override(0.25) == "dropout=0.25"
+
+
+def test_numeric_choices_are_checked_at_their_ends_and_options_each():
+    numbers, options = space.parse({"optimizer.lr": "choice(0.1,0.001,1.0)", "optimizer": "choice(sgd,adam)"})
+    assert numbers.probes == ["0.001", "1.0"] and options.probes == ["sgd", "adam"]
+
+
+@pytest.mark.parametrize("text, words", [("range(0,1,0)", "cannot search"), ("range(5,1)", "empty range"),
+                                          ("tag(foo, interval(0,1))", "unknown tag"),
+                                          ("tag(log, choice(1,2))", "a tag on a list"), ("0.1", "not a search")])
+def test_a_malformed_entry_is_the_users_mistake(text, words):
+    with pytest.raises(UsageError, match=words):
+        space.parse({"optimizer.lr": text})
+
+
+def test_the_same_search_however_written():
+    assert space.described(space.parse({"a": "interval(0, 0.5)", "b": "choice(x,y)"})) == \
+        space.described(space.parse({"b": "choice(x,y)", "a": "interval(0,0.5)"}))
+
+
+def test_a_grid_queued_again_skips_the_points_a_study_has(tmp_path: Path):
+    from optlab.tune import load, queue_grid
+
+    params = space.parse({"optimizer.lr": "choice(0.1,0.2,0.3)"})
+    study = load(tmp_path / "study.journal", "maximize")
+    trial = study.ask({p.key: p.distribution for p in params})  # a random trial took one point
+    study.tell(trial, 0.5)
+    assert queue_grid(study, params, seed=0) == 3
+    queued = [t.system_attrs["fixed_params"]["optimizer.lr"] for t in study.get_trials() if t.state.name == "WAITING"]
+    assert sorted(queued + [trial.params["optimizer.lr"]]) == ["0.1", "0.2", "0.3"]
+    queue_grid(study, params, seed=0)  # a second start queues nothing twice
+    assert len(study.get_trials()) == 3
