@@ -318,11 +318,8 @@ def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:
     """The arguments that continue a run: its own overrides, the user's others, its folder
     (quoted for Hydra), and no rewrite of its `.hydra/` (see jobs.Guard). None when the run
     already completed (it says so; nothing changes)."""
-    from omegaconf import OmegaConf
-
     from optlab import jobs
     from optlab.config import UsageError
-    from optlab.files import load_yaml
     from optlab.naming import override
 
     options = dict(a.split("=", 1) for a in resume)
@@ -336,8 +333,34 @@ def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:
     if status in jobs.FINISHED:
         print(f"optlab train: {folder} already {status}: nothing to resume (metrics.json)")
         return None
-    saved = OmegaConf.to_container(load_yaml(folder / ".hydra" / "overrides.yaml", "resume: "))  # as typed: `${...}` unresolved
+    saved = _saved_overrides(folder / ".hydra" / "overrides.yaml")
     jobs.current.resume = folder
     jobs.current.allow_changes = options.get("resume.allow_changes", "false").lower() == "true"
     own = [a for a in args if a not in resume]
     return [*saved, *own, override("hydra.run.dir", folder), "hydra.output_subdir=null"]
+
+
+def _saved_overrides(file: Path) -> list[str]:
+    """A run's `overrides.yaml` as typed (`${...}` unresolved), refused in one line naming the file
+    unless it is a list of the overrides a run records: its own keys and options, never a flag
+    (`--config-dir`) or a `hydra` key (callbacks, launchers, `env_set`), which would run code."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    from optlab.config import UsageError, reason
+    from optlab.files import load_yaml
+
+    saved = OmegaConf.to_container(load_yaml(file, "resume: "))
+    if not isinstance(saved, list) or not all(isinstance(item, str) for item in saved):
+        raise UsageError(f"resume: cannot read {file}: not a list of overrides (key=value lines)")
+    parser = OverridesParser.create()
+    for item in saved:
+        try:
+            hydra = item.startswith("-") or parser.parse_override(item).is_hydra_override()
+        except HydraException as error:
+            raise UsageError(f"resume: cannot read {file}: {item!r}: {reason(error)}") from None
+        if hydra:
+            raise UsageError(f"resume: refused {file}: {item!r} (allowed: the run's own keys and options, "
+                             f"never a flag or a hydra key)")
+    return saved

@@ -28,6 +28,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from optlab import allowlist
 from optlab.config import METRICS, flatten
 from optlab.files import atomic_write, write_csv
 
@@ -118,6 +119,7 @@ def _load(path: Path) -> Run | None:
         config = OmegaConf.load(path / ".hydra" / "config.yaml")
     except (OSError, ValueError):  # a half-made folder (no .hydra): not a run to compare
         return None
+    allowlist.check_file(config, path / ".hydra" / "config.yaml")  # a shared folder's config is data, never code
     pairs = (str(o).partition("=") for o in overrides)
     try:
         plain = OmegaConf.to_container(config, resolve=True)
@@ -318,8 +320,8 @@ def overlay_trajectories(groups: list[Group], out: Path) -> list[Path]:
     if not surface_groups:
         return []
     import numpy as np
-    from hydra.utils import instantiate
 
+    from optlab.config import construct
     from optlab.plots import save_figure
     from optlab.surfaces import plot_paths  # imports torch: only for surface runs
 
@@ -329,7 +331,7 @@ def overlay_trajectories(groups: list[Group], out: Path) -> list[Path]:
         by_surface.setdefault(OmegaConf.to_yaml(surface), []).append(g)
     written = []
     for i, (spec, members) in enumerate(by_surface.items()):
-        surface = instantiate(OmegaConf.create(spec), _convert_="all")
+        surface = construct("surface", OmegaConf.create(spec), (), _convert_="all")  # a folder's config: checked
         paths = {
             " ".join(t for t in g.label.split() if not t.startswith("surface=")) or g.label: np.array([[row["x"], row["y"]] for row in g.runs[0].read_csv("trajectory.csv")])
             for g in members

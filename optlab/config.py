@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from optlab import allowlist
+
 # config groups, plus `summary`: a plain node whose keys are checked like a group's
 GROUPS = ("model", "data", "optimizer", "scheduler", "surface", "init", "early_stopping", "summary",
           "curvature", "vectorize", "lr_find", "tune", "noise", "target")
@@ -370,6 +372,7 @@ def validate(cfg: DictConfig) -> None:
     for group in GROUPS:
         if cfg.get(group) is None:  # an optional group left out (surface)
             continue
+        allowlist.check(cfg[group], group)  # before anything else reads it: a `_target_` is code
         for path, value, parent in _leaves(cfg[group], group):
             rule = GROUP_RULES.get(path)
             if rule is None:
@@ -402,14 +405,18 @@ def validate(cfg: DictConfig) -> None:
         )
 
 
-def construct(key: str, node: Any, mistakes: tuple[type[Exception], ...] = (ValueError,), **kwargs: Any) -> Any:
-    """`instantiate(node)` for something the user configured: a constructor's complaint about
-    its arguments (torch's ValueErrors: `nesterov` without momentum, OneCycleLR on an optimizer
-    without momentum; a data file that does not read) is the user's to fix, so it comes out as a
-    one-line UsageError starting with `key`. A UsageError raised inside comes out as it is."""
+def construct(key: str, node: Any, mistakes: tuple[type[Exception], ...] = (ValueError,), at: str | None = None,
+              **kwargs: Any) -> Any:
+    """`instantiate(node)` for something the user configured (the config at dotted path `at`,
+    default `key`), once the allow-list (optlab/allowlist.py) holds its every `_target_`: a
+    constructor's complaint about its arguments (torch's ValueErrors: `nesterov` without
+    momentum, OneCycleLR on an optimizer without momentum; a data file that does not read) is the
+    user's to fix, so it comes out as a one-line UsageError starting with `key`. A UsageError
+    raised inside comes out as it is."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    allowlist.check(node, at or key)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:

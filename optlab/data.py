@@ -127,7 +127,8 @@ def prepare(cfg: DictConfig, device: torch.device) -> Data:
     (by class); with `shuffle=false` the batches follow it every epoch.
     """
     path = cfg.source.get("path")  # the user's own file, if any: messages name it
-    source = construct(f"data: cannot read {path or 'the data'}", cfg.source, READ_ERRORS, _convert_="all")
+    source = construct(f"data: cannot read {path or 'the data'}", cfg.source, READ_ERRORS, at="data.source",
+                       _convert_="all")
     if isinstance(source, tuple):  # scikit-learn's (X, y)
         source = Source(*source)
     regression = source.task == "regression"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from optlab.config import ACTIVATIONS, UsageError
+from optlab.config import ACTIVATIONS, UsageError, construct
 
 
 def _features(input_shape: Sequence[int] | int) -> int:
@@ -100,7 +100,5 @@ class CNN(nn.Sequential):
 
 def build(cfg, data) -> nn.Module:
     """The run's model (`cfg.model`), sized by its data, with the run's dropout and batch norm."""
-    from hydra.utils import instantiate
-
-    return instantiate(cfg.model, input_shape=data.input_shape, num_classes=data.num_outputs,
-                       dropout=cfg.dropout, batchnorm=cfg.batchnorm)
+    return construct("model", cfg.model, (), input_shape=data.input_shape, num_classes=data.num_outputs,
+                     dropout=cfg.dropout, batchnorm=cfg.batchnorm)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -155,7 +154,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Run `cfg.optimizer` for `cfg.steps` steps on `cfg.surface`; write path, plot and metrics."""
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    surface: Surface = instantiate(cfg.surface, _convert_="all")
+    surface: Surface = construct("surface", cfg.surface, (), _convert_="all")
     optimizer = construct("optimizer", cfg.optimizer, params=list(surface.parameters()), _convert_="all")
     # a step is an epoch here: a schedule planned over `${epochs}` spans the run's steps
     schedule = OmegaConf.merge(cfg, {"epochs": cfg.steps}).scheduler

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from optlab import data as dataset
-from optlab import curvature, jobs, lr_find, models, noise, rng, schedules, sweep
+from optlab import allowlist, curvature, jobs, lr_find, models, noise, rng, schedules, sweep
 from optlab.callbacks import StepProbe, snapshot, tested_checkpoint
 from optlab.config import ConfigError, UsageError, reason
 from optlab.files import atomic_write, load_checkpoint, load_yaml, write_json
@@ -297,6 +297,7 @@ def landscape_of(run_dir: Path) -> dict:
     cfg = load_yaml(config)
     if not isinstance(cfg, DictConfig) or not {"model", "data", "device"} <= set(cfg):
         raise UsageError(f"cannot read {config}: it is not a run's config")
+    allowlist.check_file(cfg, config)  # the folder may come from anyone: its config is data, never code
     files = [run_dir / "checkpoints" / name for name in (tested_checkpoint(cfg), "init.pt")]
     missing = [str(f) for f in files if not f.exists()]
     if missing:

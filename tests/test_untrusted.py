@@ -1,0 +1,168 @@
+"""A folder optlab reads is data, never code.
+
+Run folders are shared: zipped for a colleague, left on a cluster's shared disk, downloaded with
+a report. Each test here crafts a folder (or a command line) whose config names a callable that
+would run code if optlab handed it to Hydra's `instantiate`, feeds it through every reader
+(`landscape`, `compare` and the sweep summary, `report`'s reader, `train resume=`), and checks
+that the command is refused in one line naming the key or file and that nothing ran: every
+payload would make a marker folder, which must not exist afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import make_config, optlab
+from optlab import allowlist
+from optlab.config import UsageError, validate
+
+
+class Payload:
+    """A pickle that makes `marker` as it loads (what `torch.load(weights_only=False)` would run)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def payloads(folder: Path) -> dict[str, dict]:
+    """`data.source` values that would make `folder/ran` if built."""
+    marker = folder / "ran"
+    evil = folder / "evil.pt"
+    evil.write_bytes(pickle.dumps(Payload(marker)))
+    return {
+        "torch.load": {"_target_": "torch.load", "f": str(evil), "weights_only": False},
+        "os.mkdir": {"_target_": "os.mkdir", "path": str(marker)},
+        "load_library": {"_target_": "torch.ops.load_library", "path": str(folder / "evil.so")},
+        "nested": {"_target_": "optlab.datasets.digits", "extra": {"_target_": "os.mkdir", "path": str(marker)}},
+        "oc.create": {"_target_": "optlab.datasets.digits",
+                      "extra": "${oc.create:{_target_: os.mkdir, path: '" + str(marker) + "'}}"},
+    }
+
+
+def one_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_every_shipped_option_is_allowed_and_every_listed_torch_class_exists():
+    conf = resources.files("optlab.conf")
+    for group in ("data", "model", "optimizer", "scheduler", "surface"):
+        for option in (conf / group).iterdir():
+            if option.name.endswith(".yaml"):
+                node = yaml.safe_load(option.read_text()) or {}
+                for path, value in allowlist.targets(node, group):
+                    assert value in allowlist.ALLOWED.get(path, ()), (option.name, path, value)
+    import torch
+
+    for name in allowlist.TORCH_OPTIMIZERS:
+        assert issubclass(getattr(torch.optim, name), torch.optim.Optimizer), name
+    for name in allowlist.TORCH_SCHEDULES:
+        assert isinstance(getattr(torch.optim.lr_scheduler, name), type), name
+
+
+@pytest.mark.parametrize("key, value", [
+    ("data.source._target_", "torch.load"),
+    ("data.source._target_", "torch.ops.load_library"),
+    ("model._target_", "os.system"),
+    ("optimizer._target_", "builtins.eval"),
+    ("scheduler._target_", "torch.optim.lr_scheduler.LambdaLR"),  # takes a callable: not from a config
+    ("optimizer._target_", "torch.optim.Optimizer"),
+])
+def test_a_command_line_target_outside_the_list_is_refused_by_validate(key, value):
+    cfg = make_config(f"{key}={value}")
+    with pytest.raises(UsageError, match=f"refused '{key}': '{value}'"):
+        validate(cfg)
+
+
+def test_nested_and_interpolated_targets_are_refused(tmp_path):
+    from omegaconf import OmegaConf
+
+    for source in payloads(tmp_path).values():
+        with pytest.raises(UsageError, match="refused"):
+            allowlist.check(OmegaConf.create({"source": source}), "data")  # as a saved config.yaml holds it
+    assert not (tmp_path / "ran").exists()
+
+
+def test_the_command_line_is_refused_in_one_line(tmp_path):
+    marker = tmp_path / "ran"
+    for args in (["data.source._target_=os.mkdir", f"+data.source.path={marker}"],
+                 [f"+optimizer.extra={{_target_: os.mkdir, path: {marker}}}"]):
+        line = one_line(optlab("train", *args, cwd=tmp_path))
+        assert "refused" in line and "_target_" in line and "os.mkdir" in line, line
+    assert not marker.exists() and not (tmp_path / "outputs").exists()
+
+
+def crafted_run(trained_run: Path, tmp_path: Path, source: dict) -> Path:
+    run = tmp_path / "shared_run"
+    shutil.copytree(trained_run, run)
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    config["data"]["source"] = source
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    return run
+
+
+@pytest.mark.parametrize("payload", ["torch.load", "os.mkdir", "load_library", "nested", "oc.create"])
+def test_landscape_of_a_crafted_folder_runs_nothing(trained_run, tmp_path, payload):
+    run = crafted_run(trained_run, tmp_path, payloads(tmp_path)[payload])
+    line = one_line(optlab("landscape", str(run), cwd=tmp_path))
+    assert "config.yaml" in line and "refused" in line and "_target_" in line, line
+    assert not (tmp_path / "ran").exists()
+    assert not (run / "curvature.json").exists()
+
+
+def test_compare_and_the_report_reader_refuse_a_crafted_surface(tmp_path):
+    """A surface run's `surface._target_` is built to draw its contour plot."""
+    run = tmp_path / "sweep" / "surface=evil" / "seed=0"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"status": "completed", "final_loss": 1.0}))
+    (run / ".hydra" / "overrides.yaml").write_text("- surface=quadratic\n")
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+        {"seed": 0, "surface": {"_target_": "os.mkdir", "path": str(tmp_path / "ran")}}))
+    (run / "trajectory.csv").write_text("step,x,y,loss\n0,1.0,1.0,1.0\n")
+    line = one_line(optlab("compare", str(tmp_path / "sweep"), cwd=tmp_path))
+    assert "optlab compare:" in line and "surface._target_" in line and "os.mkdir" in line, line
+    from optlab.compare import find_runs  # what the sweep summary and `optlab report` read runs with
+
+    with pytest.raises(UsageError, match="config.yaml: refused 'surface._target_'"):
+        find_runs([tmp_path / "sweep"])
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "sweep" / "summary.csv").exists()
+
+
+def killed_copy(trained_run: Path, tmp_path: Path, overrides: list) -> Path:
+    """A copy of a run as `kill -9` leaves it (no metrics.json), with crafted overrides."""
+    run = tmp_path / "shared_run"
+    shutil.copytree(trained_run, run)
+    (run / "metrics.json").unlink()
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return run
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["data.source._target_=os.mkdir", "+data.source.path=ran"], "refused 'data.source._target_': 'os.mkdir'"),
+    (["+hydra.callbacks.evil._target_=os.mkdir", "+hydra.callbacks.evil.path=ran"], "never a flag or a hydra key"),
+    (["hydra/launcher=submitit_local"], "never a flag or a hydra key"),
+    (["+hydra.job.env_set.LD_PRELOAD=evil.so"], "never a flag or a hydra key"),
+    (["--config-dir=."], "never a flag or a hydra key"),
+    ([1, "epochs=2"], "not a list of overrides"),
+    ({"epochs": 2}, "not a list of overrides"),
+    (["epochs=[1,"], "cannot read"),
+])
+def test_resume_of_a_crafted_folder_runs_nothing(trained_run, tmp_path, overrides, says):
+    run = killed_copy(trained_run, tmp_path, overrides)
+    before = sorted(p.name for p in run.iterdir())
+    line = one_line(optlab("train", f"resume={run}", cwd=tmp_path))
+    assert says in line and ("overrides.yaml" in line or "_target_" in line), line
+    assert not (tmp_path / "ran").exists() and not (run / "ran").exists()
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written into the folder
