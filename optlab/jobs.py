@@ -246,10 +246,10 @@ def prepare_sweep(configs: list[DictConfig]) -> list[int]:
                 validate(cfg)
             folder = job_folder(cfg)
         if folder in folders:
-            jobs = (" ".join(c.hydra.overrides.task) or "(no overrides)" for c in (folders[folder], cfg))
+            named = (" ".join(c.hydra.overrides.task) or "(no overrides)" for c in (folders[folder], cfg))
             raise UsageError("the sweep's jobs {!r} and {!r} would share the folder {} (each job needs its own: "
                              "give each value once, or a hydra.sweep.subdir that tells them apart)"
-                             .format(*jobs, folder))
+                             .format(*named, folder))
         folders[folder] = cfg
     todo = []
     for i, cfg in enumerate(configs):
