@@ -215,6 +215,7 @@ def _run_app(name: str, args: list[str]) -> int:
         print(f"{prog}: {mistake}", file=sys.stderr)
         return 2
     sys.argv = [sys.argv[0], *args]
+    jobs.current.words = ["optlab", name, *args]
     user_wants_traceback = "HYDRA_FULL_ERROR" in os.environ
     config_name, module = APPS[name]
 
@@ -238,8 +239,10 @@ def _run_app(name: str, args: list[str]) -> int:
             sys.exit(2)  # exit here: Hydra would print the job as failed
         if metrics.get("status") == "interrupted":  # train or tune: how to go on
             if name == "train":
-                again = command("optlab", "train", f"resume={relative(run_dir)}")
-                message = f"{prog}: interrupted after epoch {metrics['epochs_run']}; resume with: {again}"
+                again = (jobs.sweep_again(Path(HydraConfig.get().sweep.dir)) if in_sweep
+                         else command("optlab", "train", f"resume={relative(run_dir)}"))
+                message = (f"{prog}: interrupted after epoch {metrics['epochs_run']}; "
+                           f"{'finish the sweep' if in_sweep else 'resume'} with: {again}")
             else:
                 words = [a for a in (*args, *jobs.current.search) if not a.startswith("tune.dir=")]
                 message = f"{prog}: interrupted; go on with: " + command("optlab", name, *words,

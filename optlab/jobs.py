@@ -29,9 +29,11 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
 from optlab.config import UsageError, flatten, targets, usage_error, validate
 from optlab.files import atomic_write, load_checkpoint, load_yaml, write_json
+from optlab.naming import command, override, relative
 
 log = logging.getLogger("optlab")
 
@@ -50,6 +52,7 @@ class Command:
     search: list[str] = field(default_factory=list)  # `optlab tune`'s search expressions (optlab/space.py)
     planned: dict[str, str] = field(default_factory=dict)  # sweep job folder → `plan`'s word for it
     started: bool = False  # a job has begun: an error from now on is no composition error
+    words: list[str] = field(default_factory=list)  # the command line as Hydra gets it: optlab train -m ...
 
 
 current = Command()
@@ -108,7 +111,26 @@ def plan(run_dir: Path, cfg: DictConfig) -> str:
             return "resume"
         if record.get("status") in FINISHED and not cfg.rerun:
             return "skip"
+    elif record is None and killed(run_dir, cfg):
+        return "resume"
     return "train"
+
+
+def killed(run_dir: Path, cfg: DictConfig) -> bool:
+    """Whether `run_dir` holds this very run, killed (`kill -9`, a lost node) before it wrote a
+    record, with checkpoints it can go on from: its `.hydra/config.yaml` hashes as `cfg` does
+    and every file a resume reads loads."""
+    if not (run_dir / "checkpoints" / "last.pt").is_file():  # a new folder: no reading
+        return False
+    try:
+        saved = load_yaml(run_dir / ".hydra" / "config.yaml", "")
+        if not isinstance(saved, DictConfig) or config_hash(saved) != config_hash(cfg):
+            return False
+        for name in CHECKPOINTS:
+            load_checkpoint(run_dir / "checkpoints" / name)
+    except (ValueError, OmegaConfBaseException):  # damaged: trained afresh, the attempt kept in .previous/
+        return False
+    return True
 
 
 def prepare(run_dir: Path, cfg: DictConfig) -> str:
@@ -205,18 +227,38 @@ def job_folder(cfg: DictConfig) -> Path:
     return Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
 
 
+def is_run(cfg: DictConfig) -> bool:
+    """Whether a job is an optlab run (composed on optlab's schema), not another Hydra app's."""
+    from optlab.config import Config
+
+    return OmegaConf.get_type(cfg) is Config
+
+
 def prepare_sweep(configs: list[DictConfig]) -> list[int]:
-    """Check every job of a sweep first (a mistake in any stops the sweep before anything is
-    written), then make each folder ready. Returns the indices of the jobs to launch."""
+    """Check every job of a sweep first (a mistake in any, or two jobs that would share a
+    folder, stops the sweep before anything is written), then make each run's folder ready.
+    Returns the indices of the jobs to launch; another Hydra app's jobs are only checked for
+    their folders."""
+    folders: dict[Path, DictConfig] = {}
     for cfg in configs:
         with as_job(cfg):
-            validate(cfg)
+            if is_run(cfg):
+                validate(cfg)
+            folder = job_folder(cfg)
+        if folder in folders:
+            named = (" ".join(c.hydra.overrides.task) or "(no overrides)" for c in (folders[folder], cfg))
+            raise UsageError("the sweep's jobs {!r} and {!r} would share the folder {} (each job needs its own: "
+                             "give each value once, or a hydra.sweep.subdir that tells them apart)"
+                             .format(*named, folder))
+        folders[folder] = cfg
     todo = []
     for i, cfg in enumerate(configs):
-        with as_job(cfg):
-            action = current.planned[str(job_folder(cfg))] = prepare(job_folder(cfg), cfg)
-        if action != "skip":
-            todo.append(i)
+        if is_run(cfg):
+            with as_job(cfg):
+                action = current.planned[str(job_folder(cfg))] = prepare(job_folder(cfg), cfg)
+            if action == "skip":
+                continue
+        todo.append(i)
     return todo
 
 
@@ -281,6 +323,14 @@ def stop_interrupted(metrics: dict, message: str) -> None:
     (128 + signal) and `message`: how to go on."""
     print(message, file=sys.stderr)
     sys.exit(130 if metrics["interrupted_by"] == "SIGINT" else 143)
+
+
+def sweep_again(sweep_dir: Path) -> str:
+    """The command line that finishes an interrupted sweep, to paste: the one given, naming the
+    sweep's folder (a default folder is named by the time it started, so the same command
+    would start another sweep). Its finished jobs are skipped, interrupted or killed ones resume."""
+    words = [w for w in current.words if w.partition("=")[0].lstrip("+") != "hydra.sweep.dir"]
+    return command(*words, override("hydra.sweep.dir", relative(sweep_dir)))
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, error: BaseException) -> None:

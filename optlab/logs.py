@@ -22,7 +22,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
 from optlab.files import write_csv, write_json
-from optlab.naming import command, relative
+from optlab.naming import command, path_word, relative
 
 log = logging.getLogger("optlab")
 
@@ -115,4 +115,4 @@ class RunLog:
         where = relative(self.run_dir)
         self.logger.info("%s", summary)
         self.logger.info("run folder: %s", where)
-        self.logger.info("curves:     %s", command("tensorboard", "--logdir", where))
+        self.logger.info("curves:     %s", command("tensorboard", "--logdir", path_word(where)))

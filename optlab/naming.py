@@ -19,15 +19,26 @@ from typing import Any
 def overrides_name(overrides: Any, drop: tuple[str, ...] = ()) -> str:
     """`key=value` per override, sorted by key and joined by commas (Hydra's override_dirname),
     made safe for any file system, shell and TensorBoard: no `/`, no spaces or quotes.
-    `rerun` and `summary.*` change no result, so they leave the name (and the folder) alone."""
+    `rerun` and `summary.*` change no result, so they leave the name (and the folder) alone.
+    A name over 120 bytes is cut (never inside a character) and ends in a hash of the whole."""
     pairs = sorted(
         (name.lstrip("+~"), value)
         for name, _, value in (str(o).partition("=") for o in overrides or [])
         if name.lstrip("+~") not in (*drop, "rerun") and not name.lstrip("+~").startswith("summary.")
     )
-    safe = re.sub(r"[^\w.=,+-]+", "_", ",".join(f"{k}={v}" for k, v in pairs)).strip("_")
-    if len(safe) > 120:  # file names stop at 255 bytes; keep them readable and unique
-        safe = f"{safe[:100]}_{hashlib.sha1(safe.encode()).hexdigest()[:8]}"
+    name = ",".join(_safe(f"{k}={v}") for k, v in pairs).strip("_")
+    if len(name.encode()) > 120:  # file names stop at 255 bytes; keep them readable and unique
+        name = f"{name.encode()[:100].decode(errors='ignore')}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def _safe(pair: str) -> str:
+    """One `key=value`, its unsafe characters as `_`; where that lost more than a list's
+    brackets (`/x/a/b` and `/x/a_b` would both read `_x_a_b`), a short hash of the exact text
+    follows, so that no two values share a name."""
+    safe = re.sub(r"[^\w.=,+-]+", "_", pair)
+    if re.search(r"[^\w.=,+\-\[\]]", pair) or pair.endswith("_"):
+        return f"{safe.rstrip('_')}_{hashlib.sha1(pair.encode()).hexdigest()[:8]}"
     return safe
 
 
@@ -54,6 +65,11 @@ def relative(path: Path) -> Path:
         return path.resolve().relative_to(Path.cwd().resolve())
     except ValueError:
         return path
+
+
+def path_word(path: Path) -> str:
+    """A path as a word of a command: `./-x` where a leading `-` would read as an option."""
+    return f"./{path}" if str(path).startswith("-") else str(path)
 
 
 def command(*words: object) -> str:

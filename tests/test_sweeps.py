@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shlex
+import signal
 import statistics
 from pathlib import Path
 
@@ -13,8 +16,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata
 
 from conftest import optlab
+from test_survival import paste, start, wait_for_epoch
 from optlab.compare import Group, Run, group_runs, rank, table
-from optlab.naming import job_dir, run_name
+from optlab.files import load_checkpoint
+from optlab.naming import job_dir, override, run_name
 
 TINY = ["epochs=1", "model.hidden=[16]"]
 
@@ -37,14 +42,53 @@ def metrics_of(run: Path) -> dict:
 def test_names_are_safe_and_put_the_seed_on_its_own_level():
     assert job_dir(["optimizer=adam", "batch_size=16", "seed=2"], 2) == "batch_size=16,optimizer=adam/seed=2"
     assert job_dir(["seed=1"], 1) == "defaults/seed=1"
-    name = job_dir(["init.path=/runs/a b/c", "model.hidden=[8,8]"], 0)
-    assert name == "init.path=_runs_a_b_c,model.hidden=_8,8/seed=0"
-    assert run_name("2026-01-01_00-00-00", ["+x='a;b'"]) == "2026-01-01_00-00-00_x=_a_b"
+    name = job_dir(["init.path=/runs/a b/c", "model.hidden=[8,8]"], 0)  # a list's brackets lose nothing
+    assert re.fullmatch(r"init\.path=_runs_a_b_c_[0-9a-f]{8},model\.hidden=_8,8/seed=0", name), name
+    assert re.fullmatch(r"2026-01-01_00-00-00_x=_a_b_[0-9a-f]{8}", run_name("2026-01-01_00-00-00", ["+x='a;b'"]))
     assert len(job_dir([f"k{i}=v" for i in range(60)], 0).split("/")[0]) <= 120
     # experiment=init's pretrained runs find their sibling, whatever else the command overrode
     sibling = job_dir(["experiment=init", "init=pretrained", "epochs=1", "seed=0"], 0, "init=xavier_uniform")
     assert sibling == job_dir(["experiment=init", "init=xavier_uniform", "epochs=1", "seed=0"], 0)
     assert sibling == "epochs=1,init=xavier_uniform/seed=0"
+
+
+def test_values_that_read_alike_once_made_safe_get_names_of_their_own():
+    values = ["/x/a/b.npz", "/x/a_b.npz", "/x/a b.npz", "/x/a:b.npz", "x/a/b.npz", "/x/a/b.npz/", "'/x/a/b.npz'",
+              "/x/a/b.npz_", "_x_a_b.npz"]
+    names = [job_dir([f"data.path={v}", "epochs=1"], 0) for v in values]
+    assert len(set(names)) == len(values), names
+    assert all(name.startswith("data.path=") and name.endswith(",epochs=1/seed=0") for name in names)
+    assert names[-1] == "data.path=_x_a_b.npz,epochs=1/seed=0"  # nothing lost: the name earlier sweeps have
+
+
+@pytest.mark.parametrize("text", ["汉" * 100, "é" * 130, "😀" * 40, "a" * 300])
+def test_long_names_fit_a_file_name_by_bytes_whole_characters_and_a_hash(text, tmp_path):
+    name = run_name("2026-01-01_00-00-00", [f"a={text}"])
+    (tmp_path / name).mkdir()  # file names stop at 255 bytes, not characters
+    kept, _, digest = name.rpartition("_")
+    assert len(name.encode()) <= 130 and re.fullmatch(r"[0-9a-f]{8}", digest)
+    assert f"2026-01-01_00-00-00_a={text}".startswith(kept)  # cut between characters, never inside one
+    assert name != run_name("2026-01-01_00-00-00", [f"a={text}x"])
+
+
+def test_two_jobs_whose_names_read_alike_train_in_folders_of_their_own(tmp_path):
+    for path in ("x/a/b.npz", "x/a_b.npz"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp_path / path, X=np.random.default_rng(0).normal(size=(60, 4)), y=np.arange(60) % 2)
+    result = sweep(tmp_path, "s", "data=npz", f"data.path={tmp_path}/x/a/b.npz,{tmp_path}/x/a_b.npz", *TINY)
+    runs = list((tmp_path / "s").glob("*/seed=0"))
+    assert len(runs) == 2 and not list((tmp_path / "s").glob("*/*/.previous"))
+    assert sorted(metrics_of(run)["status"] for run in runs) == ["completed", "completed"]
+    assert "2 runs in 2 configurations" in result.stdout
+
+
+@pytest.mark.parametrize("launcher", ["basic", "vectorized", "joblib"])
+def test_jobs_that_would_share_a_folder_are_refused_before_anything_starts(launcher, tmp_path):
+    for jobs in (["seed=0,0"], ["optimizer.lr=0.1,0.10"], ["hydra.sweep.subdir=same", "seed=0,1"]):
+        result = optlab("train", "-m", *jobs, *TINY, f"hydra/launcher={launcher}", "hydra.sweep.dir=s", cwd=tmp_path)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("optlab train: the sweep's jobs ") and "would share the folder s/" in result.stderr
+        assert not (tmp_path / "s").exists()
 
 
 def test_a_2x2_sweep_names_runs_records_hparams_and_ends_with_a_summary(tmp_path):
@@ -260,3 +304,71 @@ def test_a_job_composed_from_its_defaults_lists_copy_equals_hydras_own(tmp_path)
             assert OmegaConf.to_container(fast) == OmegaConf.to_container(slow), job
             assert OmegaConf.is_struct(fast) and OmegaConf.is_struct(slow)
             assert fast.hydra.job.override_dirname == slow.hydra.job.override_dirname != ""
+
+@pytest.mark.parametrize("launcher", ["basic", "vectorized"])
+def test_a_sweep_run_again_after_a_kill_9_resumes_each_job_from_its_last_save(launcher, tmp_path):
+    args = ["-m", "seed=0,1", "epochs=30", "model.hidden=[16]", "checkpoint_every_s=0", f"hydra/launcher={launcher}",
+            "hydra.sweep.dir=s"]
+    process = start(tmp_path, *args)
+    wait_for_epoch(tmp_path / "s" / "*" / "seed=0", 2, process)
+    process.kill()  # no record written: only the checkpoints tell where each job stands
+    process.wait()
+    saved = {run: load_checkpoint(run / "checkpoints" / "last.pt")["epoch"]
+             for run in (tmp_path / "s").glob("*/seed=*") if (run / "checkpoints" / "last.pt").exists()}
+    assert saved and not list((tmp_path / "s").glob("*/*/metrics.json"))
+    again = optlab("train", *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    for run, epoch in saved.items():  # went on from its save: not trained afresh, nothing archived
+        assert f"after epoch {epoch} " in (run / "train.log").read_text() and "resumed" in again.stdout
+        assert not (run / ".previous").exists()
+        assert metrics_of(run)["status"] == "completed" and metrics_of(run)["epochs_run"] == 30
+        assert [int(row["epoch"]) for row in csv.DictReader((run / "history.csv").open())] == list(range(1, 31))
+    assert len(list((tmp_path / "s").glob("*/seed=*/metrics.json"))) == 2
+
+
+def test_ctrl_c_in_a_sweep_in_its_default_folder_prints_the_command_that_finishes_it(tmp_path):
+    args = ["-m", "optimizer.lr=0.05,0.1", "epochs=30", "model.hidden=[16]"]
+    process = start(tmp_path, *args)
+    wait_for_epoch(tmp_path / "outputs" / "sweeps" / "*" / "*lr=0.05*" / "seed=0", 2, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    (folder,) = (tmp_path / "outputs" / "sweeps").iterdir()  # named by the time it started
+    said, _, line = stderr.strip().splitlines()[-1].partition("; finish the sweep with: ")
+    assert said.startswith("optlab train: interrupted after epoch ")
+    assert shlex.split(line) == ["optlab", "train", *args, f"hydra.sweep.dir={folder.relative_to(tmp_path)}"]
+    again = paste(line, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert list((tmp_path / "outputs" / "sweeps").iterdir()) == [folder]  # that sweep, not a new one
+    assert again.stdout.count("resumed") == 1  # the interrupted job; the other trains
+    assert sorted(metrics_of(run)["status"] for run in folder.glob("*/seed=0")) == ["completed", "completed"]
+
+
+@pytest.mark.parametrize("folder", ["-dashed", "a b", "it's", "x=1,y=[2]", "$HOME"])
+def test_a_sweep_hint_names_its_folder_for_bash_and_hydra(folder):
+    """The words bash reads from the hint are the command given, less its folder, and the
+    folder in Hydra's grammar; the command line's words are quoted as typed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from optlab import jobs
+
+    jobs.current = jobs.Command(words=["optlab", "train", "-m", "seed=0,1", "data.path=/a b", "hydra.sweep.dir=old"])
+    try:
+        words = shlex.split(jobs.sweep_again(Path(folder)))
+    finally:
+        jobs.current = jobs.Command()
+    assert words[:-1] == ["optlab", "train", "-m", "seed=0,1", "data.path=/a b"]
+    assert words[-1] == override("hydra.sweep.dir", folder)
+    assert OverridesParser.create().parse_overrides([words[-1]])[0].value() == folder
+
+
+def test_the_tensorboard_command_reads_a_folder_starting_with_a_dash(tmp_path):
+    from tensorboard import program
+
+    result = sweep(tmp_path, "-dashed", "seed=0", *TINY)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("curves:"))
+    words = shlex.split(line.removeprefix("curves:"))
+    board = program.TensorBoard()
+    assert board.configure(argv=words) == ["tensorboard"]
+    (run,) = (tmp_path / "-dashed").glob("*/seed=0")
+    assert Path(board.flags.logdir) == run.relative_to(tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from conftest import make_config, optlab
 from optlab.files import load_checkpoint
 from optlab.stacked import group_key, train_group
 from optlab.train import train
-from test_survival import wait_for_epoch
+from test_survival import paste, wait_for_epoch
 
 SMALL = ["model.hidden=[32]", "epochs=5"]
 
@@ -115,6 +116,21 @@ def test_a_sweep_mixing_stacked_and_single_runs_writes_ordinary_run_folders(tmp_
     assert landscape.returncode == 0, landscape.stderr
 
 
+def test_members_whose_names_read_alike_train_in_folders_of_their_own(tmp_path):
+    from optlab.models import MLP
+
+    for path in ("w/a/b.pt", "w/a_b.pt"):  # both read `_w_a_b.pt` once made safe
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(MLP(64, 10, [16]).state_dict(), tmp_path / path)
+    result = optlab("train", "-m", "init=pretrained", f"init.path={tmp_path}/w/a/b.pt,{tmp_path}/w/a_b.pt", "epochs=1",
+                    "model.hidden=[16]", "hydra/launcher=vectorized", "hydra.sweep.dir=s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "training 2 runs as one stacked model" in result.stdout
+    runs = list((tmp_path / "s").glob("*/seed=0"))
+    assert len(runs) == 2 and not any((run / ".previous").exists() for run in runs)
+    assert [json.loads((run / "metrics.json").read_text())["status"] for run in runs] == ["completed"] * 2
+
+
 def test_a_mistake_in_one_member_fails_that_run_alone(tmp_path):
     """torch refuses Nesterov without momentum only as the group is built: the group falls back
     to one run at a time, and only that run fails."""
@@ -140,7 +156,8 @@ def test_ctrl_c_stops_the_group_resumably_and_the_same_command_finishes_it(tmp_p
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert "run the same command again to finish the sweep" in stderr.strip().splitlines()[-1]
+    said, _, line = stderr.strip().splitlines()[-1].partition("; finish the sweep with: ")
+    assert said.startswith("optlab train: interrupted after epoch ") and shlex.split(line) == ["optlab", "train", *sweep]
     runs = sorted(p.parent for p in (tmp_path / "sweep").glob("*/*/metrics.json"))
     records = [json.loads((run / "metrics.json").read_text()) for run in runs]
     assert len(runs) == 3 and {r["status"] for r in records} == {"interrupted"}
@@ -148,7 +165,7 @@ def test_ctrl_c_stops_the_group_resumably_and_the_same_command_finishes_it(tmp_p
 
     alone = optlab("train", f"resume={runs[0]}", cwd=tmp_path)  # one member, as any run
     assert alone.returncode == 0, alone.stderr
-    again = optlab("train", *sweep, cwd=tmp_path)  # the other two, as a group; the first is finished
+    again = paste(line, tmp_path)  # the other two, as a group; the first is finished
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("skipped:") == 1 and "training 2 runs as one stacked model (resumed)" in again.stdout
     for run in runs:
@@ -158,6 +175,42 @@ def test_ctrl_c_stops_the_group_resumably_and_the_same_command_finishes_it(tmp_p
             torch.testing.assert_close(history(run), history(finished), rtol=1e-4, atol=0)
         else:  # went on in its group: as if it had never stopped
             assert history(run) == history(finished)
+
+
+APP = """
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+
+@hydra.main(config_path=".", config_name="app", version_base="1.3")
+def main(cfg):
+    Path(HydraConfig.get().runtime.output_dir, "out.txt").write_text(f"x={cfg.x}")
+
+
+main()
+"""
+
+
+@pytest.mark.parametrize("plugins", [["hydra/launcher=vectorized"], ["hydra/sweeper=optlab"],
+                                     ["hydra/sweeper=optlab", "hydra/launcher=vectorized"]])
+def test_another_hydra_apps_sweep_runs_as_with_hydras_own_plugins(plugins, tmp_path):
+    """optlab's plugins are installed for every Hydra app: another app may pick them, and its
+    jobs run as Hydra's basic sweeper and launcher run them."""
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "app.yaml").write_text("x: 0\n")
+
+    def files(*chosen: str, folder: str) -> dict[str, str]:
+        result = subprocess.run([sys.executable, "app.py", "-m", *chosen, "x=1,2", f"hydra.sweep.dir={folder}"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        return {str(p.relative_to(tmp_path / folder)): p.read_text() if p.name == "out.txt" else ""
+                for p in (tmp_path / folder).rglob("*") if p.is_file()}
+
+    basic = files(folder="basic")
+    assert basic["0/out.txt"] == "x=1" and basic["1/out.txt"] == "x=2"
+    assert files(*plugins, folder="chosen") == basic
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

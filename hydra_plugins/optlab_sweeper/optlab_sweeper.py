@@ -10,7 +10,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.core.utils import JobStatus
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.optlab_sweeper.config import OptlabSweeperConf  # noqa: F401 (stores the config)
 from optlab import jobs
@@ -72,6 +72,9 @@ class OptlabSweeper(BasicSweeper):
         overrides = OverridesParser.create(config_loader=loader).parse_overrides([*self._parse_config(), *arguments])
         grid = [job for batch in self.split_arguments(overrides, None) for job in batch]
         configs = compose_grid(loader, self.config, grid)
+        for i, cfg in enumerate(configs):  # numbered as a launcher numbers them, for a `${hydra.job.num}` folder
+            with read_write(cfg.hydra), open_dict(cfg.hydra):
+                cfg.hydra.job.id = cfg.hydra.job.num = i
         todo = jobs.prepare_sweep(configs)
         if type(self.launcher).__name__ in IN_PROCESS:  # each job is composed once, not twice (~0.1 s a job)
             loader.load_sweep_config = partial(_composed, {tuple(job): cfg for job, cfg in zip(grid, configs)},
@@ -84,6 +87,7 @@ class OptlabSweeper(BasicSweeper):
             results = self.launcher.launch([grid[i] for i in chunk], initial_job_idx=sum(map(len, returns)))
             returns.append(results)
             for i, result in zip(chunk, results):
-                if result.status == JobStatus.FAILED or result.return_value.get("status") == "failed":
+                if result.status == JobStatus.FAILED or (isinstance(result.return_value, dict)
+                                                         and result.return_value.get("status") == "failed"):
                     jobs.current.failed.append(str(jobs.job_folder(configs[i])))
         return returns

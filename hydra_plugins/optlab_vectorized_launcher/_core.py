@@ -20,7 +20,8 @@ from hydra.core.utils import JobReturn, JobStatus, _save_config, configure_log, 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from optlab import jobs
-from optlab.config import usage_error
+from optlab.config import UsageError, usage_error
+from optlab.files import load_checkpoint
 
 log = logging.getLogger("optlab")
 
@@ -62,14 +63,23 @@ def groups(configs: list[DictConfig], tasks: list[DictConfig]) -> list[tuple[lis
             key = group_key(task)
             run_dir = jobs.job_folder(cfg)
             action = jobs.current.planned.get(str(run_dir)) or jobs.plan(run_dir, task)  # the sweeper planned it
-            # resumed members must stand at the same epoch; fresh ones all start at 0
-            at = (jobs.read_metrics(run_dir) or {}).get("epochs_run") if action == "resume" else 0
+            # resumed members (interrupted, or killed without a record) must stand at the same epoch
+            at = resumes_after(run_dir) if action == "resume" else 0
         found.setdefault((action, at, key) if key else (action, i), []).append(i)
     result = []
     for (action, *_), members in found.items():
         size = configs[members[0]].vectorize.max_members
         result += [(members[start:start + size], action) for start in range(0, len(members), size)]
     return sorted(result)
+
+
+def resumes_after(run_dir: Path) -> int | None:
+    """The epoch a resumed run goes on after, as its last.pt says (None where that does not
+    load: such runs, grouped, fall back to running alone, where each fails in one line)."""
+    try:
+        return load_checkpoint(run_dir / "checkpoints" / "last.pt").get("epoch")
+    except UsageError:
+        return None
 
 
 def task_config(cfg: DictConfig) -> DictConfig:
@@ -118,7 +128,7 @@ def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool
     interrupted = [m for m in metrics if m["status"] == "interrupted"]
     if interrupted:
         jobs.stop_interrupted(interrupted[0], f"optlab train: interrupted after epoch {interrupted[0]['epochs_run']}; "
-                              "run the same command again to finish the sweep")
+                              f"finish the sweep with: {jobs.sweep_again(Path(configs[0].hydra.sweep.dir))}")
     return [JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task, hydra_cfg=cfg, working_dir=os.getcwd(),
                       task_name=cfg.hydra.job.name, status=JobStatus.COMPLETED, _return_value=result)
             for cfg, task, result in zip(configs, tasks, metrics)]
