@@ -76,13 +76,16 @@ def _run_report(args: list[str]) -> int:
         "report.md and a self-contained index.html.",
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/report"), help="the report's folder")
+    parser.add_argument("--keep", choices=("all", "records"), default="all",
+                        help="records: delete the checkpoints of every finished run (most of the disk the "
+                        "runs take); the verdicts read their metrics.json, so a later call reuses them")
     options = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from optlab.config import UsageError
     from optlab.report import report
 
     try:
-        findings = report(options.out)
+        findings = report(options.out, options.keep)
     except UsageError as mistake:
         print(f"optlab report: {mistake}", file=sys.stderr)
         return 2
@@ -336,7 +339,10 @@ def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:
     if status in jobs.FINISHED:
         print(f"optlab train: {folder} already {status}: nothing to resume (metrics.json)")
         return None
-    saved = OmegaConf.to_container(load_yaml(folder / ".hydra" / "overrides.yaml", "resume: "))  # as typed: `${...}` unresolved
+    overrides = folder / ".hydra" / "overrides.yaml"
+    saved = OmegaConf.to_container(load_yaml(overrides, "resume: "))  # as typed: `${...}` unresolved
+    if not (isinstance(saved, list) and all(isinstance(o, str) for o in saved)):
+        raise UsageError(f"resume: cannot read {overrides}: it holds {saved!r}, not a list of key=value overrides")
     jobs.current.resume = folder
     jobs.current.allow_changes = options.get("resume.allow_changes", "false").lower() == "true"
     own = [a for a in args if a not in resume]

@@ -31,7 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from optlab.config import UsageError, flatten, targets, usage_error, validate
-from optlab.files import atomic_write, load_checkpoint, load_yaml, write_json
+from optlab.files import atomic_write, load_checkpoint, load_yaml, read_json, write_json
 
 log = logging.getLogger("optlab")
 
@@ -80,10 +80,9 @@ def _used(cfg: DictConfig, key: str) -> bool:
 
 
 def read_metrics(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
+    """A run's record; None where it has none. A damaged one is a UsageError naming it."""
+    path = run_dir / "metrics.json"
+    return read_json(path) if path.exists() else None
 
 
 @contextlib.contextmanager
@@ -211,6 +210,7 @@ def prepare_sweep(configs: list[DictConfig]) -> list[int]:
     for cfg in configs:
         with as_job(cfg):
             validate(cfg)
+            read_metrics(job_folder(cfg))  # a damaged record stops the sweep before any folder changes
     todo = []
     for i, cfg in enumerate(configs):
         with as_job(cfg):
