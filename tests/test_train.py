@@ -204,3 +204,14 @@ def test_the_hint_comes_from_the_record(overrides, record, classes, expected):
 
     hint = lesson(make_config(*overrides), record, classes)
     assert hint == expected if expected is None else expected in hint
+
+
+def test_the_readme_rprop_example_reaches_what_it_says(tmp_path):
+    """The README's Examples line for Rprop, run as it is printed, ends at the accuracy it states."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("optlab train optimizer=rprop"))
+    command, claim = line.split("#")
+    metrics = train(make_config(*command.split()[2:]), tmp_path)
+    assert f"{metrics['test_acc']:.3f}" == claim.rsplit(": ", 1)[-1].strip() and metrics["hint"] is None
