@@ -92,8 +92,9 @@ def run_experiments(spec: DictConfig, out: Path, keep: str = "all") -> list[str]
             total = planned(name)
             log.info("%s (preset %d of %d): %d runs, output in %s", name, i, len(names), total,
                      out / "runs" / f"{name}.log")
-            with open(out / "runs" / f"{name}.log", "w") as output:
-                code = watch(subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT), folder, name, total)
+            with (open(out / "runs" / f"{name}.log", "w") as output,
+                  subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT) as process):
+                code = watch(process, folder, name, total)
             log.info("%s: %.0f s%s", name, time.perf_counter() - started, "" if code == 0 else f", exit {code}")
             if code != 0:
                 failed.append(name)
@@ -115,7 +116,7 @@ def planned(name: str) -> int:
     return sum(map(len, BasicSweeper.split_arguments(overrides, None)))
 
 
-def finished_runs(folder: Path) -> list[Path]:
+def recorded_runs(folder: Path) -> list[Path]:
     """The run folders under `folder` with a record (metrics.json), earlier attempts left out."""
     return [f.parent for f in folder.rglob("metrics.json")
             if not any(part.startswith(".") for part in f.parent.relative_to(folder).parts)]
@@ -133,7 +134,7 @@ def watch(process: subprocess.Popen, folder: Path, name: str, total: int) -> int
             code = process.wait(timeout=1)
         except subprocess.TimeoutExpired:
             pass
-        now = len(finished_runs(folder))
+        now = len(recorded_runs(folder))
         if now != done and bar is not None:
             bar.update(now - bar.n)
         elif now != done:
@@ -149,7 +150,7 @@ def drop_checkpoints(folder: Path) -> None:
     resumed, and its record (metrics.json, curves, configs) holds what a verdict reads."""
     from optlab.jobs import FINISHED, read_metrics
 
-    for run in finished_runs(folder):
+    for run in recorded_runs(folder):
         if (read_metrics(run) or {}).get("status") in FINISHED:
             shutil.rmtree(run / "checkpoints", ignore_errors=True)
 
