@@ -76,13 +76,16 @@ def _run_report(args: list[str]) -> int:
         "report.md and a self-contained index.html.",
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/report"), help="the report's folder")
+    parser.add_argument("--keep", choices=("all", "records"), default="all",
+                        help="records: delete the checkpoints of every finished run (most of the disk the "
+                        "runs take); the verdicts read their metrics.json, so a later call reuses them")
     options = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from optlab.config import UsageError
     from optlab.report import report
 
     try:
-        findings = report(options.out)
+        findings = report(options.out, options.keep)
     except UsageError as mistake:
         print(f"optlab report: {mistake}", file=sys.stderr)
         return 2

@@ -18,8 +18,10 @@ that set it apart from the others. Written into the output folder:
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
+import re
 import statistics
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from optlab import allowlist
 from optlab.config import METRICS, flatten
 from optlab.files import atomic_write, write_csv
+from optlab.jobs import read_metrics
 
 # lower is better for these; higher for the rest
 MINIMIZED = {
@@ -38,6 +41,9 @@ MINIMIZED = {
     "wall_time_s", "final_loss", "final_distance", "rate_measured", "steps_to_target", "examples_to_target",
     "time_to_target",
 }
+# what a summary ranks by when no run has the metric asked for: the first of these its runs
+# have (surface runs have no accuracy); never a cost such as wall_time_s
+QUALITY = ("best_val_acc", "test_acc", "best_val_loss", "test_loss", "final_loss", "final_distance")
 # columns of the table, after the ranking metric, where some run has them
 COLUMNS = (
     "best_val_acc", "best_val_loss", "test_acc", "generalization_gap", "epoch_time_s", "epochs_run",
@@ -93,9 +99,14 @@ class Group:
     def status(self) -> str:
         counts: dict[str, int] = {}
         for run in self.runs:
-            status = run.metrics.get("status", "unknown")
+            status = str(run.metrics.get("status", "unknown"))
             counts[status] = counts.get(status, 0) + 1
         return ", ".join(f"{n} {s}" for s, n in counts.items())
+
+    @property
+    def finished(self) -> bool:
+        """Whether every run of the configuration completed (none diverged, failed, or stopped)."""
+        return all(run.metrics.get("status") == "completed" for run in self.runs)
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
@@ -113,8 +124,8 @@ def find_runs(paths: list[Path]) -> list[Run]:
 
 
 def _load(path: Path) -> Run | None:
+    metrics = read_metrics(path)  # a damaged record stops the summary, naming its file
     try:
-        metrics = json.loads((path / "metrics.json").read_text())
         overrides = OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "overrides.yaml"))  # `${...}` as typed
         config = OmegaConf.load(path / ".hydra" / "config.yaml")
     except (OSError, ValueError):  # a half-made folder (no .hydra): not a run to compare
@@ -153,9 +164,21 @@ def group_runs(runs: list[Run]) -> list[Group]:
 
 
 def rank(groups: list[Group], metric: str) -> list[Group]:
-    """Best first by the mean of `metric`; configurations without it last."""
+    """Best first by the mean of `metric`, configurations whose every run completed before the
+    others (a diverged run's numbers never rank it above a finished one); those without
+    `metric` last."""
     sign = 1 if metric in MINIMIZED else -1
-    return sorted(groups, key=lambda g: (g.mean(metric) is None, sign * (g.mean(metric) or 0)))
+    return sorted(groups, key=lambda g: (g.mean(metric) is None, not g.finished, sign * (g.mean(metric) or 0)))
+
+
+def ranking(groups: list[Group], asked: str) -> tuple[str | None, str]:
+    """The metric to rank by, and the words that say so: `asked` where a run has it, else the
+    first measure of quality (QUALITY) the runs have, else none (the order is the folders')."""
+    metric = next((m for m in (asked, *QUALITY) if any(g.values(m) for g in groups)), None)
+    if metric is None:
+        return None, f"not ranked: no run has {asked} or any of {', '.join(QUALITY)}"
+    order = f"ranked by {metric}, {'lower' if metric in MINIMIZED else 'higher'} is better"
+    return metric, order + ("" if metric == asked else f" (no run has {asked})") + ", unfinished configurations last"
 
 
 def _cell(group: Group, metric: str) -> str:
@@ -167,15 +190,31 @@ def _cell(group: Group, metric: str) -> str:
     return f"{mean:.4g} ± {std:.2g}"
 
 
-def table(groups: list[Group], metric: str) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the summary, ranked."""
-    columns = [metric] + [c for c in COLUMNS if c != metric and any(g.values(c) for g in groups)]
+def table(groups: list[Group], metric: str | None) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the summary, ranked by `metric` (None: in the order given)."""
+    columns = [metric] * bool(metric) + [c for c in COLUMNS if c != metric and any(g.values(c) for g in groups)]
     header = ["#", "configuration", "n", "status", *columns]
     rows = [
         [str(i), g.label, str(len(g.runs)), g.status, *(_cell(g, c) for c in columns)]
-        for i, g in enumerate(rank(groups, metric), start=1)
+        for i, g in enumerate(rank(groups, metric) if metric else groups, start=1)
     ]
     return header, rows
+
+
+def md_text(text) -> str:
+    """`text` as literal Markdown inline text (a table cell, a heading): `&`, `<` and `>` as
+    HTML entities, Markdown's inline marks and the table's `|` escaped by a backslash, and
+    line breaks as spaces."""
+    escaped = re.sub(r"([\\`*_\[\]|~])", r"\\\1", html.escape(str(text), quote=False))
+    return " ".join(escaped.splitlines())
+
+
+def md_code(text) -> str:
+    """`text` as a Markdown code span, shown as it is: fenced by more backticks than it holds
+    in a row, on one line."""
+    line = " ".join(str(text).splitlines())
+    fence = "`" * (max(map(len, re.findall("`+", line)), default=0) + 1)
+    return f"{fence} {line} {fence}"
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
@@ -191,15 +230,13 @@ def summarize(paths: list[Path], out: Path, metric: str = "best_val_acc", x: str
     if not runs:
         return []
     groups = group_runs(runs)
-    if not any(g.values(metric) for g in groups):  # e.g. best_val_acc over surface runs
-        metric = next((m for m in METRICS if any(g.values(m) for g in groups)), metric)
+    metric, order = ranking(groups, metric)  # e.g. final_loss where best_val_acc was asked of surface runs
     header, rows = table(groups, metric)
     text = format_table(header, rows)
-    order = f"ranked by {metric}, {'lower' if metric in MINIMIZED else 'higher'} is better"
     print(f"\n{len(runs)} runs in {len(groups)} configurations (mean ± std over seeds), {order}:")
     print(text)
 
-    ranked = rank(groups, metric)
+    ranked = rank(groups, metric) if metric else groups
     swept = sorted({k for g in groups for k in g.params})
     records = []
     for g in ranked:
@@ -211,14 +248,15 @@ def summarize(paths: list[Path], out: Path, metric: str = "best_val_acc", x: str
         records.append(record)
     write_csv(out / "summary.csv", records)
     markdown = "\n".join(
-        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        + ["| " + " | ".join(r) + " |" for r in rows]
+        ["| " + " | ".join(map(md_text, header)) + " |", "|" + "---|" * len(header)]
+        + ["| " + " | ".join(map(md_text, r)) + " |" for r in rows]
     )
-    atomic_write(out / "summary.md", lambda f: f.write(f"# {len(runs)} runs, {order}\n\n{markdown}\n".encode()))
+    atomic_write(out / "summary.md",
+                 lambda f: f.write(f"# {len(runs)} runs, {md_text(order)}\n\n{markdown}\n".encode()))
 
     written = [out / "summary.csv", out / "summary.md"]
     written += plot_curves(groups, out / "curves.png", x)
-    written += [plot_metric(groups, metric, key, out / f"{metric}_vs_{key}.png") for key in swept]
+    written += [plot_metric(groups, metric, key, out / f"{metric}_vs_{key}.png") for key in swept if metric]
     written += overlay_trajectories(groups, out)
     from optlab import critical  # numpy: only once a summary is written
 

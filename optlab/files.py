@@ -67,6 +67,19 @@ def load_yaml(path: Path, what: str = "") -> Any:
         raise UsageError(f"{what}cannot read {path}: {reason(error)}") from None
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object a run wrote (`metrics.json`, `lr_find.json`), or a one-line UsageError
+    naming the file when it is missing, does not parse, or holds anything but an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read {path}: {reason(error)}") from None
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
+        raise UsageError(f"cannot read {path}: it holds {kind}, not a JSON object of key: value")
+    return data
+
+
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
     """A checkpoint's dict, loaded with `weights_only=True`: tensors and plain values only, so
     that no file optlab reads can run code (a pickle can call anything as it loads). Anything

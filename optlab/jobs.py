@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from optlab.config import UsageError, flatten, targets, usage_error, validate
-from optlab.files import atomic_write, load_checkpoint, load_yaml, write_json
+from optlab.files import atomic_write, load_checkpoint, load_yaml, read_json, write_json
 from optlab.naming import command, override, relative
 
 log = logging.getLogger("optlab")
@@ -83,10 +83,9 @@ def _used(cfg: DictConfig, key: str) -> bool:
 
 
 def read_metrics(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
+    """A run's record; None where it has none. A damaged one is a UsageError naming it."""
+    path = run_dir / "metrics.json"
+    return read_json(path) if path.exists() else None
 
 
 @contextlib.contextmanager
@@ -244,6 +243,7 @@ def prepare_sweep(configs: list[DictConfig]) -> list[int]:
         with as_job(cfg):
             if is_run(cfg):
                 validate(cfg)
+                read_metrics(job_folder(cfg))  # a damaged record stops the sweep before any folder changes
             folder = job_folder(cfg)
         if folder in folders:
             named = (" ".join(c.hydra.overrides.task) or "(no overrides)" for c in (folders[folder], cfg))

@@ -104,7 +104,7 @@ class RunLog:
 
     def finish(self, metrics: dict, summary: str, hparams: dict) -> None:
         """Write history.csv (if there are epochs), metrics.json and the run's HParams entry;
-        print the summary."""
+        print the summary, and the record's hint on what to try next, if it has one."""
         if self.bar is not None:
             self.bar.close()
         if self.history:
@@ -114,5 +114,7 @@ class RunLog:
         self.writer.close()
         where = relative(self.run_dir)
         self.logger.info("%s", summary)
+        if metrics.get("hint"):
+            self.logger.info("hint: %s", metrics["hint"])
         self.logger.info("run folder: %s", where)
         self.logger.info("curves:     %s", command("tensorboard", "--logdir", path_word(where)))

@@ -14,7 +14,6 @@ random streams, so `optimizer.lr=find` trains exactly as `optimizer.lr=<suggeste
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from optlab import data as dataset
 from optlab import rng
 from optlab.config import UsageError
-from optlab.files import write_csv, write_json
+from optlab.files import read_json, write_csv, write_json
 from optlab.naming import command
 
 log = logging.getLogger("optlab")
@@ -164,7 +163,9 @@ def resolve(cfg: DictConfig, run_dir: Path, data: dataset.Data, device: torch.de
     `run_dir`; a resumed run reads its lr_find.json instead of testing again)."""
     found = run_dir / "lr_find.json"
     if resume and found.exists():
-        lr = json.loads(found.read_text())["suggested_lr"]
+        lr = read_json(found).get("suggested_lr")
+        if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < math.inf):
+            raise UsageError(f"resume: cannot read {found}: suggested_lr is {lr!r}, not a positive number")
     else:
         result = range_test(cfg, data, device)
         write(result, cfg, run_dir)

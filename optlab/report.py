@@ -16,6 +16,7 @@ import html
 import json
 import logging
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,12 +24,14 @@ import time
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from urllib.parse import quote
 
 from omegaconf import DictConfig, OmegaConf
 
-from optlab.compare import Run, find_runs, group_runs, sort_key
+from optlab.compare import Run, find_runs, group_runs, md_code, md_text, sort_key
 from optlab.config import UsageError
 from optlab.files import atomic_write, write_json
+from optlab.naming import command
 
 log = logging.getLogger("optlab")
 
@@ -69,32 +72,94 @@ def spec() -> DictConfig:
     return OmegaConf.load(str(files("optlab.conf") / "report.yaml"))
 
 
-def run_experiments(spec: DictConfig, out: Path) -> list[str]:
-    """Run each preset that has not finished into `out/runs/<name>`; returns those that failed."""
-    from optlab.logs import progress
-
-    failed = []
-    for name in progress(list(spec.experiments), desc="experiments", unit="preset"):
+def run_experiments(spec: DictConfig, out: Path, keep: str = "all") -> list[str]:
+    """Run each preset that has not finished into `out/runs/<name>`, its progress shown as runs
+    done of its sweep's; with `keep="records"`, delete the checkpoints of every finished run
+    (the verdicts read metrics.json). Returns the presets that failed."""
+    failed, names = [], list(spec.experiments)
+    for i, name in enumerate(names, start=1):
         if missing(spec.experiments[name]):
             log.info("%s: not run: needs %s", name, missing(spec.experiments[name]))
             continue
         folder = out / "runs" / name
         marker, preset = folder / ".report.json", _fingerprint(name)
-        if marker.exists() and json.loads(marker.read_text()).get("preset") == preset:
-            continue
-        launcher = spec.experiments[name].launcher
-        command = [sys.executable, "-m", "optlab", "train", f"experiment={name}", f"hydra.sweep.dir={folder}",
-                   *(["hydra/launcher=vectorized"] if launcher == "vectorized" else [])]
-        started = time.perf_counter()
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(out / "runs" / f"{name}.log", "w") as output:
-            code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT).returncode
-        log.info("%s: %.0f s%s", name, time.perf_counter() - started, "" if code == 0 else f", exit {code}")
-        if code == 0:
+        if not (marker.exists() and json.loads(marker.read_text()).get("preset") == preset):
+            launcher = spec.experiments[name].launcher
+            command = [sys.executable, "-m", "optlab", "train", f"experiment={name}", f"hydra.sweep.dir={folder}",
+                       *(["hydra/launcher=vectorized"] if launcher == "vectorized" else [])]
+            started = time.perf_counter()
+            folder.mkdir(parents=True, exist_ok=True)
+            total = planned(name)
+            log.info("%s (preset %d of %d): %d runs, output in %s", name, i, len(names), total,
+                     out / "runs" / f"{name}.log")
+            with (open(out / "runs" / f"{name}.log", "w") as output,
+                  subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT) as process):
+                code = watch(process, folder, name, total)
+            log.info("%s: %.0f s%s", name, time.perf_counter() - started, "" if code == 0 else f", exit {code}")
+            if code != 0:
+                failed.append(name)
+                continue
             write_json(marker, {"preset": preset, "seconds": time.perf_counter() - started})
-        else:
-            failed.append(name)
+        if keep == "records":
+            drop_checkpoints(folder)
     return failed
+
+
+def planned(name: str) -> int:
+    """How many runs the preset's sweep has: its `hydra.sweeper.params` expanded as Hydra's
+    sweeper expands them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.load(str(files("optlab.conf") / "experiment" / f"{name}.yaml")).hydra.sweeper.params
+    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return sum(map(len, BasicSweeper.split_arguments(overrides, None)))
+
+
+def recorded_runs(folder: Path) -> list[Path]:
+    """The run folders under `folder` with a record (metrics.json), earlier attempts left out."""
+    return [f.parent for f in folder.rglob("metrics.json")
+            if not any(part.startswith(".") for part in f.parent.relative_to(folder).parts)]
+
+
+def watch(process: subprocess.Popen, folder: Path, name: str, total: int) -> int:
+    """Wait for a preset's sweep, showing its runs done (those with a record) of `total`: a bar
+    on a terminal, a log line at each change otherwise. Returns its exit code."""
+    from tqdm import tqdm
+
+    done, code = -1, None
+    bar = tqdm(total=total, desc=name, unit="run", dynamic_ncols=True) if sys.stdout.isatty() else None
+    while code is None:
+        try:
+            code = process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+        now = len(recorded_runs(folder))
+        if now != done and bar is not None:
+            bar.update(now - bar.n)
+        elif now != done:
+            log.info("%s: %d/%d runs done", name, now, total)
+        done = now
+    if bar is not None:
+        bar.close()
+    return code
+
+
+def drop_checkpoints(folder: Path) -> None:
+    """Delete `checkpoints/` of every finished run under `folder`: a finished run is never
+    resumed, and its record (metrics.json, curves, configs) holds what a verdict reads."""
+    from optlab.jobs import FINISHED, read_metrics
+
+    for run in recorded_runs(folder):
+        if (read_metrics(run) or {}).get("status") in FINISHED:
+            shutil.rmtree(run / "checkpoints", ignore_errors=True)
+
+
+def disk_use(folder: Path) -> str:
+    """`701.2 MB in 4321 files (666 checkpoints)` under `folder`."""
+    sizes = [(f.stat().st_size, f.suffix == ".pt") for f in folder.rglob("*") if f.is_file()]
+    checkpoints = sum(pt for _, pt in sizes)
+    return f"{sum(size for size, _ in sizes) / 1e6:,.1f} MB in {len(sizes)} files ({checkpoints} checkpoints)"
 
 
 def missing(experiment: DictConfig) -> str | None:
@@ -206,20 +271,28 @@ def tally(findings: list[Finding]) -> str:
 
 
 def markdown(findings: list[Finding], figures: dict[int, list[Path]], minutes: float) -> str:
+    """report.md: every value as literal text (md_text, md_code), whatever a config holds."""
     lines = ["# The recitation, reproduced", "",
-             f"{tally(findings)}. Every number comes from the runs under `runs/` "
+             f"{md_text(tally(findings))}. Every number comes from the runs under `runs/` "
              f"({minutes:.1f} min of experiments on this machine); effects are the difference of the two "
              "configurations' means over seeds with a 95% interval.", "",
              "| slide | claim | data | effect (95% interval) | verdict |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {f.slide} | {f.claim.claim} | {f.data} | {effect_text(f)} | **{f.verdict}** |" for f in findings]
+    lines += [f"| {md_text(f.slide)} | {md_text(f.claim.claim)} | {md_text(f.data)} | {md_text(effect_text(f))} "
+              f"| **{md_text(f.verdict)}** |" for f in findings]
     slide = None
     for i, f in enumerate(findings):
         if f.slide != slide:
             slide = f.slide
-            lines += ["", f"## {slide}", "", f"`optlab train experiment={f.claim.experiment}`"]
-        lines += ["", f"**Claim.** {f.claim.claim}", "", *(f"![{p.stem}](figures/{p.name})" for p in figures[i]), "",
-                  f"{effect_text(f)}: **{f.verdict}**."]
+            lines += ["", f"## {md_text(slide)}", "", md_code(rerun(f))]
+        lines += ["", f"**Claim.** {md_text(f.claim.claim)}", "",
+                  *(f"![{md_text(p.stem)}](figures/{quote(p.name)})" for p in figures[i]), "",
+                  f"{md_text(effect_text(f))}: **{md_text(f.verdict)}**."]
     return "\n".join(lines) + "\n"
+
+
+def rerun(finding: Finding) -> str:
+    """The command that runs a claim's experiment, quoted for the shell."""
+    return command("optlab", "train", f"experiment={finding.claim.experiment}")
 
 
 CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}
@@ -236,27 +309,28 @@ def page(findings: list[Finding], figures: dict[int, list[Path]], minutes: float
     def inline(path):
         return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
 
-    rows = "".join(f"<tr><td>{html.escape(f.slide)}</td><td>{html.escape(f.claim.claim)}</td><td>{f.data}</td>"
-                   f"<td>{html.escape(effect_text(f))}</td><td>{badge(f)}</td></tr>" for f in findings)
+    rows = "".join(f"<tr><td>{html.escape(f.slide)}</td><td>{html.escape(f.claim.claim)}</td>"
+                   f"<td>{html.escape(f.data)}</td><td>{html.escape(effect_text(f))}</td><td>{badge(f)}</td></tr>"
+                   for f in findings)
     sections, slide = [], None
     for i, f in enumerate(findings):
         if f.slide != slide:
             slide = f.slide
-            sections.append(f"<section><h2>{html.escape(slide)}</h2><p><code>optlab train experiment="
-                            f"{f.claim.experiment}</code></p>")
+            sections.append(f"<section><h2>{html.escape(slide)}</h2><p><code>{html.escape(rerun(f))}</code></p>")
         sections.append(f"<h3>{html.escape(f.claim.claim)}</h3>{''.join(inline(p) for p in figures[i])}"
                         f"<p>{html.escape(effect_text(f))}: {badge(f)}</p>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>optlab report</title><style>{CSS}</style>"
-            f"</head><body><h1>The recitation, reproduced</h1><p>{tally(findings)} ({minutes:.1f} min of "
+            f"</head><body><h1>The recitation, reproduced</h1><p>{html.escape(tally(findings))} ({minutes:.1f} min of "
             "experiments). Effects: difference of means over seeds, 95% interval.</p>"
             f"<table><tr><th>slide</th><th>claim</th><th>data</th><th>effect</th><th>verdict</th></tr>{rows}</table>"
             f"{''.join(sections)}</body></html>\n")
 
 
-def report(out: Path) -> list[Finding]:
-    """Run what is missing, judge every claim, write report.md and index.html into `out`."""
+def report(out: Path, keep: str = "all") -> list[Finding]:
+    """Run what is missing, judge every claim, write report.md and index.html into `out`, and
+    say how much disk it takes (`keep`: see run_experiments)."""
     plan = spec()
-    failed = run_experiments(plan, out)
+    failed = run_experiments(plan, out, keep)
     if failed:
         raise UsageError(f"report: experiment{'s' * (len(failed) > 1)} {', '.join(failed)} failed: "
                          f"see {out / 'runs'}/<name>.log; run the same command again to go on")
@@ -280,6 +354,8 @@ def report(out: Path) -> list[Finding]:
         pictured.add(claim.experiment)
     atomic_write(out / "report.md", lambda f: f.write(markdown(findings, figures, minutes).encode()))
     atomic_write(out / "index.html", lambda f: f.write(page(findings, figures, minutes).encode()))
+    log.info("disk: %s under %s%s", disk_use(out), out,
+             "" if keep == "records" else " (--keep records deletes the checkpoints of finished runs)")
     return findings
 
 

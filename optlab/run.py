@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,13 +115,10 @@ class Run:
         self.log.steps(steps.first_step, steps.columns, steps.times)
         losses = steps.columns["step/loss"]
         self.first_loss = losses[0] if self.first_loss is None else self.first_loss
-        limit = self.cfg.diverge_threshold * self.first_loss
-        bad = [i for i, v in enumerate(losses) if not v <= limit]  # NaN fails too
+        self.diverged_step = diverged_at(steps.first_step, losses, self.first_loss, self.cfg.diverge_threshold,
+                                         self.logger)
         self.epoch, self.step, self.seen = epoch, self.step + len(losses), self.seen + steps.count
-        if bad:  # NaN, Inf or blown up: nothing more to learn from this run
-            self.diverged_step = steps.first_step + bad[0]
-            self.logger.warning("diverged at step %d: loss %s (first loss %.4g, diverge_threshold=%g)",
-                                self.diverged_step, losses[bad[0]], self.first_loss, self.cfg.diverge_threshold)
+        if self.diverged_step is not None:  # NaN, Inf or blown up: nothing more to learn from this run
             return self.end("diverged")
         row = {
             "epoch": epoch,
@@ -183,6 +181,47 @@ class Run:
         if self.active:
             self.trained = self.train_time
             self.status = status
+
+
+def diverged_at(first_step: int, losses: list[float], first_loss: float, threshold: float,
+                logger: logging.Logger) -> int | None:
+    """The step (`first_step` is that of `losses[0]`) whose loss counts as diverged, logged, or
+    None: a loss that is NaN or infinite, or above `threshold` × the size of the run's first loss.
+    The rule of every run, on a network or on a surface (whose loss may be negative)."""
+    limit = threshold * abs(first_loss)
+    bad = next((i for i, v in enumerate(losses) if not (math.isfinite(v) and v <= limit)), None)
+    if bad is None:
+        return None
+    logger.warning("diverged at step %d: loss %s (first loss %.4g, diverge_threshold=%g)",
+                   first_step + bad, losses[bad], first_loss, threshold)
+    return first_step + bad
+
+
+# "no better than chance": a tested accuracy under this fraction of the way from chance to 1
+CHANCE_MARGIN = 0.1
+
+
+def lesson(cfg: DictConfig, metrics: dict, classes: int | None = None) -> str | None:
+    """What a run that diverged, or that ended no better than chance (with `classes` classes),
+    should try next; None for any other run. Both most often come of a rate too large for the
+    batch (or the surface): the hint is a tenth of it, and the range test where it suits the
+    optimizer (optlab/lr_find.py)."""
+    from optlab.lr_find import UNSUITED
+
+    lr, status = cfg.optimizer.get("lr"), metrics["status"]
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool):
+        return None
+    chance = 1 / classes if classes else None
+    if status == "diverged":
+        outcome = "diverged"
+    elif chance and status == "completed" and metrics["test_acc"] <= chance + CHANCE_MARGIN * (1 - chance):
+        outcome = f"no better than chance ({chance:.2g}: test acc {metrics['test_acc']:.4f})"
+    else:
+        return None
+    network = cfg.get("surface") is None
+    where = f"at batch {cfg.batch_size}" if network else "on this surface"
+    find = " or optimizer.lr=find" if network and cfg.optimizer.get("_target_") not in UNSUITED else ""
+    return f"{outcome}: lr {lr:g} is likely too large {where}: try optimizer.lr={lr / 10:g}{find}"
 
 
 def meets(target: DictConfig, row: dict) -> bool:

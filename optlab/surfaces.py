@@ -24,6 +24,7 @@ from optlab.files import write_csv
 from optlab.logs import RunLog, progress
 from optlab.optim import needs_closure
 from optlab.plots import pyplot, save_figure
+from optlab.run import diverged_at, lesson
 
 
 class Surface(nn.Module):
@@ -170,21 +171,22 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         return loss
 
     points, grad_norms, lrs, times = [surface.point.detach().clone()], [], [], []
-    status = "completed"
-    for _ in progress(range(cfg.steps), unit="step"):
+    status, diverged_step, first_loss = "completed", None, closure(backward=False).item()
+    for step in progress(range(1, cfg.steps + 1), unit="step"):
         closure()
         grad_norms.append(surface.point.grad.norm().item())
         lrs.append(optimizer.param_groups[0]["lr"])
         try:
             optimizer.step(closure if closure_based else None)
         except (IndexError, ZeroDivisionError):  # L-BFGS's line search on a surface that falls forever
-            status = "diverged"
+            status, diverged_step = "diverged", step
             break
-        schedules.step(scheduler, surface().item())
+        loss = surface().item()
+        schedules.step(scheduler, loss)
         points.append(surface.point.detach().clone())
         times.append(time.time())
-        if not torch.isfinite(points[-1]).all():
-            status = "diverged"
+        if diverged_at(step, [loss], first_loss, cfg.diverge_threshold, log.logger) is not None:
+            status, diverged_step = "diverged", step
             break
 
     path = torch.stack(points)
@@ -221,6 +223,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "status": status,
         "surface": name,
         "steps": len(path) - 1,
+        "diverged_step": diverged_step,
         "start_loss": losses[0],
         "final_loss": losses[-1],
         "start_distance": distances[0],
@@ -230,10 +233,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "wall_time_s": time.perf_counter() - started,
         "config_hash": jobs.config_hash(cfg),
     }
+    metrics["hint"] = lesson(cfg, metrics)
     rate = metrics["rate_measured"]
     log.finish(
         metrics,
-        f"{name}: {metrics['steps']} steps, loss {losses[0]:.4g} → {losses[-1]:.4g}, distance "
+        f"{status} · {name}: {metrics['steps']} steps, loss {losses[0]:.4g} → {losses[-1]:.4g}, distance "
         f"to optimum {distances[-1]:.3g}, measured rate {'n/a' if rate is None else f'{rate:.4f}'}",
         sweep.hparams(cfg),
     )

@@ -26,7 +26,7 @@ from optlab.files import atomic_write, load_checkpoint, load_yaml, write_json
 from optlab.init import initialize
 from optlab.loop import fit
 from optlab.optim import FULL_BATCH, build_optimizer, decay_groups, needs_closure
-from optlab.run import Epoch, Run
+from optlab.run import Epoch, Run, lesson
 
 log = logging.getLogger("optlab")
 
@@ -258,15 +258,25 @@ def finish(run: Run, model: torch.nn.Module, data: dataset.Data, initial: dict, 
         **run.to_target(),
         **{k: v for k, v in measured.items() if isinstance(v, float)},
     }
-    score = "R²" if data.task == "regression" else "acc"  # what `acc` means for this task
-    run.log.finish(
-        metrics,
-        f"{run.status} · best val {score} {metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']}) · "
-        f"test {score} {test_acc:.4f} · {metrics['epochs_run']} epochs in {metrics['wall_time_s']:.1f} s "
-        f"({metrics['train_samples_per_s']:,.0f} samples/s)",
-        sweep.hparams(cfg),
-    )
+    metrics["hint"] = lesson(cfg, metrics, data.num_outputs if data.task == "classification" else None)
+    monitor = run.checkpoint.monitor
+    best = tested_checkpoint(cfg) == "best.pt" and run.checkpoint.best_state is not None
+    chosen_by = f"{'lowest' if 'loss' in monitor else 'highest'} {monitor}" if best else None
+    run.log.finish(metrics, closing_line(metrics, history, tested["epoch"], chosen_by, data.task), sweep.hparams(cfg))
     return metrics
+
+
+def closing_line(metrics: dict, history: list[dict], epoch: int, chosen_by: str | None, task: str) -> str:
+    """The line a run ends with: how it ended; the tested `epoch` (the best by `chosen_by`, or the
+    last when None) with its own validation score and the test score of its weights; the time
+    it took."""
+    score = "R²" if task == "regression" else "acc"  # what `acc` means for this task
+    row = next((r for r in history if r["epoch"] == epoch), None)
+    tested = "no epoch finished" if row is None else (
+        f"{f'best epoch {epoch} ({chosen_by})' if chosen_by else f'last epoch {epoch}'}: "
+        f"val {score} {row['val_acc']:.4f}, test {score} {metrics['test_acc']:.4f}")
+    return (f"{metrics['status']} · {tested} · {metrics['epochs_run']} epochs in {metrics['wall_time_s']:.1f} s "
+            f"({metrics['train_samples_per_s']:,.0f} samples/s)")
 
 
 def landscape(model, data, cfg: DictConfig, initial: dict, lr: float, run_dir: Path, writer=None) -> dict:

@@ -4,6 +4,7 @@ real preset that a second call reuses, a self-contained page, and the README tab
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 import shutil
 import subprocess
@@ -59,7 +60,8 @@ def test_a_claim_compares_the_runs_its_overrides_pick_and_diverged_counts():
         report.judge(claim(better={"batchnorm": "maybe"}), "2.4", runs)
 
 
-def test_a_report_from_a_real_preset_is_one_page_and_a_second_call_reuses_its_runs(tmp_path, monkeypatch):
+def test_a_report_from_a_real_preset_is_one_page_and_a_second_call_reuses_its_runs(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="optlab")
     plan = report.spec()
     plan.experiments = {"batchnorm": plan.experiments.batchnorm}
     plan.claims = [c for c in plan.claims if c.experiment == "batchnorm"]
@@ -67,6 +69,12 @@ def test_a_report_from_a_real_preset_is_one_page_and_a_second_call_reuses_its_ru
     findings = report.report(tmp_path)
     assert [f.verdict for f in findings] == ["shown"]  # lr 3.0 diverges without batch norm, every seed
     assert len(list((tmp_path / "runs" / "batchnorm").glob("*/seed=*/metrics.json"))) == 6
+    # progress as it runs (a log line at each change, not on a terminal), and its disk use
+    assert "batchnorm (preset 1 of 1): 6 runs" in caplog.text and "batchnorm: 6/6 runs done" in caplog.text
+    checkpoints = list(tmp_path.rglob("*.pt"))
+    assert len(checkpoints) == 6 * 3  # init, best and last of each run
+    size = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
+    assert f"disk: {size / 1e6:,.1f} MB in " in caplog.text and f"({len(checkpoints)} checkpoints) under" in caplog.text
     page = (tmp_path / "index.html").read_text()
     assert "<script" not in page and not re.search(r'(src|href)="(?!data:)', page)  # nothing outside the file
     assert page.count('src="data:image/png;base64,') == 1 and "shown" in page
@@ -75,8 +83,11 @@ def test_a_report_from_a_real_preset_is_one_page_and_a_second_call_reuses_its_ru
     assert (tmp_path / "figures" / "claim01.png").stat().st_size > 0
 
     started = time.perf_counter()
-    again = report.report(tmp_path)
+    again = report.report(tmp_path, keep="records")  # reuses the runs, keeps only what verdicts read
     assert time.perf_counter() - started < 10 and [f.effect for f in again] == [f.effect for f in findings]
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("checkpoints"))
+    assert "(0 checkpoints) under" in caplog.text.splitlines()[-1]
+    assert [f.effect for f in report.report(tmp_path)] == [f.effect for f in findings]  # and again, without them
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (apt-get install chromium)")

@@ -158,3 +158,21 @@ def test_a_schedule_planned_over_the_run_spans_a_surfaces_steps(scheduler, tmp_p
         assert lr.index(max(lr)) == 11 and max(lr) == pytest.approx(0.1, rel=1e-6)
     else:  # η_t = η_0 (1 + cos(π t / 40)) / 2, stepped once per step
         assert lr == pytest.approx([0.1 * (1 + math.cos(math.pi * t / 40)) / 2 for t in range(40)], rel=1e-5)
+
+
+def test_a_surface_diverges_by_the_networks_rule(tmp_path, caplog):
+    """κ = 100 at momentum's default rate blows up (203.5 → 2e+91 in 100 steps): past
+    diverge_threshold × the first loss the run ends as diverged, as a network's would."""
+    metrics = surface_run(tmp_path / "q", "surface=quadratic", "surface.kappa=100", "optimizer=momentum", "steps=300")
+    assert metrics["status"] == "diverged" and metrics["steps"] == metrics["diverged_step"] < 300
+    assert metrics["final_loss"] > 1000 * metrics["start_loss"] and metrics["rate_measured"] is None
+    assert json.loads((tmp_path / "q" / "metrics.json").read_text())["status"] == "diverged"
+    assert "diverged at step" in caplog.text and "try optimizer.lr=0.005" in metrics["hint"]
+    # a loss that falls below zero is no blow-up: the saddle started where f = -0.75 < 0
+    saddle = surface_run(tmp_path / "s", "surface=saddle", "surface.start=[0.5,1.0]", "optimizer=sgd", "steps=20")
+    assert saddle["status"] == "completed" and saddle["final_loss"] < saddle["start_loss"] < 0
+    assert saddle["hint"] is None
+    # and a threshold any step passes stops the run at its first step, on a surface as on a network
+    tight = surface_run(tmp_path / "t", "surface=quadratic", "optimizer=sgd", "optimizer.lr=0.001",
+                        "diverge_threshold=1e-9", "steps=20")
+    assert tight["status"] == "diverged" and tight["diverged_step"] == 1

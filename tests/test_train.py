@@ -153,3 +153,65 @@ def test_model_overrides_change_the_network(tmp_path):
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert state["config"]["model"]["activation"] == "tanh"
     assert "exp_avg" in state["optimizer"]["state"][0]  # Adam's moment estimates
+
+
+def test_the_closing_line_describes_one_epoch():
+    """Epoch 1 has the lowest validation loss and 0.186 accuracy, epoch 2 the highest accuracy:
+    the line names the tested epoch, why it was chosen, and that epoch's own accuracy."""
+    from optlab.train import closing_line
+
+    history = [{"epoch": 1, "val_loss": 11.1, "val_acc": 0.186}, {"epoch": 2, "val_loss": 74.7, "val_acc": 0.9583}]
+    metrics = {"status": "completed", "test_acc": 0.1889, "best_val_acc": 0.9583, "epochs_run": 2,
+               "wall_time_s": 1.0, "train_samples_per_s": 2154.0, "hint": None}
+    line = closing_line(metrics, history, 1, "lowest val_loss", "classification")
+    assert "best epoch 1 (lowest val_loss): val acc 0.1860, test acc 0.1889" in line and "0.9583" not in line
+    assert "last epoch 2: val acc 0.9583" in closing_line(metrics, history, 2, None, "classification")
+    assert "val R² 0.1860" in closing_line(metrics, history, 1, "lowest val_loss", "regression")
+    assert "no epoch finished" in closing_line({**metrics, "status": "diverged"}, [], 0, None, "classification")
+
+
+def test_a_run_no_better_than_chance_says_what_to_try(tmp_path, caplog):
+    """Rprop at its default 0.1 on full batches: its best epoch by validation loss is the first,
+    at chance (the weights overshoot, then fit with huge validation losses). The closing line
+    shows that epoch's numbers, and the record says why: the rate."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="optlab")
+    metrics = train(make_config("optimizer=rprop", "batch_size=full", "epochs=3"), tmp_path)
+    assert metrics["best_epoch"] == 1 and metrics["test_acc"] < 0.19 and metrics["best_val_acc"] > 0.5
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    assert f"best epoch 1 (lowest val_loss): val acc {float(rows[0]['val_acc']):.4f}, test acc" in caplog.text
+    assert f"best val acc {metrics['best_val_acc']:.4f}" not in caplog.text
+    assert metrics["hint"].startswith("no better than chance (0.1")
+    assert "lr 0.1 is likely too large at batch full: try optimizer.lr=0.01" in metrics["hint"]
+    assert "optimizer.lr=find" not in metrics["hint"]  # the range test does not suit rprop
+    assert f"hint: {metrics['hint']}" in caplog.text
+    assert json.loads((tmp_path / "metrics.json").read_text())["hint"] == metrics["hint"]
+
+
+@pytest.mark.parametrize("overrides, record, classes, expected", [
+    (["batch_size=1"], {"status": "completed", "test_acc": 0.156}, 10,
+     "lr 0.1 is likely too large at batch 1: try optimizer.lr=0.01 or optimizer.lr=find"),
+    (["batch_size=1"], {"status": "diverged", "test_acc": 0.9}, 10, "diverged: lr 0.1"),
+    (["batch_size=1"], {"status": "completed", "test_acc": 0.5}, 10, None),  # learned
+    ([], {"status": "completed", "test_acc": 0.54}, 2, "no better than chance (0.5"),
+    ([], {"status": "completed", "test_acc": 0.56}, 2, None),
+    ([], {"status": "completed", "test_acc": -3.0}, None, None),  # regression: R² has no chance level
+    ([], {"status": "interrupted", "test_acc": 0.1}, 10, None),  # not over: nothing to judge
+])
+def test_the_hint_comes_from_the_record(overrides, record, classes, expected):
+    from optlab.run import lesson
+
+    hint = lesson(make_config(*overrides), record, classes)
+    assert hint == expected if expected is None else expected in hint
+
+
+def test_the_readme_rprop_example_reaches_what_it_says(tmp_path):
+    """The README's Examples line for Rprop, run as it is printed, ends at the accuracy it states."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("optlab train optimizer=rprop"))
+    command, claim = line.split("#")
+    metrics = train(make_config(*command.split()[2:]), tmp_path)
+    assert f"{metrics['test_acc']:.3f}" == claim.rsplit(": ", 1)[-1].strip() and metrics["hint"] is None
