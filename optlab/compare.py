@@ -31,8 +31,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from optlab import allowlist
-from optlab.config import METRICS, flatten
-from optlab.files import atomic_write, write_csv
+from optlab.config import METRICS, UsageError, flatten
+from optlab.files import atomic_write, load_yaml, write_csv
 from optlab.jobs import read_metrics
 
 # lower is better for these; higher for the rest
@@ -68,10 +68,13 @@ class Run:
     config: dict  # flattened resolved config: "optimizer.lr" → 0.1
 
     def read_csv(self, name: str) -> list[dict[str, float]]:
+        """A table the run wrote (history.csv, trajectory.csv), every cell a number: one that is
+        none (a damaged file) reads NaN, a gap in the curve; a file that does not read is empty."""
         try:
-            with open(self.path / name) as f:
-                return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-        except OSError:
+            with open(self.path / name, newline="") as f:
+                return [{k: _number(v) if isinstance(_number(v), float) else math.nan for k, v in row.items()
+                         if k is not None} for row in csv.DictReader(f)]
+        except (OSError, UnicodeDecodeError, csv.Error):
             return []
 
 
@@ -125,12 +128,16 @@ def find_runs(paths: list[Path]) -> list[Run]:
 
 def _load(path: Path) -> Run | None:
     metrics = read_metrics(path)  # a damaged record stops the summary, naming its file
-    try:
-        overrides = OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "overrides.yaml"))  # `${...}` as typed
-        config = OmegaConf.load(path / ".hydra" / "config.yaml")
-    except (OSError, ValueError):  # a half-made folder (no .hydra): not a run to compare
+    files = {name: path / ".hydra" / f"{name}.yaml" for name in ("config", "overrides")}
+    if not all(file.is_file() for file in files.values()):  # a half-made folder (no .hydra): not a run to compare
         return None
-    allowlist.check_file(config, path / ".hydra" / "config.yaml")  # a shared folder's config is data, never code
+    config, overrides = (load_yaml(file) for file in files.values())  # a damaged one stops the summary
+    if not isinstance(config, DictConfig):
+        raise UsageError(f"cannot read {files['config']}: it is not a run's config")
+    overrides = OmegaConf.to_container(overrides)  # `${...}` as typed
+    if not isinstance(overrides, list):
+        raise UsageError(f"cannot read {files['overrides']}: not a list of key=value overrides")
+    allowlist.check_file(config, files["config"])  # a shared folder's config is data, never code
     pairs = (str(o).partition("=") for o in overrides)
     try:
         plain = OmegaConf.to_container(config, resolve=True)

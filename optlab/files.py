@@ -85,11 +85,14 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
     that no file optlab reads can run code (a pickle can call anything as it loads). Anything
     that does not load that way is a one-line UsageError naming the file."""
     import pickle
+    import warnings
 
     import torch
 
     try:
-        saved = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol: torch warns, then refuses or loads it
+            warnings.simplefilter("ignore", UserWarning)
+            saved = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"{path} does not exist") from None
     except pickle.UnpicklingError as error:

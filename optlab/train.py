@@ -322,8 +322,12 @@ def landscape_of(run_dir: Path) -> dict:
         model.load_state_dict(load_checkpoint(files[0], device)["model"])
     except (KeyError, RuntimeError) as error:  # loads, but holds no state of this model
         raise UsageError(f"cannot load {files[0]} into the run's model: {reason(error)}") from None
-    rows = list(csv.DictReader((run_dir / "history.csv").open())) if (run_dir / "history.csv").exists() else []
-    lr = float(rows[-1]["lr"]) if rows else cfg.optimizer.lr
+    history = run_dir / "history.csv"
+    try:  # the rate the run ended at: λ_max is read against 2/lr
+        rows = list(csv.DictReader(history.open())) if history.exists() else []
+        lr = float(rows[-1]["lr"]) if rows else float(cfg.optimizer.lr)
+    except (OSError, ValueError, TypeError, KeyError, csv.Error) as error:
+        raise UsageError(f"cannot read {history if rows else config}: {reason(error)}") from None
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(log_dir=str(run_dir)) as writer:  # the image joins the run's curves

@@ -166,3 +166,104 @@ def test_resume_of_a_crafted_folder_runs_nothing(trained_run, tmp_path, override
     assert says in line and ("overrides.yaml" in line or "_target_" in line), line
     assert not (tmp_path / "ran").exists() and not (run / "ran").exists()
     assert sorted(p.name for p in run.iterdir()) == before  # nothing written into the folder
+
+
+# --- drawn: damaged and crafted folders through every reader ------------------------------------
+
+def _marker_payloads(marker: Path) -> dict:
+    evil = marker.parent / "evil.pt"
+    if not evil.exists():
+        evil.write_bytes(pickle.dumps(Payload(marker)))
+    return {"torch.load": {"_target_": "torch.load", "f": str(evil), "weights_only": False},
+            "os.mkdir": {"_target_": "os.mkdir", "path": str(marker)}}
+
+
+def _edit_yaml(file: Path, edit) -> None:
+    """Edit a config that an earlier damage of the same draw left readable as a run's."""
+    try:
+        node = yaml.safe_load(file.read_text())
+    except yaml.YAMLError:
+        return
+    if isinstance(node, dict) and isinstance(node.get("model"), dict) and isinstance(node.get("data"), dict):
+        edit(node)
+        file.write_text(yaml.safe_dump(node))
+
+
+def _set_status(folder: Path, status: str) -> None:
+    file = folder / "metrics.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), "status": status}))
+
+
+# each damage: what a full disk, a partial copy, an old version or an attacker leaves in a folder
+DAMAGES = {
+    "interrupted": lambda f, m: _set_status(f, "interrupted"),
+    "metrics_list": lambda f, m: (f / "metrics.json").write_text("[1, 2]"),
+    "metrics_string": lambda f, m: (f / "metrics.json").write_text('"completed"'),
+    "metrics_torn": lambda f, m: (f / "metrics.json").write_text('{"status": "compl'),
+    "metrics_status_number": lambda f, m: (f / "metrics.json").write_text('{"status": 5}'),
+    "metrics_gone": lambda f, m: (f / "metrics.json").unlink(),
+    "overrides_int": lambda f, m: (f / ".hydra" / "overrides.yaml").write_text("- 1\n- epochs=1\n"),
+    "overrides_dict": lambda f, m: (f / ".hydra" / "overrides.yaml").write_text("epochs: 1\n"),
+    "overrides_hydra": lambda f, m: (f / ".hydra" / "overrides.yaml").write_text(
+        f"- +hydra.callbacks.x._target_=os.mkdir\n- +hydra.callbacks.x.path={m}\n"),
+    "overrides_flag": lambda f, m: (f / ".hydra" / "overrides.yaml").write_text("- --config-dir=/\n"),
+    "overrides_target": lambda f, m: (f / ".hydra" / "overrides.yaml").write_text(
+        f"- data.source._target_=os.mkdir\n- +data.source.path={m}\n"),
+    "overrides_torn": lambda f, m: (f / ".hydra" / "overrides.yaml").write_text("- epochs=[\n"),
+    "config_target": lambda f, m: _edit_yaml(f / ".hydra" / "config.yaml",
+                                             lambda c: c["data"].update(source=_marker_payloads(m)["os.mkdir"])),
+    "config_pickle": lambda f, m: _edit_yaml(f / ".hydra" / "config.yaml",
+                                             lambda c: c["data"].update(source=_marker_payloads(m)["torch.load"])),
+    "config_nested": lambda f, m: _edit_yaml(f / ".hydra" / "config.yaml",
+                                             lambda c: c["model"].update(extra=_marker_payloads(m)["os.mkdir"])),
+    "config_surface": lambda f, m: _edit_yaml(f / ".hydra" / "config.yaml",
+                                              lambda c: c.update(surface=_marker_payloads(m)["os.mkdir"])),
+    "config_list": lambda f, m: (f / ".hydra" / "config.yaml").write_text("- 1\n- 2\n"),
+    "config_torn": lambda f, m: (f / ".hydra" / "config.yaml").write_text("model: [unclosed\n"),
+    "last_pickle": lambda f, m: (f / "checkpoints" / "last.pt").write_bytes(pickle.dumps(Payload(m))),
+    "last_torn": lambda f, m: (f / "checkpoints" / "last.pt").write_bytes(
+        (f / "checkpoints" / "last.pt").read_bytes()[:500]),
+    "best_pickle": lambda f, m: (f / "checkpoints" / "best.pt").write_bytes(pickle.dumps(Payload(m))),
+    "history_garbage": lambda f, m: (f / "history.csv").write_text("epoch,lr\n1,abc\n\x00\x01"),
+}
+READERS = ("resume", "landscape", "compare")
+
+
+def _contents(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_drawn_damaged_and_crafted_folders_through_every_reader(trained_run, tmp_path, capfd):
+    """Any mix of damages, through any reader: exit 0, or exit 2 with one line naming the
+    command; never a traceback, never a payload run, and a refusal changes nothing in the folder."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from test_bad_input import call
+
+    count = iter(range(10**6))
+
+    @settings(max_examples=int(os.environ.get("OPTLAB_FOLDER_EXAMPLES", "40")), deadline=None, derandomize=True,
+              database=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(st.lists(st.sampled_from(sorted(DAMAGES)), min_size=1, max_size=3, unique=True), st.sampled_from(READERS))
+    def check(damages, reader):
+        case = tmp_path / f"case{next(count)}"
+        folder, marker = case / "run", case / "ran"
+        shutil.copytree(trained_run, folder)
+        for damage in sorted(damages, key=list(DAMAGES).index):  # a record's status is set before it is damaged
+            DAMAGES[damage](folder, marker)
+        before = _contents(folder)
+        argv = {"resume": ["train", f"resume={folder}"], "landscape": ["landscape", str(folder)],
+                "compare": ["compare", str(folder), "--out", str(case / "summary")]}[reader]
+        capfd.readouterr()
+        code, escaped = call(argv)
+        err = capfd.readouterr().err
+        where = f"optlab {' '.join(argv)} after {damages}: exit {code}\n{err}"
+        assert escaped is None and "Traceback" not in err, f"{where}\n{escaped}"
+        assert not marker.exists(), f"a payload ran: {where}"
+        assert code in (0, 2), where
+        if code == 2:
+            assert len(err.strip().splitlines()) == 1 and err.startswith(f"optlab {argv[0]}: "), where
+            assert _contents(folder) == before, f"a refusal wrote into the folder: {where}"
+
+    check()
