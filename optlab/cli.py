@@ -8,6 +8,7 @@ completion) pass straight through. Nothing here imports torch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -249,9 +250,10 @@ def _run_app(name: str, args: list[str]) -> int:
             jobs.stop_interrupted(metrics, message)
         return metrics
 
+    hooks = threading.excepthook, logging.raiseExceptions
     try:
         os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us instead of exit(1)
-        threading.excepthook = _quiet_write_failures
+        threading.excepthook = functools.partial(_quiet_write_failures, threading.excepthook)
         logging.raiseExceptions = False  # a log line a full disk cannot take is dropped, not a traceback
         if {"--help", "-h"} & set(args):
             print(_help(config_name, [a for a in args if a not in ("--help", "-h")]))
@@ -281,7 +283,7 @@ def _run_app(name: str, args: list[str]) -> int:
         print(f"{prog}: {jobs.unready(error)}", file=sys.stderr)
         return 2
     finally:
-        threading.excepthook, logging.raiseExceptions = threading.__excepthook__, True
+        threading.excepthook, logging.raiseExceptions = hooks
         if not user_wants_traceback:
             del os.environ["HYDRA_FULL_ERROR"]
     if jobs.current.failed:
@@ -292,13 +294,13 @@ def _run_app(name: str, args: list[str]) -> int:
     return 0
 
 
-def _quiet_write_failures(args) -> None:
+def _quiet_write_failures(hook, args) -> None:
     """A thread's failed write (TensorBoard's event writer on a full disk) reaches the job, which
-    says it in one line: the thread prints nothing. Anything else, as Python prints it."""
+    says it in one line: the thread prints nothing. Anything else goes to `hook`."""
     from optlab.files import WRITE_FAILURES
 
     if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in WRITE_FAILURES):
-        threading.__excepthook__(args)
+        hook(args)
 
 
 def _one_job(prog: str, args: list[str]) -> None:
