@@ -143,8 +143,8 @@ def prepare(cfg: DictConfig, device: torch.device) -> Data:
     else:
         classes, y = np.unique(labels(source.y, "y", where), return_inverse=True)
     if len(x) != len(y):
-        where = f" in {path}" if path else ""
-        raise UsageError(f"data: {len(x)} examples (X) but {len(y)} labels (y){where}: one label per example")
+        raise UsageError(f"data: {len(x)} examples (X) but {len(y)} labels (y){f' in {path}' * bool(path)}: "
+                         "one label per example")
     # examples: the rows of x, or for frames the frames (each the centre of its window)
     everything = np.arange(len(y))
     if source.test is not None:
