@@ -8,8 +8,11 @@ completion) pass straight through. Nothing here imports torch.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 from optlab import __version__
@@ -253,8 +256,11 @@ def _run_app(name: str, args: list[str]) -> int:
             jobs.stop_interrupted(metrics, message)
         return metrics
 
+    hooks = threading.excepthook, logging.raiseExceptions
     try:
         os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us instead of exit(1)
+        threading.excepthook = functools.partial(_quiet_write_failures, threading.excepthook)
+        logging.raiseExceptions = False  # a log line a full disk cannot take is dropped, not a traceback
         if {"--help", "-h"} & set(args):
             print(_help(config_name, [a for a in args if a not in ("--help", "-h")]))
             return 0
@@ -272,14 +278,18 @@ def _run_app(name: str, args: list[str]) -> int:
               file=sys.stderr)
         return 2
     except ValueError as error:  # Hydra composing the overrides (`=3`), before any job ran
+        if isinstance(error.__cause__, OSError) and not user_wants_traceback:  # logging cannot open the job's log
+            print(f"{prog}: {jobs.unready(error.__cause__)}", file=sys.stderr)
+            return 2
         if user_wants_traceback or jobs.current.started:
             raise
         print(f"{prog}: cannot apply the overrides: {config.describe(error, args)}", file=sys.stderr)
         return 2
     except OSError as error:  # Hydra cannot make or write the run folder
-        print(f"{prog}: cannot write {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        print(f"{prog}: {jobs.unready(error)}", file=sys.stderr)
         return 2
     finally:
+        threading.excepthook, logging.raiseExceptions = hooks
         if not user_wants_traceback:
             del os.environ["HYDRA_FULL_ERROR"]
     if jobs.current.failed:
@@ -288,6 +298,15 @@ def _run_app(name: str, args: list[str]) -> int:
               f"(the lines above say why): {', '.join(str(relative(Path(f))) for f in failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _quiet_write_failures(hook, args) -> None:
+    """A thread's failed write (TensorBoard's event writer on a full disk) reaches the job, which
+    says it in one line: the thread prints nothing. Anything else goes to `hook`."""
+    from optlab.files import WRITE_FAILURES
+
+    if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in WRITE_FAILURES):
+        hook(args)
 
 
 def _one_job(prog: str, args: list[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
@@ -398,6 +399,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("optimizer.lr", "find", "a number > 0 on a surface (the range test needs a network and data)")
     if cfg.lr_find.min_lr >= cfg.lr_find.max_lr:
         raise ConfigError("lr_find.max_lr", cfg.lr_find.max_lr, f"a number above lr_find.min_lr={cfg.lr_find.min_lr}")
+    low, high = cfg.lr_find.min_lr, cfg.lr_find.max_lr
+    if not math.isfinite(high / low):  # the rates are min_lr · (max_lr/min_lr)^t
+        raise ConfigError("lr_find.max_lr", high, f"at most {sys.float_info.max * low:.3g} with lr_find.min_lr={low}: "
+                          "the range's ratio max_lr / min_lr overflows a float")
     data = cfg.data
     if data.val_fraction + data.test_fraction >= 1:
         raise ConfigError(

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from optlab.config import UsageError, construct
-from optlab.datasets import Source
+from optlab.datasets import Source, at
 
 
 @dataclass
@@ -132,27 +132,26 @@ def prepare(cfg: DictConfig, device: torch.device) -> Data:
     if isinstance(source, tuple):  # scikit-learn's (X, y)
         source = Source(*source)
     regression = source.task == "regression"
-    try:
-        x = np.asarray(source.x, dtype=np.float32)
-    except (TypeError, ValueError) as error:
-        raise UsageError(f"data: the examples (X) are not all numbers ({error})") from None
+    where = source.where or (lambda name, index: f"{path}: {at(name, index)}" if path else at(name, index))
+    x = numbers(source.x, "X", where)
     x = x[:, None] if x.ndim == 1 else x  # one feature per example
     if len(x) == 0 or x[0].size == 0:
         raise UsageError(f"data: no {'examples' if len(x) == 0 else 'features'} in X (shape {list(x.shape)})")
     if not regression and np.ndim(source.y) != 1:
         raise UsageError(f"data: y must hold one class label per example, shape (N,), not {list(np.shape(source.y))}")
     if regression:
-        y, classes = np.asarray(source.y, dtype=np.float32).reshape(len(x), -1), None
+        y, classes = numbers(source.y, "y", where).reshape(len(x), -1), None
     else:
-        classes, y = np.unique(source.y, return_inverse=True)
+        classes, y = np.unique(labels(source.y, "y", where), return_inverse=True)
     if len(x) != len(y):
-        where = f" in {path}" if path else ""
-        raise UsageError(f"data: {len(x)} examples (X) but {len(y)} labels (y){where}: one label per example")
+        raise UsageError(f"data: {len(x)} examples (X) but {len(y)} labels (y){f' in {path}' * bool(path)}: "
+                         "one label per example")
     # examples: the rows of x, or for frames the frames (each the centre of its window)
     everything = np.arange(len(y))
     if source.test is not None:
-        x_test = np.asarray(source.test[0], dtype=np.float32)
-        y_test = np.searchsorted(classes, source.test[1]) if classes is not None else source.test[1]
+        x_test = numbers(source.test[0], "X_test", where)
+        y_test = (np.searchsorted(classes, labels(source.test[1], "y_test", where)) if classes is not None
+                  else numbers(source.test[1], "y_test", where))
         rest, test = everything, len(y) + np.arange(len(x_test))
         x, y = np.concatenate([x, x_test]), np.concatenate([y, y_test])
     else:
@@ -198,6 +197,52 @@ def prepare(cfg: DictConfig, device: torch.device) -> Data:
 
 # what reading a data file that is not what it should be raises: the user's to fix
 READ_ERRORS = (OSError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+def numbers(values, name: str, where) -> np.ndarray:
+    """`values` (X, or regression targets) as float32, or a one-line UsageError naming the first
+    that is no finite real number: NaN, an infinity, beyond float32's range, or complex with an
+    imaginary part (a complex array whose imaginary parts are all 0 gives its real parts)."""
+    try:
+        raw = np.asarray(values)
+        with np.errstate(over="ignore"):  # beyond float32's range: refused below
+            x = (raw.real if np.iscomplexobj(raw) else raw).astype(np.float32)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"data: the {'examples' if name.startswith('X') else 'targets'} ({name}) "
+                         f"are not all numbers ({error})") from None
+    if np.iscomplexobj(raw):
+        refuse(raw.imag != 0, raw, name, where)
+    refuse(~np.isfinite(x), raw, name, where)
+    return x
+
+
+def labels(values, name: str, where) -> np.ndarray:
+    """Class labels as given, or a one-line UsageError naming the first missing one: a NaN or an
+    infinity, or in text (a CSV column) an empty field, `nan` or `inf`."""
+    y = np.asarray(values)
+    if y.dtype.kind in "fc":
+        refuse(~np.isfinite(y), y, name, where)
+    elif y.dtype.kind in "US":
+        refuse(np.vectorize(_missing, otypes=[bool])(y), y, name, where, "every example needs its class label")
+    return y
+
+
+def _missing(label: str) -> bool:
+    try:
+        return not math.isfinite(float(label))
+    except ValueError:
+        return not label.strip()
+
+
+def refuse(bad: np.ndarray, values: np.ndarray, name: str, where,
+           need: str = "every value must be a finite real number in float32's range") -> None:
+    """A one-line UsageError naming the first value of `values` that `bad` marks, if any."""
+    if not bad.any():
+        return
+    index = tuple(int(i) for i in np.unravel_index(np.argmax(bad), bad.shape))  # the first, row by row
+    value = values[index]
+    shown = repr(str(value)) if isinstance(value, str) else f"{value:g}"
+    raise UsageError(f"data: {where(name, index)} is {shown}: {need} (fix or remove that row)")
 
 
 def _split(index: np.ndarray, y: np.ndarray, fraction: float, seed: int, regression: bool):

@@ -21,6 +21,7 @@ import shutil
 import tarfile
 import urllib.request
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,13 @@ class Source:
     test: tuple[np.ndarray, np.ndarray] | None = None  # an official test set, kept as the test split
     lengths: np.ndarray | None = None  # frames: the length of each utterance, in order
     task: str = "classification"  # or "regression": mean squared error, R² as its score
+    # where a value of X or y lies in the user's files, for messages: ("X", (7, 1)) → "a.npz: X[7, 1]"
+    where: Callable[[str, tuple[int, ...]], str] | None = None
+
+
+def at(name: str, index: tuple[int, ...]) -> str:
+    """A value's place in an array, as NumPy indexes it: `X[7, 1]`."""
+    return f"{name}[{', '.join(map(str, index))}]"
 
 
 # --- shipped ---------------------------------------------------------------------------------
@@ -243,13 +251,14 @@ def npz(path: str | None) -> Source:
         if missing:
             raise UsageError(f"data.path: {file} has no array {' or '.join(sorted(missing))} "
                              f"(it has: {', '.join(arrays.files)})")
-        return Source(arrays["X"], arrays["y"])
+        return Source(arrays["X"], arrays["y"], where=lambda name, index: f"{file}: {at(name, index)}")
 
 
 def csv(path: str | None, label: str = "label") -> Source:
     """A CSV file with a header row: the `label` column is the class, every other a feature."""
     file = _path(path, "a .csv file with a header row")
-    header = file.open().readline().strip().split(",")
+    with file.open() as f:
+        header = f.readline().strip().split(",")
     if label not in header:
         raise UsageError(f"data.label: no column {label!r} in {file} (columns: {', '.join(header)})")
     with warnings.catch_warnings():  # an empty table is said below, in one line
@@ -259,8 +268,13 @@ def csv(path: str | None, label: str = "label") -> Source:
         raise UsageError(f"data.path: {file} has a header but no rows")
     column = header.index(label)
     features = np.delete(table, column, axis=1)
+    names = [name for i, name in enumerate(header) if i != column]
+
+    def where(name: str, index: tuple[int, ...]) -> str:
+        return f"{file} row {index[0] + 1} below the header, column {(names[index[1]] if name == 'X' else label)!r}"
+
     try:
-        return Source(features.astype(np.float32), table[:, column])
+        return Source(features.astype(np.float32), table[:, column], where=where)
     except ValueError as error:
         raise UsageError(f"data.path: {file} has a feature that is not a number ({error})") from None
 
@@ -274,9 +288,10 @@ def frames(path: str | None) -> Source:
     names = sorted(p for p in folder.glob("*.npy") if not p.name.endswith(".labels.npy"))
     if not names:
         raise UsageError(f"data.path: no <utterance>.npy files in {folder}")
-    xs, ys = [], []
+    xs, ys, files = [], [], {"X": names, "y": []}
     for name in names:
         labels = name.with_name(name.name.removesuffix(".npy") + ".labels.npy")
+        files["y"].append(labels)
         if not labels.exists():
             raise UsageError(f"data.path: {name.name} has no labels file {labels.name}")
         x, y = np.load(name), np.load(labels)
@@ -285,4 +300,12 @@ def frames(path: str | None) -> Source:
                              f"frame (got shape {x.shape} and {len(y)} labels)")
         xs.append(x)
         ys.append(y)
-    return Source(np.concatenate(xs), np.concatenate(ys), lengths=np.array([len(x) for x in xs]))
+    lengths = np.array([len(x) for x in xs])
+    ends = np.cumsum(lengths)
+
+    def where(name: str, index: tuple[int, ...]) -> str:  # a frame's utterance, and its row there
+        u = int(np.searchsorted(ends, index[0], side="right"))
+        row = f"{files[name][u]} row {index[0] - ends[u] + lengths[u]}"
+        return f"{row}, column {index[1]}" if name == "X" else row
+
+    return Source(np.concatenate(xs), np.concatenate(ys), lengths=lengths, where=where)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
@@ -36,9 +37,34 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         os.replace(tmp, path)
     except BaseException as error:
         os.unlink(tmp)
-        if isinstance(error, OSError):
-            raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
+        failure = os_error(error)  # torch.save raises a RuntimeError while handling the OSError
+        if failure is not None:
+            raise UsageError(f"cannot write {path}: {failure.strerror or failure}") from None
         raise
+
+
+def os_error(error: BaseException | None) -> OSError | None:
+    """The OSError that `error` is, or that it was raised from or while handling, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+# what a file that cannot be written raises: a full disk or quota, a read-only or forbidden folder
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def unwritable(error: BaseException, where: Path) -> UsageError | None:
+    """`error` as a one-line UsageError when a file could not be written (see WRITE_FAILURES),
+    naming the file, or `where` (the folder being written) when the error does not say."""
+    failure = os_error(error)
+    if failure is None or failure.errno not in WRITE_FAILURES:
+        return None
+    return UsageError(f"cannot write {failure.filename or where}: {failure.strerror}")
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -9,7 +9,7 @@ before the first one is launched.
 - `plan`: skip a run finished with this very config, resume one interrupted with it, or else
   train afresh, with any earlier attempt moved whole into `.previous/<time>/` (`archive`);
 - `run`: the job itself, as the plan says;
-- `take_back`: undo an attempt a user's mistake stopped before it trained;
+- `take_back`: undo an attempt a user's mistake stopped before it saved anything to keep;
 - `record_failure`: a failed job's record, never written over a record of its own.
 """
 
@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from optlab.config import UsageError, flatten, targets, usage_error, validate
-from optlab.files import atomic_write, load_checkpoint, load_yaml, read_json, write_json
+from optlab.files import atomic_write, load_checkpoint, load_yaml, read_json, unwritable, write_json
 from optlab.naming import command, override, relative
 
 log = logging.getLogger("optlab")
@@ -53,6 +53,7 @@ class Command:
     planned: dict[str, str] = field(default_factory=dict)  # sweep job folder → `plan`'s word for it
     started: bool = False  # a job has begun: an error from now on is no composition error
     words: list[str] = field(default_factory=list)  # the command line as Hydra gets it: optlab train -m ...
+    readied: tuple[Path, DictConfig] | None = None  # a single run's folder and config, once the Guard readied it
 
 
 current = Command()
@@ -208,14 +209,16 @@ class Guard(Callback):
     Hydra not to write it) unless allowed changes make a new config to record."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        run_dir = None
         try:
             with as_job(config):
                 validate(config)
                 run_dir = Path(config.hydra.run.dir)
                 action = prepare(run_dir, config)
+                current.readied = run_dir, config
                 changes = action == "resume" and check_resumable(run_dir, config)
         except Exception as error:  # Hydra would only warn, and run the job unchecked
-            raise Refused(error) from error
+            raise Refused(unwritable(error, run_dir or "the run folder") or error) from error
         if action == "skip" or changes:  # keep a finished run's record; record allowed changes
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.output_subdir = None if action == "skip" else ".hydra"
@@ -281,34 +284,48 @@ def run(cfg: DictConfig, run_dir: Path, pruner=None) -> dict:
 
 
 def take_back(run_dir: Path, cfg: DictConfig, keep_fresh: bool = False) -> bool:
-    """Undo a new attempt that a user's mistake stopped before it trained (a data file that does
-    not read, say): remove what Hydra wrote for it and put back the earlier attempt that
-    `archive` moved aside, so the mistake leaves no trace (a finished run is skipped again next
-    time). Without an earlier attempt the folder goes too, unless `keep_fresh` (a sweep keeps it
-    for its failure record). Nothing is done once the attempt trained, nor to a resumed run,
-    whose folder is its record. Returns whether an earlier attempt is back."""
-    entries = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
-    archives = list((run_dir / ".previous").iterdir()) if ".previous" in entries else []
-    if plan(run_dir, cfg) != "train" or entries - {".hydra", "train.log", ".previous"} or keep_fresh and not archives:
+    """Undo a new attempt that a user's mistake stopped (a data file that does not read, a full
+    disk): remove everything it wrote and put back the earlier attempt that `archive` moved
+    aside, so the mistake leaves no trace (a finished run is skipped again next time). Without
+    an earlier attempt the folder goes too, unless `keep_fresh` (a sweep keeps it for its
+    failure record). Nothing is done once the attempt saved its record or a state to continue
+    from (metrics.json, checkpoints/last.pt), nor to a resumed run, whose folder is its record.
+    Returns whether an earlier attempt is back."""
+    previous = run_dir / ".previous"
+    archives = list(previous.iterdir()) if previous.is_dir() else []
+    kept = (run_dir / "metrics.json").exists() or (run_dir / "checkpoints" / "last.pt").exists()
+    if not run_dir.is_dir() or plan(run_dir, cfg) != "train" or kept or keep_fresh and not archives:
         return False
-    shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
-    (run_dir / "train.log").unlink(missing_ok=True)
+    for path in run_dir.iterdir():
+        if path != previous:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     if archives:
         latest = max(archives, key=lambda p: p.stat().st_mtime_ns)  # the one made for this attempt
         for path in latest.iterdir():
             path.rename(run_dir / path.name)
         latest.rmdir()
-    for folder in (run_dir / ".previous", run_dir):  # each only if nothing else is there
+        log.info("taken back: the earlier attempt in %s is back from %s", run_dir, latest)
+    for folder in (previous, run_dir):  # each only if nothing else is there
         with contextlib.suppress(OSError):
             folder.rmdir()
     return bool(archives)
+
+
+def unready(error: OSError) -> UsageError:
+    """Hydra could not write a single run's `.hydra/` or log (a full disk, a folder that cannot
+    be written): take back what it wrote and any earlier attempt moved aside; say which file."""
+    folder = None
+    if current.readied is not None:
+        folder = current.readied[0]
+        take_back(*current.readied)
+    return UsageError(f"cannot write {error.filename or folder or 'the run folder'}: {error.strerror or error}")
 
 
 def failed(run_dir: Path, cfg: DictConfig, error: Exception, in_sweep: bool) -> BaseException | None:
     """After a job raised `error`: take back an attempt that a user's mistake stopped, or keep
     the failure's record (a single run that hit a bug records it too). Returns the mistake, if
     the error is one."""
-    mistake = usage_error(error)
+    mistake = usage_error(error) or unwritable(error, run_dir)
     restored = mistake is not None and take_back(run_dir, cfg, keep_fresh=in_sweep)
     if (in_sweep or mistake is None) and not restored:
         with contextlib.suppress(UsageError):  # a full disk cannot take the record either

@@ -100,8 +100,10 @@ def suggest(lrs: list[float], smoothed: list[float], blowup: float | None) -> fl
     end = len(lrs) - (blowup is not None)  # the blown-up point is no candidate
     start = min(len(lrs) // 10, max(end - 3, 0))
     if end - start < 3:
+        rise = f" (the rate rose ×{lrs[1] / lrs[0]:.3g} a step: narrow the range or raise lr_find.steps)" \
+            if len(lrs) > 1 and lrs[1] / lrs[0] > 2 else ""
         raise UsageError(f"lr_find: the loss blew up within {len(lrs)} steps of lr_find.min_lr={lrs[0]:.3g}; "
-                         "lower lr_find.min_lr")
+                         f"lower lr_find.min_lr{rise}")
     slope = np.gradient(np.asarray(smoothed[start:end]), np.log(lrs[start:end]))
     return float(lrs[start + int(np.nanargmin(slope))])
 

@@ -41,6 +41,20 @@ def optlab(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120)
     )
 
 
+def call(capfd, *args: str) -> tuple[int, str, str]:
+    """`optlab <args>` in this process (a test can then make the disk fail, say): exit code,
+    stdout, stderr."""
+    from optlab.cli import main
+
+    capfd.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(autouse=True)
 def _restore_logging():
     """An in-process `optlab train` lets Hydra point the root logger at this test's captured

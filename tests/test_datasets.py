@@ -9,6 +9,7 @@ import json
 import pickle
 import struct
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import make_config, optlab
+from optlab.config import UsageError
 from optlab.data import load, pad_utterances
 from optlab.models import MLP
 from optlab.train import train
@@ -168,6 +170,62 @@ def test_npz_and_csv_of_your_own(tmp_path):
     assert data.input_shape == (2,) and data.num_outputs == 2 and len(data.train) == 60
     wrong = optlab("train", "data=csv", f"data.path={tmp_path / 'mine.csv'}", "data.label=class", cwd=tmp_path)
     assert wrong.returncode == 2 and "no column 'class'" in wrong.stderr and "f1, label, f2" in wrong.stderr
+
+
+def crafted(tmp_path, how: str) -> tuple[list[str], str]:
+    """A data file with one bad value (NaN, an infinity, a complex or too large number, a
+    missing label): the overrides that load it, and where the refusal must point."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((60, 3)), np.arange(60) % 2
+    kind, bad = how.split(":")
+    if kind == "frames":
+        write_utterances(tmp_path / "speech", [7, 9, 8])
+        name = "utt01.labels.npy" if bad == "nan label" else "utt01.npy"
+        values = np.load(tmp_path / "speech" / name).astype(np.float64)
+        values[4, ...] = np.nan if bad != "inf" else np.inf
+        np.save(tmp_path / "speech" / name, values)
+        where = f"{tmp_path / 'speech' / name} row 4" + ", column 0" * (name == "utt01.npy")
+        return ["data=frames", f"data.path={tmp_path / 'speech'}"], where
+    value = {"nan": np.nan, "inf": -np.inf, "complex": 1 + 2j, "huge": 1e39, "nan label": np.nan}[bad]
+    if bad == "nan label":
+        y = y.astype(np.float64)
+        y[5] = value
+    else:
+        x = x.astype(type(value))
+        x[7, 2] = value
+    if kind == "npz":
+        np.savez(tmp_path / "bad.npz", X=x, y=y)
+        return ["data=npz", f"data.path={tmp_path / 'bad.npz'}"], \
+            f"bad.npz: {'y[5]' if bad == 'nan label' else 'X[7, 2]'} is"
+    rows = [",".join(map(str, [*r, "" if bad == "nan label" and i == 5 else c])) for i, (r, c) in enumerate(zip(x, y))]
+    (tmp_path / "bad.csv").write_text("\n".join(["f1,f2,f3,label", *rows]))
+    return ["data=csv", f"data.path={tmp_path / 'bad.csv'}"], \
+        f"bad.csv row {6 if bad == 'nan label' else 8} below the header, column {'label' if bad == 'nan label' else 'f3'!r} is"
+
+
+NONFINITE = ["npz:nan", "npz:inf", "npz:complex", "npz:huge", "npz:nan label", "csv:nan", "csv:inf",
+             "csv:nan label", "frames:nan", "frames:inf", "frames:nan label"]
+
+
+@pytest.mark.parametrize("how", NONFINITE)
+def test_a_value_that_is_no_finite_number_is_refused_naming_its_file_row_and_column(tmp_path, how):
+    overrides, where = crafted(tmp_path, how)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NumPy warning on the way: one line says it all
+        with pytest.raises(UsageError) as refused:
+            load(make_config(*overrides).data, CPU)
+    assert where in str(refused.value) and "\n" not in str(refused.value), str(refused.value)
+
+
+def test_non_finite_data_leaves_no_run_and_a_real_complex_array_trains(tmp_path):
+    overrides, where = crafted(tmp_path, "npz:nan")
+    result = optlab("train", *overrides, "epochs=1", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and where in result.stderr, result.stderr
+    assert not list((tmp_path / "outputs").glob("*/*"))  # no run folder
+    x = np.random.default_rng(0).standard_normal((60, 3))
+    np.savez(tmp_path / "real.npz", X=x + 0j, y=np.arange(60) % 2)  # imaginary parts all 0: the real parts
+    data = load(make_config("data=npz", f"data.path={tmp_path / 'real.npz'}").data, CPU)
+    assert data.input_shape == (3,) and len(data.train) == 36
 
 
 def test_frame_windows_match_a_hand_built_example_at_utterance_edges():

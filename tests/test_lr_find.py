@@ -14,8 +14,9 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import make_config, optlab
+from conftest import call, make_config, optlab
 from optlab import curvature, data as dataset, models, rng
+from optlab.config import UsageError, validate
 from optlab.lr_find import _sweep, range_test, suggest
 
 BETA = 0.98
@@ -112,3 +113,30 @@ def test_training_with_lr_find_equals_training_at_the_suggested_rate(tmp_path):
     columns = ("train_loss", "val_loss", "val_acc", "lr")
     assert [[r[c] for c in columns] for r in histories[0]] == [[r[c] for c in columns] for r in histories[1]]
     assert float(histories[0][0]["lr"]) == lr
+
+
+def test_a_range_whose_ratio_overflows_is_refused_for_that_not_blamed_on_min_lr(capfd, tmp_path):
+    with pytest.raises(UsageError, match=r"'lr_find.max_lr': 1e\+300 .*at most 1.8e\+08 .*ratio max_lr / min_lr overflows"):
+        validate(make_config("lr_find.min_lr=1e-300", "lr_find.max_lr=1e300"))
+    validate(make_config("lr_find.min_lr=1e-300", "lr_find.max_lr=1e8"))  # wide, but every rate is a number
+    code, _, err = call(capfd, "lr-find", "lr_find.min_lr=1e-300", "lr_find.max_lr=1e300",
+                        f"hydra.run.dir={tmp_path / 'lr'}")
+    assert code == 2 and err.count("\n") == 1 and "overflows" in err and not (tmp_path / "lr").exists()
+
+
+def test_a_refused_lr_find_leaves_no_folder_and_puts_an_earlier_one_back(capfd, tmp_path):
+    np.savez(tmp_path / "nan.npz", X=np.full((40, 2), np.nan), y=np.arange(40) % 2)
+    small = ["model.hidden=[8]", "lr_find.steps=10"]
+    earlier = tmp_path / "earlier"
+    assert call(capfd, "lr-find", *small, f"hydra.run.dir={earlier}")[0] == 0
+    files = {p: p.read_bytes() for p in earlier.rglob("*") if p.is_file()}
+    for i, mistake in enumerate([["data=npz", f"data.path={tmp_path / 'nowhere.npz'}"],  # a data file that is not there
+                                 ["data=npz", f"data.path={tmp_path / 'nan.npz'}"],  # data that is not numbers
+                                 ["optimizer=lbfgs"],  # an optimizer the rate does not drive
+                                 ["lr_find.min_lr=100", "lr_find.max_lr=1000"]]):  # a loss that blows up at once
+        for folder in (tmp_path / f"new{i}", earlier):
+            code, out, err = call(capfd, "lr-find", *small, *mistake, f"hydra.run.dir={folder}")
+            assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+            assert not (tmp_path / f"new{i}").exists(), mistake  # nothing left behind
+        assert {p: p.read_bytes() for p in earlier.rglob("*") if p.is_file()} == files, mistake  # back as it was
+        assert "taken back" in out.split("moved to")[1], out  # the move is not left claimed

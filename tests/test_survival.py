@@ -4,6 +4,7 @@ ends in a traceback."""
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import pickle
@@ -20,7 +21,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import make_config, optlab
+from conftest import call, make_config, optlab
 from optlab.train import train
 
 TIMING = {"wall_time_s", "train_time_s", "epoch_time_s", "train_samples_per_s"}
@@ -310,6 +311,122 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path):
     result = optlab("train", f"hydra.run.dir={blocker / 'run'}", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("optlab train: cannot write") and str(blocker) in result.stderr
+
+
+def interrupted_run(capfd, run: Path) -> dict[str, bytes]:
+    """A finished one-epoch run whose record says it was interrupted (so that it resumes): its files."""
+    assert call(capfd, "train", "epochs=1", "model.hidden=[8]", f"hydra.run.dir={run}")[0] == 0
+    record = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**record, "status": "interrupted"}))
+    return files_of(run)
+
+
+def no_space(*args, **kwargs):
+    """A write on a full disk, as the kernel reports it: ENOSPC, and no file name."""
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def save_on_a_full_disk(obj, f):
+    """torch.save on a full disk: its zip writer raises a RuntimeError while handling the OSError."""
+    try:
+        no_space()
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1088 vs 982") from None
+
+
+def test_a_full_disk_ends_in_one_line_naming_the_file_and_takes_back_the_attempt(tmp_path, monkeypatch, capfd):
+    import hydra.core.utils
+    from torch.utils import tensorboard
+
+    run, fresh = tmp_path / "run", tmp_path / "fresh"
+    small = ["model.hidden=[8]", f"hydra.run.dir={run}"]
+    assert call(capfd, "train", "epochs=1", *small)[0] == 0
+    finished = files_of(run)
+    for target, name, fake, what in [(hydra.core.utils, "_save_config", no_space, run),  # Hydra writing .hydra/
+                                     (torch, "save", save_on_a_full_disk, run / "checkpoints" / "init.pt")]:
+        with monkeypatch.context() as patch:
+            patch.setattr(target, name, fake)
+            code, out, err = call(capfd, "train", "epochs=2", *small)  # a changed config: the run is archived
+            assert one_line(code, err) == f"optlab train: cannot write {what}: No space left on device"
+            assert "moved to" in out and "taken back" in out.split("moved to")[1], out  # says what happened
+            assert files_of(run) == finished and not (run / ".previous").exists()  # the finished run, back in place
+            code, _, err = call(capfd, "train", "epochs=2", "model.hidden=[8]", f"hydra.run.dir={fresh}")
+            assert one_line(code, err) == f"optlab train: cannot write {str(what).replace(str(run), str(fresh))}: " \
+                "No space left on device"
+            assert not fresh.exists()  # a refused start leaves no folder
+
+    cut = tmp_path / "cut"
+    before = interrupted_run(capfd, cut)
+    with monkeypatch.context() as patch:  # the event writer's thread meets the full disk
+        patch.setattr(tensorboard.writer.EventFileWriter, "__init__", no_space)
+        code, _, err = call(capfd, "train", f"resume={cut}")
+    assert one_line(code, err) == f"optlab train: cannot write {cut}: No space left on device"
+    after = files_of(cut)
+    assert after.pop("train.log").startswith(before.pop("train.log")) and after == before  # resumable as it was
+
+
+def test_a_folder_that_cannot_be_written_ends_in_one_line_naming_the_file(tmp_path, monkeypatch, capfd):
+    import logging
+
+    cut = tmp_path / "cut"
+    before = interrupted_run(capfd, cut)
+
+    def read_only(handler):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), handler.baseFilename)
+
+    monkeypatch.setattr(logging.FileHandler, "_open", read_only)  # what a non-root user meets in a read-only folder
+    code, _, err = call(capfd, "train", f"resume={cut}")
+    assert one_line(code, err) == f"optlab train: cannot write {cut / 'train.log'}: Permission denied"
+    code, _, err = call(capfd, "lr-find", f"hydra.run.dir={tmp_path / 'lr'}")
+    assert one_line(code, err.replace("optlab lr-find", "optlab train")) == \
+        f"optlab train: cannot write {tmp_path / 'lr' / 'lr_find.log'}: Permission denied"
+    assert files_of(cut) == before and not (tmp_path / "lr").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs, and a read-only view of it (where this user may mount them; elsewhere the
+    test is skipped)."""
+    disk, view = tmp_path / "disk", tmp_path / "view"
+    disk.mkdir()
+    view.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("no tmpfs can be mounted here")
+    try:
+        subprocess.run(["mount", "--bind", str(disk), str(view)], check=True)
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], check=True)
+        yield disk, view
+    finally:
+        for mounted in (view, disk):
+            subprocess.run(["umount", "-l", str(mounted)], capture_output=True)
+
+
+def fill(disk: Path) -> None:
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            while True:
+                os.write(fd, bytes(4096))
+    finally:
+        os.close(fd)
+
+
+def test_a_real_full_disk_and_read_only_folder_end_in_one_line_and_change_nothing(small_disk, capfd):
+    disk, view = small_disk
+    assert call(capfd, "train", "epochs=1", "model.hidden=[8]", f"hydra.run.dir={disk / 'done'}")[0] == 0
+    interrupted_run(capfd, disk / "cut")
+    fill(disk)
+    for folder in (disk, view):  # full, then read-only
+        before = {run: files_of(folder / run) for run in ("done", "cut")}
+        for args in (["epochs=2", "model.hidden=[8]", f"hydra.run.dir={folder / 'done'}"], [f"resume={folder / 'cut'}"],
+                     ["epochs=1", "model.hidden=[8]", f"hydra.run.dir={folder / 'fresh'}"]):
+            code, _, err = call(capfd, "train", *args)
+            assert "cannot write" in one_line(code, err), args
+        assert not (folder / "fresh").exists()
+        for run, files in before.items():  # nothing lost or rewritten (a resume's log may only grow)
+            now = files_of(folder / run)
+            assert now.pop("train.log").startswith(files.pop("train.log"))
+            assert {k: v for k, v in now.items() if v} == {k: v for k, v in files.items() if v}, run  # an empty event file aside
 
 
 def test_an_interrupted_sweep_keeps_its_finished_runs_and_a_rerun_resumes_the_rest(tmp_path):
