@@ -460,3 +460,30 @@ def test_a_run_saved_before_a_feature_existed_still_resumes_its_config():
     assert config_changes(saved, cfg) == []
     watched = config_changes(saved, make_config("epochs=3", "target.val_acc=0.9"))
     assert "target.val_acc: None → 0.9" in watched  # a feature the run now uses is a change
+
+
+def test_a_full_disk_in_a_sweep_ends_in_one_line_and_puts_back_what_did_not_train(tmp_path, monkeypatch, capfd):
+    import hydra.core.utils
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=0,1,2", "epochs=1", "model.hidden=[8]", f"hydra.sweep.dir={sweep}"]
+    assert call(capfd, "train", *args)[0] == 0
+    before = files_of(sweep)
+    save, calls = hydra.core.utils._save_config, []
+
+    def full_at_the_second_job(cfg, filename, output_dir):
+        calls.append(output_dir)
+        if len({str(c) for c in calls}) >= 2:
+            no_space()
+        save(cfg, filename, output_dir)
+
+    monkeypatch.setattr(hydra.core.utils, "_save_config", full_at_the_second_job)
+    code, _, err = call(capfd, "train", *args, "rerun=true")  # every job's earlier run is moved aside first
+    assert one_line(code, err).endswith("No space left on device")
+    after = files_of(sweep)
+    def of(seeds, files):
+        return {name: data for name, data in files.items() if any(f"/seed={seed}/" in name for seed in seeds)}
+
+    assert of((1, 2), before) and of((1, 2), after) == of((1, 2), before)  # put back as they were, no .previous/
+    retrained = next(sweep.glob("*/seed=0"))
+    assert json.loads((retrained / "metrics.json").read_text())["status"] == "completed"  # the job that trained stays

@@ -79,6 +79,16 @@ class OptlabSweeper(BasicSweeper):
         if type(self.launcher).__name__ in IN_PROCESS:  # each job is composed once, not twice (~0.1 s a job)
             loader.load_sweep_config = partial(_composed, {tuple(job): cfg for job, cfg in zip(grid, configs)},
                                                loader.load_sweep_config)
+        try:
+            return self._launch(grid, configs, todo)
+        except OSError:  # a full disk, a folder that cannot be written: what did not train is put back as it was
+            for i in todo:
+                if jobs.is_run(configs[i]):
+                    with jobs.as_job(configs[i]):
+                        jobs.take_back(jobs.job_folder(configs[i]), configs[i])
+            raise
+
+    def _launch(self, grid: List[List[str]], configs: List[DictConfig], todo: List[int]) -> Any:
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
