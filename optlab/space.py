@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from optlab.config import ConfigError, UsageError, describe, validate
 
 GRAMMAR = "choice(a,b), interval(low,high), range(start,stop,step), tag(log, interval(low,high)), tag(int, ...)"
+RANGE_VALUES = 10_000  # a range's values are listed (a grid visits each): more is an interval's job
 CORNERS = 64  # a space with more corners is checked at every pair of keys' probes (`points`)
 
 
@@ -105,6 +106,9 @@ def _param(key: str, text: str, override) -> Param:
     if tags:
         raise ConfigError(key, text, "tags on interval(...) only", "a tag on a list for")
     if override.is_range_sweep():
+        if sweep.step and (sweep.stop - sweep.start) / sweep.step > RANGE_VALUES:  # Hydra lists every value
+            raise ConfigError(key, text, f"at most {RANGE_VALUES} values (wider: interval(low,high), "
+                              "tag(int, interval(low,high)))", "too long a range for")
         values = [float(v) if "." in v or "e" in v else int(v) for v in override.sweep_string_iterator()]
         if not values:
             raise ConfigError(key, text, "a range with at least one value", "empty range for")

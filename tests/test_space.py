@@ -3,9 +3,12 @@ grid's points, and a grid resumed on an existing study."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from optlab import space
@@ -30,6 +33,7 @@ def test_numeric_choices_are_checked_at_their_ends_and_options_each():
 
 
 @pytest.mark.parametrize("text, words", [("range(0,1,0)", "cannot search"), ("range(5,1)", "empty range"),
+                                          ("range(0,1e12,1)", "too long a range"),
                                           ("tag(foo, interval(0,1))", "unknown tag"),
                                           ("tag(log, choice(1,2))", "a tag on a list"), ("0.1", "not a search")])
 def test_a_malformed_entry_is_the_users_mistake(text, words):
@@ -61,6 +65,19 @@ def test_a_grid_queued_again_skips_the_points_a_study_has(tmp_path: Path):
 def test_nan_and_infinities_are_refused(text):
     with pytest.raises(UsageError, match=r"NaN or infinity in 'optimizer.lr'"):
         space.parse({"optimizer.lr": text})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(), min_size=2, max_size=4), st.sampled_from(["choice", "interval", "range"]))
+def test_a_drawn_space_is_refused_when_and_only_when_a_number_is_not_finite(numbers, kind):
+    used = numbers if kind == "choice" else numbers[:3] if kind == "range" else numbers[:2]
+    text = f"{kind}({','.join(map(repr, used))})"
+    try:
+        (param,) = space.parse({"optimizer.lr": text})
+    except UsageError as error:
+        assert ("NaN or infinity" in str(error)) == (not all(map(math.isfinite, used))), text
+    else:
+        assert all(map(math.isfinite, used)) and all(math.isfinite(float(v)) for v in param.probes), text
 
 
 def test_every_corner_of_a_small_space_and_every_pair_of_a_large_one():
