@@ -37,7 +37,7 @@ examples:
   optlab train
   optlab train optimizer=adam batch_size=64
   optlab train -m optimizer=sgd,adam batch_size=16,256
-  optlab tune optimizer=choice(sgd,momentum,adam) optimizer.lr='tag(log,interval(1e-4,1))' tune.trials=30
+  optlab tune 'optimizer=choice(sgd,momentum,adam)' 'optimizer.lr=tag(log,interval(1e-4,1))' tune.trials=30
   optlab lr-find optimizer=adam
   optlab compare outputs/sweeps/2026-11-25_10-00-00 outputs/sweeps/2026-11-25_11-00-00
   eval "$(optlab train -sc install=bash)"      # shell completion
@@ -250,9 +250,9 @@ def _run_app(name: str, args: list[str]) -> int:
                 message = (f"{prog}: interrupted after epoch {metrics['epochs_run']}; "
                            f"{'finish the sweep' if in_sweep else 'resume'} with: {again}")
             else:
-                words = [a for a in (*args, *jobs.current.search) if not a.startswith("tune.dir=")]
-                message = f"{prog}: interrupted; go on with: " + command("optlab", name, *words,
-                                                                         f"tune.dir={relative(run_dir)}")
+                from optlab.tune import go_on
+
+                message = f"{prog}: interrupted; go on with: " + go_on([*args, *jobs.current.search], run_dir)
             jobs.stop_interrupted(metrics, message)
         return metrics
 

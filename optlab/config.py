@@ -323,6 +323,7 @@ GROUP_RULES: dict[str, Rule] = {
     "tune.metric": one_of(*TUNE_METRICS),
     "tune.direction": one_of("auto", "maximize", "minimize"),
     "tune.seed": NON_NEGATIVE_INT,
+    "tune.grace_s": POSITIVE,
     "tune.dir": Rule("a folder", lambda v: isinstance(v, str) and v != ""),
     "tune.params": Rule("key: search expression, e.g. optimizer.lr: tag(log, interval(1e-4, 1))",
                         lambda v: isinstance(v, DictConfig) and all(isinstance(x, str) for x in v.values())),

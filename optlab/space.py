@@ -4,15 +4,21 @@ Optuna distributions and checked against the config before any trial trains.
 - `choice(a,b,...)`: one of the values (group options, numbers, lists): categorical;
 - `interval(low,high)`: a float; `tag(log, interval(...))` on a log scale; `tag(int, ...)` an integer;
 - `range(start,stop,step)`: a stepped integer (or float) from start up to, not including, stop.
+
+NaN and infinities are refused; the config is composed and checked at the space's corners.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
 from optlab.config import ConfigError, UsageError, describe, validate
 
 GRAMMAR = "choice(a,b), interval(low,high), range(start,stop,step), tag(log, interval(low,high)), tag(int, ...)"
+RANGE_VALUES = 10_000  # a range's values are listed (a grid visits each): more is an interval's job
+CORNERS = 64  # a space with more corners is checked at every pair of keys' probes (`points`)
 
 
 @dataclass
@@ -79,6 +85,10 @@ def _param(key: str, text: str, override) -> Param:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     sweep = override.value()
+    ends = [sweep.start, sweep.end] if override.is_interval_sweep() else \
+        [sweep.start, sweep.stop, sweep.step] if override.is_range_sweep() else sweep.list
+    if not _finite(ends):  # a trial would train with it (lr=nan), or a range would never end
+        raise ConfigError(key, text, "finite numbers", "NaN or infinity in")
     tags = set(sweep.tags)
     if tags - {"log", "int"}:
         raise ConfigError(key, text, "the tags log and int", "unknown tag for")
@@ -96,6 +106,9 @@ def _param(key: str, text: str, override) -> Param:
     if tags:
         raise ConfigError(key, text, "tags on interval(...) only", "a tag on a list for")
     if override.is_range_sweep():
+        if sweep.step and (sweep.stop - sweep.start) / sweep.step > RANGE_VALUES:  # Hydra lists every value
+            raise ConfigError(key, text, f"at most {RANGE_VALUES} values (wider: interval(low,high), "
+                              "tag(int, interval(low,high)))", "too long a range for")
         values = [float(v) if "." in v or "e" in v else int(v) for v in override.sweep_string_iterator()]
         if not values:
             raise ConfigError(key, text, "a range with at least one value", "empty range for")
@@ -108,6 +121,19 @@ def _param(key: str, text: str, override) -> Param:
     return Param(key, text, CategoricalDistribution(choices), probes)
 
 
+def _finite(value) -> bool:
+    """No NaN or infinity in `value` (a choice's list or dict too), nor a string that a trial's
+    override would read as one (`'nan'` goes back to Hydra unquoted)."""
+    if isinstance(value, (list, tuple)):
+        return all(map(_finite, value))
+    if isinstance(value, dict):
+        return all(map(_finite, value.values()))
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
 def _numbers(choices: list[str]) -> list[float] | None:
     """The choices as numbers, when they all are (their ends are then enough to check)."""
     try:
@@ -116,26 +142,47 @@ def _numbers(choices: list[str]) -> list[float] | None:
         return None
 
 
+def points(params: list[Param]) -> list[dict]:
+    """The settings a check composes, fewest keys away from their first probe first: every
+    corner of the space (each key at each of its probes) when there are at most CORNERS of
+    them, else every pair of keys at each pair of their probes, the other keys at their first.
+    A rule spanning two keys (`data.val_fraction` + `data.test_fraction` < 1) is met at all of them."""
+    sizes = [len(p.probes) for p in params]
+    if math.prod(sizes) <= CORNERS:
+        chosen = set(itertools.product(*map(range, sizes)))
+    else:
+        chosen = set()
+        for i, j in itertools.combinations_with_replacement(range(len(params)), 2):
+            for a, b in itertools.product(range(sizes[i]), range(sizes[j])):
+                point = [0] * len(params)
+                point[i], point[j] = a, b
+                chosen.add(tuple(point))
+    ordered = sorted(chosen, key=lambda point: (sum(map(bool, point)), point))
+    return [{p.key: p.probes[k] for p, k in zip(params, point)} for point in ordered]
+
+
 def check(params: list[Param], base: list[str]) -> None:
-    """Compose and validate the config at every option and at both ends of every number (the
-    other keys at their first value): an unknown key, an unknown option or a value out of range
-    ends the command before any trial trains."""
+    """Compose and validate the config at every point of `points`: an unknown key, an unknown
+    option, a value out of range or a rule two keys break together ends the command before any
+    trial trains, naming the space's keys and the values that broke it."""
     from hydra import compose
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    for param in params:
-        for probe in param.probes:
-            overrides = [*base, *(p.override(probe if p is param else p.probes[0]) for p in params)]
-            try:
-                cfg = compose("config", overrides)
-                validate(cfg)
-            except UsageError as error:
-                raise UsageError(f"search space: {param.key}={param.text}: {error}") from None
-            except (HydraException, OmegaConfBaseException, ValueError) as error:  # composing: a key or option
-                raise UsageError(f"search space: {param.key}={param.text}: {describe(error, overrides)}") from None
-            if cfg.get("surface") is not None:
-                raise UsageError("surface=...: optlab tune searches network runs (a surface: optlab train -m)")
+    for point in points(params):
+        overrides = [*base, *(p.override(point[p.key]) for p in params)]
+        moved = [p for p in params if point[p.key] != p.probes[0]] or params
+        where = f"search space: {', '.join(f'{p.key}={p.text}' for p in moved)} at " + \
+            ", ".join(p.override(point[p.key]) for p in moved)
+        try:
+            cfg = compose("config", overrides)
+            validate(cfg)
+        except UsageError as error:
+            raise UsageError(f"{where}: {error}") from None
+        except (HydraException, OmegaConfBaseException, ValueError) as error:  # composing: a key or option
+            raise UsageError(f"{where}: {describe(error, overrides)}") from None
+        if cfg.get("surface") is not None:
+            raise UsageError("surface=...: optlab tune searches network runs (a surface: optlab train -m)")
 
 
 def described(params: list[Param]) -> dict[str, str]:

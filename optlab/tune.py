@@ -5,7 +5,16 @@ final value, Hydra #1954).
 
 - The study lives in `<tune.dir>/study.journal` (Optuna's JournalStorage). Trials are counted
   and asked for under a file lock, so several processes on one folder share the study and stop
-  at `tune.trials` together; the same command again goes on where the study stopped.
+  at `tune.trials` together; the same command again goes on where the study stopped. Processes
+  started at once on a new folder all join the one study. A torn last line (a full disk, a
+  partial copy) is moved aside to `study.journal.torn-<time>`; an empty, damaged or foreign
+  journal is refused in one line.
+- Heartbeats, as Optuna's RDBStorage has them (`Journal`): while a trial trains, its process
+  writes the time into it every `tune.grace_s`/4 seconds (30 s by default). A running trial whose
+  heartbeat is older than `tune.grace_s` (120 s), on whatever host it ran (killed, a node lost),
+  is failed and its settings queued again with its folder: the next process that asks for a
+  trial trains it, and a process with no trial left to ask waits for the trials running
+  elsewhere, so a dead one is trained again at most `tune.grace_s` + 5 s after its last heartbeat.
 - Trial k trains in `<tune.dir>/<k>_<its settings>/` through Hydra's own `run_job` (`.hydra/`,
   `train.log`) and `jobs.run`, as a sweep's job does; a pruned one ends `status: pruned`.
 - At the end: the sweep summary, the best trial as an `optlab train` command
@@ -14,11 +23,14 @@ final value, Hydra #1954).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import random
+import re
 import socket
+import time
 import warnings
 from collections import Counter
 from functools import partial
@@ -27,15 +39,21 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
+from optuna.trial import TrialState
 
 from optlab import jobs, space
-from optlab.config import ConfigError, UsageError, validate
-from optlab.files import locked, write_json
-from optlab.naming import command, overrides_name, relative
+from optlab.config import ConfigError, UsageError, reason, validate
+from optlab.files import atomic_write, locked, write_json
+from optlab.naming import command, override, overrides_name, relative
 
 log = logging.getLogger("optlab")
 
 JOURNAL = "study.journal"
+# what processes starting a study in a new folder write there before the study exists
+STARTING = {".hydra", "tune.log", ".lock", f"{JOURNAL}.lock"}
+WAIT_S = 5  # at most this long between two looks at the trials running elsewhere, with no trial left to ask
 # a searched metric as it stands after some epochs: the history column and how it is reduced
 SO_FAR = {"best_val_acc": ("val_acc", max), "best_val_loss": ("val_loss", min), "final_val_acc": ("val_acc", None),
           "final_val_loss": ("val_loss", None), "final_train_acc": ("train_acc", None),
@@ -71,11 +89,38 @@ def identity(cfg: DictConfig, params: list[space.Param]) -> dict:
             "overrides": sorted(base_overrides())}
 
 
-def same_study(held: dict | None, cfg: DictConfig, params: list[space.Param]) -> None:
-    mine = identity(cfg, params)
-    if held is not None and held != mine:
+def same_study(study, cfg: DictConfig, params: list[space.Param]) -> None:
+    """Refuse another search in a study's folder. A study none of whose trials has a result
+    (finished, pruned or running: its space was refused, say) takes a corrected space, metric or
+    overrides instead (`take_over`); its direction is Optuna's and stays."""
+    held, mine = study.user_attrs.get("study"), identity(cfg, params)
+    if held is None or held == mine:
+        return
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)) \
+            or held.get("direction") != mine["direction"]:
         differs = "; ".join(f"{k}: {held.get(k)} here, {mine[k]} now" for k in mine if held.get(k) != mine[k])
         raise UsageError(f"tune.dir={cfg.tune.dir} holds another study ({differs}); give another tune.dir")
+
+
+def take_over(study, cfg: DictConfig, params: list[space.Param]) -> None:
+    """Make the study this search's (`same_study` allowed it): trials queued for its earlier
+    space fail, and the trials so far no longer count toward `tune.trials`."""
+    held = study.user_attrs.get("study")
+    if held == identity(cfg, params):
+        return
+    if held is not None:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        study.set_user_attr("since", len(study.get_trials(deepcopy=False)))
+        log.info("the study in %s takes this search (none of its trials had a result): its %d earlier trials "
+                 "no longer count", relative(Path(cfg.tune.dir)), study.user_attrs["since"])
+    study.set_user_attr("study", identity(cfg, params))
+
+
+def current(study) -> list:
+    """The trials of the study's search (those since it last took another space)."""
+    since = study.user_attrs.get("since", 0)
+    return [t for t in study.get_trials(deepcopy=False) if t.number >= since]
 
 
 class StudyGuard(Callback):
@@ -95,36 +140,159 @@ class StudyGuard(Callback):
                                           f"{loose[0].text} is not a list of values (grid: choice or range)")
                 space.check(params, base_overrides())
                 folder = Path(config.tune.dir)
-                if (folder / JOURNAL).exists():  # `run` checks again under the lock
-                    same_study(_held(folder / JOURNAL), config, params)
-                elif folder.is_dir() and any(folder.iterdir()):
+                names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+                if JOURNAL in names:  # made under the lock: whole there (`run` checks again)
+                    with locked(folder):
+                        same_study(load(folder / JOURNAL), config, params)
+                elif names - STARTING:  # not another process making the study
                     raise UsageError(f"tune.dir={config.tune.dir} holds other files and no study; give a new "
                                      "or empty folder")
         except Exception as error:  # Hydra would only warn, and run the job unchecked
             raise jobs.Refused(error) from error
 
 
-def _held(journal: Path) -> dict | None:
-    """What the study in `journal` is of; None while another process is still making it."""
-    try:
-        return load(journal).user_attrs.get("study")
-    except KeyError:  # the journal holds no study yet
-        return None
-    except Exception as error:  # not a journal Optuna can read
-        raise UsageError(f"tune.dir: cannot read the study in {journal}: {type(error).__name__}: {error}") from None
+class Journal(JournalStorage, BaseHeartbeat):
+    """Optuna's JournalStorage with the heartbeat of its RDBStorage (`heartbeat_interval`,
+    `grace_period`, `RetryHeartbeatStaleTrialCallback`): Optuna's heartbeat thread records the
+    time in a running trial (system attr `heartbeat`) every `grace_s`/4 seconds, and
+    `optuna.storages.fail_stale_trials` fails a running trial whose heartbeat is older than
+    `grace_s` (host clocks are assumed to agree to a few seconds), whichever host ran it, and
+    queues it again with its user attrs (its `run` folder)."""
+
+    def __init__(self, path: Path, grace_s: float = 120):
+        from optuna.storages.journal import JournalFileBackend
+
+        super().__init__(JournalFileBackend(str(path)))
+        self.grace_s = grace_s
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, "heartbeat", time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if now - t.system_attrs.get("heartbeat", t.datetime_start.timestamp()) > self.grace_s]
+
+    def get_heartbeat_interval(self) -> float:
+        return self.grace_s / 4
+
+    def get_heartbeat_stale_trial_callback(self):
+        return self.retry
+
+    def retry(self, study, trial) -> None:
+        log.warning("trial %d (%s, pid %s) has sent no heartbeat for %g s: its process is gone, and it is "
+                    "trained again", trial.number, trial.user_attrs.get("host", "another host"),
+                    trial.user_attrs.get("pid", "?"), self.grace_s)
+        RetryHeartbeatStaleTrialCallback()(study, trial)
 
 
-def load(journal: Path, direction: str | None = None):
-    """The study in `journal`; made there with `direction` if there is none yet."""
+def load(journal: Path, direction: str | None = None, grace_s: float = 120):
+    """The study in `journal` (its trials' heartbeats judged with `grace_s`, see Journal), made
+    there with `direction` when there is no journal yet. A torn last line is moved aside first
+    (`repair`); a journal that is empty, damaged, or not an optlab study is refused in one line
+    naming it, and nothing is written to it."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(journal)))
-    if direction is None:
-        return optuna.load_study(study_name="optlab", storage=storage)
-    return optuna.create_study(study_name="optlab", storage=storage, direction=direction, load_if_exists=True)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat's
+    # optlab asks and tells itself, with Optuna's heartbeat thread around each trial as `optimize` has
+    warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+    if not journal.exists():
+        if direction is None:
+            raise UsageError(f"{journal} does not exist: no study there")
+        return optuna.create_study(study_name="optlab", storage=Journal(journal, grace_s), direction=direction)
+    if journal.stat().st_size == 0:
+        raise UsageError(f"{journal} is empty, not a study: give another tune.dir, or remove the file")
+    repair(journal)
+    line = _damaged_line(journal)  # Optuna skips a damaged last line, and would fail once one follows it
+    if line:
+        raise UsageError(f"cannot read the study in {journal}: line {line} is not an Optuna journal entry (its "
+                         f"first {line - 1} lines are the study as it was before: keep them to go on with it)")
+    try:
+        storage = Journal(journal, grace_s)
+        studies = [s.study_name for s in storage.get_all_studies()]
+    except Exception as error:  # entries Optuna cannot replay
+        raise UsageError(f"cannot read the study in {journal}: {reason(error)}") from None
+    if studies != ["optlab"]:
+        raise UsageError(f"{journal} is not an optlab study (it holds {', '.join(map(repr, studies)) or 'no study'}): "
+                         "give another tune.dir")
+    study = optuna.load_study(study_name="optlab", storage=storage)
+    held, since = study.user_attrs.get("study"), study.user_attrs.get("since", 0)
+    if not isinstance(held, dict) and (held is not None or study.get_trials(deepcopy=False)) or \
+            not isinstance(since, int):
+        raise UsageError(f"{journal} is not an optlab study (its study 'optlab' has trials and no search): "
+                         "give another tune.dir")
+    return study
+
+
+def repair(journal: Path) -> None:
+    """Move a torn last line (no line end: a full disk, a partial copy) aside to
+    `study.journal.torn-<time>` and cut the journal back to its last whole line. Optuna skips
+    such a line, and a line appended after it would make the whole journal unreadable. Done under
+    Optuna's own journal lock: a line being appended is not torn."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    if _whole(journal):
+        return
+    lock = JournalFileSymlinkLock(str(journal))
+    try:
+        lock.acquire()
+    except OSError as error:
+        raise UsageError(f"cannot repair {journal} (its last line is torn): {reason(error)}") from None
+    try:
+        data = journal.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        if cut == len(data):
+            return
+        stamp, n = time.strftime("%Y-%m-%d_%H-%M-%S"), 1
+        aside = journal.with_name(f"{journal.name}.torn-{stamp}")
+        while aside.exists():
+            n += 1
+            aside = journal.with_name(f"{journal.name}.torn-{stamp}-{n}")
+        atomic_write(aside, lambda f: f.write(data[cut:]))
+        os.truncate(journal, cut)
+    finally:
+        lock.release()
+    log.warning("%s: its last line was torn (a full disk, a partial copy): moved aside to %s", journal, aside.name)
+
+
+def _whole(journal: Path) -> bool:
+    """Whether the journal ends with a line end (or is empty)."""
+    with journal.open("rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _damaged_line(journal: Path) -> int | None:
+    """The number of the first line of `journal` that is not an Optuna journal entry."""
+    with journal.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                return number
+            if not isinstance(entry, dict) or "op_code" not in entry:
+                return number
+    return None
+
+
+def run_folder(trial, study_dir: Path) -> str | None:
+    """The trial's folder name as the journal records it (`run`), refused in one line naming the
+    journal unless it is a trial's folder right inside the study's (`<number>_<settings>`)."""
+    name = trial.user_attrs.get("run")
+    if name is not None and not (isinstance(name, str) and re.fullmatch(r"\d+_[^/\\\0]+", name)):
+        raise UsageError(f"{study_dir / JOURNAL}: trial {trial.number}'s run folder {name!r} is not a trial's "
+                         "folder in the study's (<number>_<settings>)")
+    return name
+
+
+def go_on(words: list[str], study_dir: Path) -> str:
+    """The command that goes on with the study: the same arguments, the study's folder quoted
+    for Hydra's grammar and for bash."""
+    kept = [w for w in words if not w.startswith("tune.dir=")]
+    return command("optlab", "tune", *kept, override("tune.dir", relative(study_dir)))
 
 
 def sampler(name: str, seed: int):
@@ -145,7 +313,7 @@ def queue_grid(study, params: list[space.Param], seed: int) -> int:
     import itertools
 
     points = [dict(zip([p.key for p in params], values)) for values in itertools.product(*(p.grid() for p in params))]
-    taken = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False) if counted(t)
+    taken = [t.params or t.system_attrs.get("fixed_params", {}) for t in current(study) if counted(t)
              or t.state.name == "WAITING"]
     random.Random(seed).shuffle(points)
     for point in points:
@@ -187,35 +355,19 @@ def counted(trial) -> bool:
 
 
 def next_trial(study, distributions: dict, trials: int):
-    """A new trial if the study has fewer than `trials`, else None. Trials left running by a
-    process of this machine that is gone (killed) fail first, and their settings are queued."""
-    for stale in study.get_trials(deepcopy=False, states=(_state("RUNNING"),)):
-        attrs = stale.user_attrs
-        if attrs.get("host") == socket.gethostname() and not _alive(attrs.get("pid", 0)):
-            study.tell(stale.number, state=_state("FAIL"))
-            study.enqueue_trial(stale.params, user_attrs={"run": attrs.get("run")})
-    if sum(map(counted, study.get_trials(deepcopy=False))) >= trials:
+    """A new trial if the study has fewer than `trials`, else None (called under the study's
+    lock). Trials whose process died (no heartbeat for `tune.grace_s`, see Journal) fail first,
+    and their settings are queued again."""
+    from optuna.storages import fail_stale_trials
+
+    fail_stale_trials(study)
+    if sum(map(counted, current(study))) >= trials:
         return None
     trial = study.ask(distributions)
+    study._storage.record_heartbeat(trial._trial_id)  # a queued trial's old heartbeat is not its own
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
     return trial
-
-
-def _state(name: str):
-    from optuna.trial import TrialState
-
-    return TrialState[name]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
 
 
 def run(cfg: DictConfig, study_dir: Path) -> dict:
@@ -223,9 +375,9 @@ def run(cfg: DictConfig, study_dir: Path) -> dict:
     params = space.parse(entries(cfg))
     trials = cfg.tune.trials
     with locked(study_dir):  # one process makes the study; the others load it
-        study = load(study_dir / JOURNAL, direction(cfg))
-        same_study(study.user_attrs.get("study"), cfg, params)
-        study.set_user_attr("study", identity(cfg, params))
+        study = load(study_dir / JOURNAL, direction(cfg), cfg.tune.grace_s)
+        same_study(study, cfg, params)
+        take_over(study, cfg, params)
         worker = study.user_attrs.get("workers", 0)  # each process its own seed: workers spread out
         study.set_user_attr("workers", worker + 1)
         if cfg.tune.sampler == "grid":
@@ -237,21 +389,31 @@ def run(cfg: DictConfig, study_dir: Path) -> dict:
     log.info("study %s: %s %s over %s, up to %d trials (%s sampler, %s pruner)", relative(study_dir),
              study.direction.name.lower(), cfg.tune.metric, " ".join(p.override(p.text) for p in params),
              trials, cfg.tune.sampler, cfg.tune.pruner)
+    waiting = None
     while True:
         with locked(study_dir):
             trial = next_trial(study, distributions, trials)
         if trial is None:
-            break
-        try:
-            metrics = run_trial(trial, params, cfg, study_dir)
-        finally:
-            restore(own)
+            running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+            if not running:
+                break
+            if running != waiting:
+                log.info("waiting for trial %s, running elsewhere (trained again here if its heartbeat stops "
+                         "for tune.grace_s=%g s)", ", ".join(map(str, running)), cfg.tune.grace_s)
+            waiting = running
+            time.sleep(min(WAIT_S, cfg.tune.grace_s / 4))
+            continue
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            try:
+                metrics = run_trial(trial, params, cfg, study_dir)
+            finally:
+                restore(own)
         value = metrics.get(cfg.tune.metric)
         log.info("trial %d: %s, %s %s", trial.number, metrics["status"], cfg.tune.metric,
                  f"{value:.4f}" if isinstance(value, float) else value)
         if metrics["status"] == "interrupted":
             return metrics
-    if not study.get_trials(deepcopy=False, states=(_state("COMPLETE"),)):
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         log.info("no trial of the study has finished with a %s yet: nothing to summarize", cfg.tune.metric)
         return {"status": "completed"}
     return finish(study, cfg, study_dir, params)
@@ -269,7 +431,7 @@ def run_trial(trial, params: list[space.Param], cfg: DictConfig, study_dir: Path
 
     chosen = [(p, trial.params[p.key]) for p in params]
     # a trial queued again after an interruption goes on in its own folder
-    name = trial.user_attrs.get("run") or f"{trial.number:03d}_{overrides_name([p.name(v) for p, v in chosen])}"
+    name = run_folder(trial, study_dir) or f"{trial.number:03d}_{overrides_name([p.name(v) for p, v in chosen])}"
     trial.set_user_attr("run", name)
     job = compose("config", [*base_overrides(), *(p.override(v) for p, v in chosen)], return_hydra_config=True)
     with read_write(job.hydra), open_dict(job.hydra):
@@ -283,7 +445,7 @@ def run_trial(trial, params: list[space.Param], cfg: DictConfig, study_dir: Path
     result = run_job(lambda c: jobs.run(c, folder, pruner=Pruning(trial, cfg.tune.metric)), job,
                      "hydra.sweep.dir", "hydra.sweep.subdir", context)
     if result.status == JobStatus.FAILED:
-        trial.study.tell(trial, state=_state("FAIL"))  # not counted: fixed, the same command trains it
+        trial.study.tell(trial, state=TrialState.FAIL)  # not counted: fixed, the same command trains it
         trial.study.enqueue_trial(trial.params, user_attrs={"run": name})
         mistake = jobs.failed(folder, task, result._return_value, in_sweep=False)
         if mistake is not None:
@@ -291,15 +453,15 @@ def run_trial(trial, params: list[space.Param], cfg: DictConfig, study_dir: Path
         raise result._return_value
     metrics, value = result.return_value, result.return_value.get(cfg.tune.metric)
     if metrics["status"] == "pruned":
-        trial.study.tell(trial, state=_state("PRUNED"))
+        trial.study.tell(trial, state=TrialState.PRUNED)
     elif metrics["status"] == "interrupted":  # not counted: the next command resumes it in its folder
-        trial.study.tell(trial, state=_state("FAIL"))
+        trial.study.tell(trial, state=TrialState.FAIL)
         trial.study.enqueue_trial(trial.params, user_attrs={"run": name})
     elif isinstance(value, (int, float)) and math.isfinite(value):
         trial.study.tell(trial, value)
     else:  # diverged before its first epoch ended: nothing to compare; the study goes on
         trial.set_user_attr("diverged", True)
-        trial.study.tell(trial, state=_state("FAIL"))
+        trial.study.tell(trial, state=TrialState.FAIL)
     return metrics
 
 
@@ -320,8 +482,8 @@ def finish(study, cfg: DictConfig, study_dir: Path, params: list[space.Param]) -
     overrides = [*base_overrides(), *(p.override(best.params[p.key]) for p in params)]
     states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
     record = {"number": best.number, cfg.tune.metric: best.value, "params": best.params,
-              "run": str(relative(study_dir / best.user_attrs["run"])), "command": command("optlab", "train", *overrides),
-              "trials": dict(states)}
+              "run": str(relative(study_dir / run_folder(best, study_dir))),
+              "command": command("optlab", "train", *overrides), "trials": dict(states)}
     write_json(study_dir / "best_trial.json", record)
     plots = optuna_plots(study, study_dir)
     log.info("best: trial %d, %s %.4f (%s)", best.number, cfg.tune.metric, best.value, record["run"])

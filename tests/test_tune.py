@@ -8,16 +8,21 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from optuna.trial import TrialState
 
 from conftest import optlab
 
 TINY = ["epochs=2", "model.hidden=[8]", "device=cpu"]
+# a study of one-epoch trials, for the tests that damage or craft its journal
+SMALL = ["optimizer.lr=interval(0.05,0.5)", "tune.pruner=none", "epochs=1", "model.hidden=[8]", "device=cpu"]
 
 
 def study(folder: Path):
@@ -119,6 +124,10 @@ def test_pruned_trials_keep_their_curves_and_a_diverged_one_does_not_stop_the_st
     (["optimizer=choice(sgd,adamm)"], "unknown option for 'optimizer': 'adamm'"),
     (["dropout=interval(0,1.5)"], "invalid value for 'dropout': 1.5"),
     (["dropout=interval(0,0.5)", "tune.sampler=grid"], "invalid value for 'tune.sampler': 'grid'"),
+    (["optimizer.lr=choice(0.1,nan)"], "NaN or infinity in 'optimizer.lr'"),
+    (["data.val_fraction=interval(0.3,0.6)", "data.test_fraction=interval(0.3,0.6)"],
+     "at data.val_fraction=0.6, data.test_fraction=0.6: invalid value for 'data.val_fraction': 0.6 "
+     "(allowed: val_fraction + test_fraction < 1)"),
     ([], "nothing to search"),
 ])
 def test_a_bad_search_space_ends_in_one_line_before_any_trial(space, message, tmp_path):
@@ -139,11 +148,13 @@ def test_a_study_folder_takes_no_other_study(tmp_path):
     assert (folder / ".hydra" / "overrides.yaml").read_text() == saved and len(trial_folders(folder)) == 1
 
 
-def test_ctrl_c_stops_the_study_and_the_same_command_resumes_the_trial_in_its_folder(tmp_path):
+def test_ctrl_c_stops_the_study_and_the_printed_command_resumes_the_trial_in_its_folder(tmp_path):
+    """The study's folder holds what Hydra's grammar and bash would both read as syntax."""
+    from optlab.naming import override
     from test_survival import wait_for_epoch
 
-    folder = tmp_path / "study"
-    args = ["tune", "optimizer.lr=interval(0.05,0.5)", "tune.trials=1", f"tune.dir={folder}", "epochs=40",
+    folder = tmp_path / 'study, v=2 it\'s "mine"'
+    args = ["tune", "optimizer.lr=interval(0.05,0.5)", "tune.trials=1", override("tune.dir", folder), "epochs=40",
             "model.hidden=[8]", "device=cpu", "checkpoint_every_s=0"]
     process = subprocess.Popen([sys.executable, "-m", "optlab", *args], cwd=tmp_path, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -155,9 +166,245 @@ def test_ctrl_c_stops_the_study_and_the_same_command_resumes_the_trial_in_its_fo
     stopped = metrics(run)
     assert stopped["status"] == "interrupted" and stopped["epochs_run"] < 40
 
-    again = optlab(*args, cwd=tmp_path)
+    pasted = shlex.split(err.split("go on with: ", 1)[1].splitlines()[0])
+    assert pasted[:2] == ["optlab", "tune"]
+    again = optlab(*pasted[1:], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert trial_folders(folder) == [run] and f"resumes {run.name}" in again.stdout
     record = metrics(run)
     assert record["status"] == "completed" and record["epochs_run"] == 40
     assert [t.state.name for t in study(folder).get_trials()] == ["FAIL", "COMPLETE"]
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory) -> Path:
+    """A finished study of one trial (SMALL); tests copy it before they change it."""
+    folder = tmp_path_factory.mktemp("tune") / "study"
+    result = optlab("tune", *SMALL, "tune.trials=1", f"tune.dir={folder}", cwd=folder.parent)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def copy_of(study_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(study_dir, tmp_path / "study"))
+
+
+def test_a_torn_journal_is_repaired_and_the_study_goes_on(small_study, tmp_path):
+    """A full disk or a partial copy cut the journal's last line (the finished trial's result):
+    its torn tail is moved aside, never appended to, and the trial is trained again in its folder."""
+    folder = copy_of(small_study, tmp_path)
+    journal = folder / "study.journal"
+    whole = journal.read_bytes()
+    cut = len(whole) - 25  # inside the last line
+    os.truncate(journal, cut)
+    again = optlab("tune", *SMALL, "tune.trials=2", "tune.grace_s=1", f"tune.dir={folder}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    (aside,) = folder.glob("study.journal.torn-*")
+    assert aside.read_bytes() == whole[whole.rfind(b"\n", 0, cut) + 1:cut]
+    assert journal.read_bytes().startswith(whole[:whole.rfind(b"\n", 0, cut) + 1])
+    assert all(json.loads(line) for line in journal.read_bytes().splitlines())  # every line whole
+    trials = study(folder).get_trials()
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+    assert len(trial_folders(folder)) == 2  # the retried trial went on in its own folder
+    third = optlab("tune", *SMALL, "tune.trials=2", f"tune.dir={folder}", cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+
+
+def craft(folder: Path, make) -> bytes:
+    folder.mkdir()
+    make(folder / "study.journal")
+    return (folder / "study.journal").read_bytes()
+
+
+def _foreign(journal: Path) -> None:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.create_study(study_name="another program", storage=JournalStorage(JournalFileBackend(str(journal))))
+
+
+def _nameless(journal: Path) -> None:
+    """A study called `optlab` with trials but none of optlab's record of its search."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    other = optuna.create_study(study_name="optlab", storage=JournalStorage(JournalFileBackend(str(journal))))
+    other.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+
+
+def _damaged(journal: Path) -> None:
+    _foreign(journal)
+    lines = journal.read_text().splitlines(keepends=True)
+    journal.write_text("".join([lines[0], '{"op_code": 0, "worker_id": "x", "study_na', *lines[1:]]) + lines[0])
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda journal: journal.write_bytes(b""), "is empty, not a study"),
+    (_foreign, "is not an optlab study (it holds 'another program')"),
+    (_nameless, "is not an optlab study (its study 'optlab' has trials and no search)"),
+    (_damaged, "line 2 is not an Optuna journal entry (its first 1 lines"),
+    (lambda journal: journal.write_text("hello\n"), "line 1 is not an Optuna journal entry"),
+])
+def test_a_journal_that_is_not_an_optlab_study_is_refused_in_one_line(make, words, tmp_path):
+    folder = tmp_path / "study"
+    before = craft(folder, make)
+    result = optlab("tune", *SMALL, "tune.trials=1", f"tune.dir={folder}", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert str(folder / "study.journal") in result.stderr and words in result.stderr, result.stderr
+    assert (folder / "study.journal").read_bytes() == before and {p.name for p in folder.iterdir()} <= {
+        "study.journal", ".lock"}
+
+
+def test_a_run_folder_from_the_journal_stays_in_the_study(small_study, tmp_path):
+    folder = copy_of(small_study, tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("mine")
+    study(folder).enqueue_trial({"optimizer.lr": 0.1}, user_attrs={"run": "../victim"})
+    result = optlab("tune", *SMALL, "tune.trials=2", f"tune.dir={folder}", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"{folder / 'study.journal'}: trial 1's run folder '../victim' is not" in result.stderr
+    assert [p.name for p in victim.iterdir()] == ["precious.txt"] and len(trial_folders(folder)) == 1
+
+
+def test_a_trial_whose_heartbeat_stopped_is_retried_from_any_host_and_a_live_one_is_not(tmp_path):
+    from optlab import space
+    from optlab.tune import load, next_trial
+
+    distributions = {p.key: p.distribution for p in space.parse({"optimizer.lr": "interval(0.01,1)"})}
+    shared = load(tmp_path / "study.journal", "maximize")
+    for host, age in (("node-7", 1000), ("node-8", 5)):  # killed 1000 s ago; alive, beating
+        trial = shared.ask(distributions)
+        trial.set_user_attr("host", host)
+        trial.set_user_attr("pid", 1)
+        trial.set_user_attr("run", f"{trial.number:03d}_on_{host}")
+        shared._storage.set_trial_system_attr(trial._trial_id, "heartbeat", time.time() - age)
+    dead, alive = shared.get_trials()
+    retried = next_trial(shared, distributions, trials=2)
+    assert retried is not None and retried.params == dead.params and retried.user_attrs["run"] == "000_on_node-7"
+    assert [t.state.name for t in shared.get_trials()] == ["FAIL", "RUNNING", "RUNNING"]
+    assert next_trial(shared, distributions, trials=2) is None  # the live one still counts
+    assert shared.get_trials()[1].state.name == "RUNNING"
+
+
+def test_a_study_goes_on_past_a_trial_killed_on_another_host(small_study, tmp_path):
+    """A trial another node started and then lost: its heartbeat stops, and this process
+    trains it again in its folder (or waits for that, if the grace period is not yet over)."""
+    folder = copy_of(small_study, tmp_path)
+    shared = study(folder)
+    lost = shared.ask()
+    lost.suggest_float("optimizer.lr", 0.05, 0.5)
+    lost.set_user_attr("host", "node-7")
+    lost.set_user_attr("run", f"001_optimizer.lr={lost.params['optimizer.lr']:.4g}")
+    shared._storage.set_trial_system_attr(lost._trial_id, "heartbeat", time.time())
+    result = optlab("tune", *SMALL, "tune.trials=2", "tune.grace_s=3", f"tune.dir={folder}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = study(folder).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[2].params == trials[1].params and trials[2].user_attrs["run"] == lost.user_attrs["run"]
+    assert [r.name for r in trial_folders(folder)] == ["000_" + small_study_run(small_study), lost.user_attrs["run"]]
+
+
+def small_study_run(folder: Path) -> str:
+    return trial_folders(folder)[0].name[4:]
+
+
+def test_a_folder_another_process_is_starting_a_study_in_is_joined(tmp_path):
+    """What a process starting a study writes before the study exists (Hydra's .hydra/ and
+    tune.log, the lock) is no other files."""
+    folder = tmp_path / "study"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "tune.log").write_text("")
+    (folder / ".lock").write_text("")
+    result = optlab("tune", *SMALL, "tune.trials=1", f"tune.dir={folder}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(trial_folders(folder)) == 1
+
+
+def test_three_processes_started_at_once_on_a_new_folder_share_one_study(tmp_path):
+    args = ["tune", *SMALL, "tune.sampler=random", "tune.trials=4", f"tune.dir={tmp_path / 'study'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    three = [subprocess.Popen([sys.executable, "-m", "optlab", *args], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for process in three:
+        _, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err
+    trials = study(tmp_path / "study").get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3] and {t.state.name for t in trials} == {"COMPLETE"}
+    assert len(trial_folders(tmp_path / "study")) == 4
+
+
+def test_a_study_whose_space_was_refused_takes_the_corrected_space(tmp_path):
+    """A study made before its space's rule was checked: its one trial failed on that rule and
+    was queued again. The corrected space is no other study: the queued trial is dropped and
+    the new space gets its trials."""
+    from optlab import space
+    from optlab.tune import load
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    bad = space.parse({"data.val_fraction": "interval(0.3,0.6)", "data.test_fraction": "interval(0.3,0.6)"})
+    old = load(folder / "study.journal", "maximize")
+    old.set_user_attr("study", {"metric": "best_val_acc", "direction": "maximize", "space": space.described(bad),
+                                "overrides": ["device=cpu", "epochs=1", "model.hidden=[8]"]})
+    failed = old.ask({p.key: p.distribution for p in bad})
+    old.tell(failed, state=TrialState.FAIL)
+    old.enqueue_trial(failed.params, user_attrs={"run": "000_data.test_fraction=0.6,data.val_fraction=0.6"})
+    fixed = ["data.val_fraction=interval(0.1,0.3)", "data.test_fraction=interval(0.1,0.3)"]
+    result = optlab("tune", *fixed, "tune.trials=1", f"tune.dir={folder}", "epochs=1", "model.hidden=[8]",
+                    "device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = study(folder).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "COMPLETE"]
+    assert 0.1 <= trials[2].params["data.val_fraction"] <= 0.3 and len(trial_folders(folder)) == 1
+    other = optlab("tune", "data.val_fraction=interval(0.1,0.2)", "tune.trials=1", f"tune.dir={folder}",
+                   "epochs=1", "model.hidden=[8]", "device=cpu", cwd=tmp_path)  # now it has a result
+    assert other.returncode == 2 and "holds another study" in other.stderr
+
+
+@pytest.mark.parametrize("name", ["a,b", "x=y", "it's", 'say "hi"', "two words", "all, of=them 'in\" one"])
+def test_the_go_on_command_gives_back_the_study_folder(name, tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from optlab.tune import go_on
+
+    folder = tmp_path / name
+    line = go_on(["optimizer.lr=tag(log,interval(1e-4,1))", "tune.dir=elsewhere", "epochs=3"], folder)
+    words = shlex.split(line)  # as bash reads it pasted
+    assert words[:4] == ["optlab", "tune", "optimizer.lr=tag(log,interval(1e-4,1))", "epochs=3"]
+    assert OverridesParser.create().parse_override(words[4]).value() == str(folder)
+    assert subprocess.run(["bash", "-n", "-c", line]).returncode == 0
+
+
+def help_examples(text: str) -> list[str]:
+    """The indented lines after a help's `examples:` line."""
+    lines = text.split("xamples:\n", 1)[1].splitlines()
+    return [line.strip() for line in lines[:next((i for i, l in enumerate(lines) if not l.startswith(" ")),
+                                                 len(lines))] if line.strip()]
+
+
+def test_every_example_of_both_helps_runs_in_bash_and_the_tune_ones_compose(tmp_path):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from optlab import config, space
+    from optlab.cli import USAGE
+
+    tune_help = optlab("tune", "--help", cwd=tmp_path)
+    assert tune_help.returncode == 0, tune_help.stderr
+    examples = help_examples(USAGE) + help_examples(tune_help.stdout)
+    assert len(examples) >= 10 and sum(e.startswith("optlab tune ") for e in examples) == 4
+    for line in examples:
+        parsed = subprocess.run(["bash", "-n", "-c", line], capture_output=True, text=True)
+        assert parsed.returncode == 0, f"{line}: {parsed.stderr}"
+    config.register()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("optlab.conf", version_base="1.3"):
+        for line in examples:
+            if line.startswith("optlab tune "):
+                plain, search = space.split(shlex.split(line, comments=True)[2:])
+                cfg = compose("tune", plain)
+                params = space.parse({**cfg.tune.params, **dict(s.split("=", 1) for s in search)})
+                space.check(params, [p for p in plain if not p.startswith(("tune.", "search="))])
