@@ -40,6 +40,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
+# Optuna's private heartbeat module (checked against Optuna 4.9-5.1): its RDBStorage's heartbeat, for a journal
 from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
 from optuna.trial import TrialState
 
