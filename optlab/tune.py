@@ -189,9 +189,9 @@ class Journal(JournalStorage, BaseHeartbeat):
 
 def load(journal: Path, direction: str | None = None, grace_s: float = 120):
     """The study in `journal` (its trials' heartbeats judged with `grace_s`, see Journal), made
-    there with `direction` when there is no journal yet. A torn last line is moved aside first
-    (`repair`); a journal that is empty, damaged, or not an optlab study is refused in one line
-    naming it, and nothing is written to it."""
+    there with `direction` when there is no journal yet. A journal that is empty, damaged, or not
+    an optlab study is refused in one line naming it, and nothing is written to it; once every
+    check passed, a torn last line is moved aside (`repair`)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -202,13 +202,23 @@ def load(journal: Path, direction: str | None = None, grace_s: float = 120):
         if direction is None:
             raise UsageError(f"{journal} does not exist: no study there")
         return optuna.create_study(study_name="optlab", storage=Journal(journal, grace_s), direction=direction)
-    if journal.stat().st_size == 0:
-        raise UsageError(f"{journal} is empty, not a study: give another tune.dir, or remove the file")
-    repair(journal)
+    if b"\n" not in _head(journal):  # empty, or torn in its first line: no study was ever recorded
+        raise UsageError(f"{journal} holds no study (it is empty or its first line is torn): give another "
+                         "tune.dir, or remove the file")
     line = _damaged_line(journal)  # Optuna skips a damaged last line, and would fail once one follows it
     if line:
         raise UsageError(f"cannot read the study in {journal}: line {line} is not an Optuna journal entry (its "
                          f"first {line - 1} lines are the study as it was before: keep them to go on with it)")
+    study = _optlab_study(journal, grace_s)  # every check first: a refusal writes nothing
+    if repair(journal):  # read again without the torn tail it skipped
+        study = optuna.load_study(study_name="optlab", storage=Journal(journal, grace_s))
+    return study
+
+
+def _optlab_study(journal: Path, grace_s: float):
+    """The optlab study in a journal that Optuna reads, or a one-line refusal naming it."""
+    import optuna
+
     try:
         storage = Journal(journal, grace_s)
         studies = [s.study_name for s in storage.get_all_studies()]
@@ -226,15 +236,15 @@ def load(journal: Path, direction: str | None = None, grace_s: float = 120):
     return study
 
 
-def repair(journal: Path) -> None:
+def repair(journal: Path) -> bool:
     """Move a torn last line (no line end: a full disk, a partial copy) aside to
     `study.journal.torn-<time>` and cut the journal back to its last whole line. Optuna skips
     such a line, and a line appended after it would make the whole journal unreadable. Done under
-    Optuna's own journal lock: a line being appended is not torn."""
+    Optuna's own journal lock: a line being appended is not torn. Returns whether it cut."""
     from optuna.storages.journal import JournalFileSymlinkLock
 
     if _whole(journal):
-        return
+        return False
     lock = JournalFileSymlinkLock(str(journal))
     try:
         lock.acquire()
@@ -244,7 +254,7 @@ def repair(journal: Path) -> None:
         data = journal.read_bytes()
         cut = data.rfind(b"\n") + 1
         if cut == len(data):
-            return
+            return False
         stamp, n = time.strftime("%Y-%m-%d_%H-%M-%S"), 1
         aside = journal.with_name(f"{journal.name}.torn-{stamp}")
         while aside.exists():
@@ -255,6 +265,7 @@ def repair(journal: Path) -> None:
     finally:
         lock.release()
     log.warning("%s: its last line was torn (a full disk, a partial copy): moved aside to %s", journal, aside.name)
+    return True
 
 
 def _whole(journal: Path) -> bool:
@@ -266,10 +277,18 @@ def _whole(journal: Path) -> bool:
         return f.read(1) == b"\n"
 
 
+def _head(journal: Path) -> bytes:
+    with journal.open("rb") as f:
+        return f.read(1 << 16)
+
+
 def _damaged_line(journal: Path) -> int | None:
-    """The number of the first line of `journal` that is not an Optuna journal entry."""
+    """The number of the first whole line of `journal` that is not an Optuna journal entry (a
+    torn last line, with no line end, is `repair`'s)."""
     with journal.open("rb") as f:
         for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                return None
             try:
                 entry = json.loads(line)
             except ValueError:

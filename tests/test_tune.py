@@ -241,7 +241,7 @@ def _damaged(journal: Path) -> None:
 
 
 @pytest.mark.parametrize("make, words", [
-    (lambda journal: journal.write_bytes(b""), "is empty, not a study"),
+    (lambda journal: journal.write_bytes(b""), "holds no study (it is empty or its first line is torn)"),
     (_foreign, "is not an optlab study (it holds 'another program')"),
     (_nameless, "is not an optlab study (its study 'optlab' has trials and no search)"),
     (_damaged, "line 2 is not an Optuna journal entry (its first 1 lines"),
@@ -408,3 +408,54 @@ def test_every_example_of_both_helps_runs_in_bash_and_the_tune_ones_compose(tmp_
                 cfg = compose("tune", plain)
                 params = space.parse({**cfg.tune.params, **dict(s.split("=", 1) for s in search)})
                 space.check(params, [p for p in plain if not p.startswith(("tune.", "search="))])
+
+
+def test_a_drawn_damaged_journal_is_read_repaired_or_refused_naming_it_and_loses_nothing(tmp_path):
+    """Cut anywhere (a full disk, a partial copy), a line garbled or replaced, a foreign study
+    appended: loading the journal gives the study, with a torn tail moved aside whole, or a
+    one-line refusal naming the journal that leaves it byte for byte as it was."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from optlab import space
+    from optlab.config import UsageError
+    from optlab.tune import load
+
+    made = tmp_path / "made" / "study.journal"
+    made.parent.mkdir()
+    distributions = {p.key: p.distribution for p in space.parse({"optimizer.lr": "interval(0.01,1)"})}
+    original = load(made, "maximize")
+    original.set_user_attr("study", {"metric": "best_val_acc"})
+    for value in (0.5, 0.7):
+        trial = original.ask(distributions)
+        trial.set_user_attr("run", f"{trial.number:03d}_optimizer.lr=x")
+        original.tell(trial, value)
+    whole = made.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    count = iter(range(10**6))
+
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.sampled_from(["cut", "garble", "replace", "foreign"]), st.integers(0, len(whole) - 1),
+           st.integers(0, len(lines) - 1), st.sampled_from([b"[1, 2]\n", b"{}\n", b"\x00\xff\n", b"null\n",
+                                                            b'{"op_code": 99}\n', b"\n"]))
+    def check(how, cut, line, junk):
+        journal = tmp_path / f"case{next(count)}" / "study.journal"
+        journal.parent.mkdir()
+        damaged = {"cut": whole[:cut], "garble": b"".join(lines[:line]) + junk + b"".join(lines[line + 1:]),
+                   "replace": b"".join(lines[:line]) + lines[line][: len(lines[line]) // 2] + b"\n"
+                   + b"".join(lines[line + 1:]),
+                   "foreign": whole + lines[0].replace(b'"optlab"', b'"another"')}[how]
+        journal.write_bytes(damaged)
+        try:
+            study = load(journal)
+        except UsageError as refusal:
+            assert str(journal) in str(refusal) and "\n" not in str(refusal)
+            assert journal.read_bytes() == damaged  # a refusal writes nothing
+            return
+        aside = b"".join(p.read_bytes() for p in journal.parent.glob("study.journal.torn-*"))
+        assert journal.read_bytes() + aside == damaged  # nothing lost: the torn tail lies beside it
+        assert damaged.startswith(journal.read_bytes()) and journal.read_bytes().endswith(b"\n")
+        assert all(t.value in (0.5, 0.7) for t in study.get_trials() if t.state == TrialState.COMPLETE)
+
+    check()
