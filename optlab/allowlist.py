@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 TORCH_OPTIMIZERS = ("ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "LBFGS", "Muon", "NAdam",
@@ -48,13 +48,14 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 def check(node: Any, at: str) -> None:
     """Refuse, with a one-line ConfigError naming the key and the value, any `_target_` in
-    `node` (the config at dotted path `at`, resolved as it is read) that the allow-list does not
-    hold for its key."""
+    `node` (the config at dotted path `at`) that the allow-list does not hold for its key: one
+    that is not a plain string, an interpolation among them (it could resolve to anything by
+    the time `instantiate` reads it)."""
     from optlab.config import ConfigError
 
     for path, value in targets(node, at):
         allowed = ALLOWED.get(path)
-        if allowed is None or value not in allowed:
+        if not isinstance(value, str) or allowed is None or value not in allowed:
             what = ", ".join(sorted(allowed)) if allowed else \
                 f"no _target_ here; only {', '.join(k.rsplit('.', 1)[0] for k in ALLOWED)} name what optlab builds"
             raise ConfigError(path, value, what, "refused")
@@ -62,25 +63,49 @@ def check(node: Any, at: str) -> None:
 
 def check_file(cfg: Any, file: Path) -> None:
     """`check` over a whole config read from `file` (a run folder's): a refusal names the file."""
-    from optlab.config import UsageError
+    from optlab.config import ConfigError, UsageError
 
     try:
         check(cfg, "")
+        for path, text in _texts(cfg, ""):
+            if "${" in text:  # an escaped interpolation: live again in the config `instantiate` makes
+                raise ConfigError(path, text, "a value, not an interpolation once resolved", "refused")
     except UsageError as error:
         raise UsageError(f"{file}: {error}") from None
 
 
+def built(node: Any, at: str) -> Any:
+    """`node` (the config at `at`) as `instantiate` may build it: every interpolation resolved
+    now, in the config it belongs to (one that does not resolve is a one-line refusal), every
+    `_target_` checked, and no text left that a config would read as an interpolation again
+    (`instantiate` makes a config of what it is given, and adds its own keys to it)."""
+    from optlab.config import ConfigError, UsageError, reason
+
+    try:
+        plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+    except OmegaConfBaseException as error:
+        raise UsageError(f"{at}: cannot resolve: {reason(error)}") from None
+    check(plain, at)
+    for path, text in _texts(plain, at):
+        if "${" in text:
+            raise ConfigError(path, text, "a value, not an interpolation once resolved", "refused")
+    return plain
+
+
 def targets(node: Any, at: str) -> Iterator[tuple[str, Any]]:
-    """(dotted path, value) of every `_target_` at or below `node`, interpolations resolved as
-    `instantiate` would resolve them (a `${oc.create:...}` or a reference can make a node that
-    holds one)."""
+    """(dotted path, value) of every `_target_` at or below `node`: an interpolated one as its
+    text, other interpolations resolved as they are read (a `${oc.create:...}` or a reference
+    can make a node that holds a `_target_`)."""
     if isinstance(node, (DictConfig, dict)):
         for name in node:
+            path = f"{at}.{name}" if at else str(name)
+            if name == "_target_" and isinstance(node, DictConfig) and OmegaConf.is_interpolation(node, name):
+                yield path, node._get_node(name)._value()  # its text: never in the list
+                continue
             try:
                 value = node[name]
-            except OmegaConfBaseException:  # resolves only inside Hydra: nothing is built from it here either
+            except OmegaConfBaseException:  # resolves only inside Hydra; `built` refuses it if it must be built
                 continue
-            path = f"{at}.{name}" if at else str(name)
             if name == "_target_":
                 yield path, value
             else:
@@ -88,3 +113,19 @@ def targets(node: Any, at: str) -> Iterator[tuple[str, Any]]:
     elif isinstance(node, (ListConfig, list, tuple)):
         for i, value in enumerate(node):
             yield from targets(value, f"{at}[{i}]")
+
+
+def _texts(node: Any, at: str) -> Iterator[tuple[str, str]]:
+    """(dotted path, text) of every string at or below `node`, resolved where it resolves here."""
+    if isinstance(node, (DictConfig, dict)):
+        for name in node:
+            try:
+                value = node[name]
+            except OmegaConfBaseException:
+                continue
+            yield from _texts(value, f"{at}.{name}" if at else str(name))
+    elif isinstance(node, (ListConfig, list, tuple)):
+        for i, value in enumerate(node):
+            yield from _texts(value, f"{at}[{i}]")
+    elif isinstance(node, str):
+        yield at, node

@@ -361,7 +361,8 @@ def plot_metric(groups: list[Group], metric: str, key: str, path: Path) -> Path:
 
 def overlay_trajectories(groups: list[Group], out: Path) -> list[Path]:
     """One contour plot per distinct surface with the path of every configuration on it."""
-    surface_groups = [g for g in groups if (g.runs[0].path / "trajectory.csv").exists()]
+    surface_groups = [g for g in groups if (g.runs[0].path / "trajectory.csv").exists()
+                      and "surface._target_" in g.runs[0].config]  # a surface run's path
     if not surface_groups:
         return []
     import numpy as np

@@ -414,7 +414,7 @@ def validate(cfg: DictConfig) -> None:
 def construct(key: str, node: Any, mistakes: tuple[type[Exception], ...] = (ValueError,), at: str | None = None,
               **kwargs: Any) -> Any:
     """`instantiate(node)` for something the user configured (the config at dotted path `at`,
-    default `key`), once the allow-list (optlab/allowlist.py) holds its every `_target_`: a
+    default `key`), resolved and checked by the allow-list first (optlab/allowlist.py): a
     constructor's complaint about its arguments (torch's ValueErrors: `nesterov` without
     momentum, OneCycleLR on an optimizer without momentum; a data file that does not read) is the
     user's to fix, so it comes out as a one-line UsageError starting with `key`. A UsageError
@@ -422,9 +422,9 @@ def construct(key: str, node: Any, mistakes: tuple[type[Exception], ...] = (Valu
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    allowlist.check(node, at or key)
+    plain = allowlist.built(node, at or key)
     try:
-        return instantiate(node, **kwargs)
+        return instantiate(plain, **kwargs)
     except InstantiationException as error:
         cause = error.__cause__
         if isinstance(cause, UsageError):

@@ -15,7 +15,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
 
-from conftest import optlab
+from conftest import call, optlab
 from test_survival import paste, start, wait_for_epoch
 from optlab.compare import Group, Run, group_runs, rank, table
 from optlab.files import load_checkpoint
@@ -372,3 +372,26 @@ def test_the_tensorboard_command_reads_a_folder_starting_with_a_dash(tmp_path):
     assert board.configure(argv=words) == ["tensorboard"]
     (run,) = (tmp_path / "-dashed").glob("*/seed=0")
     assert Path(board.flags.logdir) == run.relative_to(tmp_path)
+
+
+def test_a_sweep_whose_jobs_compose_seconds_apart_stays_in_one_folder(tmp_path, monkeypatch, capfd):
+    """Each job composes its config anew: on a busy machine a `${now:...}` folder read a second
+    later would name another sweep."""
+    import datetime as real
+
+    import hydra.core.utils
+
+    class Clock(real.datetime):
+        ticks = 0
+
+        @classmethod
+        def now(cls, tz=None):  # a second passes between any two readings
+            cls.ticks += 1
+            return real.datetime(2026, 1, 1) + real.timedelta(seconds=cls.ticks)
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", Clock)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = call(capfd, "train", "-m", "seed=0,1", "epochs=1", "model.hidden=[8]")
+    assert code == 0, err
+    (folder,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    assert len(list(folder.glob("*/seed=*/metrics.json"))) == 2 and (folder / "summary.csv").exists()

@@ -47,6 +47,13 @@ def payloads(folder: Path) -> dict[str, dict]:
         "nested": {"_target_": "optlab.datasets.digits", "extra": {"_target_": "os.mkdir", "path": str(marker)}},
         "oc.create": {"_target_": "optlab.datasets.digits",
                       "extra": "${oc.create:{_target_: os.mkdir, path: '" + str(marker) + "'}}"},
+        # resolves only once `instantiate` has added its own `_convert_` key to the node
+        "late": {"_target_": "${.table.${._convert_}}", "table": {"all": "os.mkdir"}, "path": str(marker)},
+        # text that a config made of the resolved values would read as an interpolation again
+        "escaped": {"_target_": "optlab.datasets.digits",
+                    "extra": "\\${oc.create:{_target_: os.mkdir, path: '" + str(marker) + "'}}"},
+        "list": {"_target_": "${oc.decode:'[1, 2]'}"},
+        "unset": {"_target_": "${oc.env:OPTLAB_NO_SUCH_VARIABLE}"},
     }
 
 
@@ -89,9 +96,11 @@ def test_a_command_line_target_outside_the_list_is_refused_by_validate(key, valu
 def test_nested_and_interpolated_targets_are_refused(tmp_path):
     from omegaconf import OmegaConf
 
-    for source in payloads(tmp_path).values():
-        with pytest.raises(UsageError, match="refused"):
-            allowlist.check(OmegaConf.create({"source": source}), "data")  # as a saved config.yaml holds it
+    for name, source in payloads(tmp_path).items():
+        with pytest.raises(UsageError, match="refused|cannot resolve"):  # on the line that builds it
+            allowlist.built(OmegaConf.create({"source": source}).source, "data.source")
+        with pytest.raises(UsageError, match="refused"):  # in a folder's config.yaml
+            allowlist.check_file(OmegaConf.create({"data": {"source": source}}), tmp_path / "config.yaml")
     assert not (tmp_path / "ran").exists()
 
 
@@ -113,7 +122,8 @@ def crafted_run(trained_run: Path, tmp_path: Path, source: dict) -> Path:
     return run
 
 
-@pytest.mark.parametrize("payload", ["torch.load", "os.mkdir", "load_library", "nested", "oc.create"])
+@pytest.mark.parametrize("payload", ["torch.load", "os.mkdir", "load_library", "nested", "oc.create", "late", "escaped",
+                                     "list", "unset"])
 def test_landscape_of_a_crafted_folder_runs_nothing(trained_run, tmp_path, payload):
     run = crafted_run(trained_run, tmp_path, payloads(tmp_path)[payload])
     line = one_line(optlab("landscape", str(run), cwd=tmp_path))
@@ -175,7 +185,9 @@ def _marker_payloads(marker: Path) -> dict:
     if not evil.exists():
         evil.write_bytes(pickle.dumps(Payload(marker)))
     return {"torch.load": {"_target_": "torch.load", "f": str(evil), "weights_only": False},
-            "os.mkdir": {"_target_": "os.mkdir", "path": str(marker)}}
+            "os.mkdir": {"_target_": "os.mkdir", "path": str(marker)},
+            "late": {"_target_": "${.table.${._convert_}}", "table": {"all": "torch.load"}, "f": str(evil),
+                     "weights_only": False}}
 
 
 def _edit_yaml(file: Path, edit) -> None:
@@ -218,6 +230,11 @@ DAMAGES = {
                                              lambda c: c["model"].update(extra=_marker_payloads(m)["os.mkdir"])),
     "config_surface": lambda f, m: _edit_yaml(f / ".hydra" / "config.yaml",
                                               lambda c: c.update(surface=_marker_payloads(m)["os.mkdir"])),
+    "config_late": lambda f, m: _edit_yaml(f / ".hydra" / "config.yaml",
+                                           lambda c: c["data"].update(source=_marker_payloads(m)["late"])),
+    "config_surface_late": lambda f, m: _edit_yaml(f / ".hydra" / "config.yaml",
+                                                   lambda c: c.update(surface=_marker_payloads(m)["late"])),
+    "trajectory": lambda f, m: (f / "trajectory.csv").write_text("step,x,y,loss\n0,1.0,1.0,1.0\n1,0.5,0.5,0.2\n"),
     "config_list": lambda f, m: (f / ".hydra" / "config.yaml").write_text("- 1\n- 2\n"),
     "config_torn": lambda f, m: (f / ".hydra" / "config.yaml").write_text("model: [unclosed\n"),
     "last_pickle": lambda f, m: (f / "checkpoints" / "last.pt").write_bytes(pickle.dumps(Payload(m))),

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.optlab_sweeper.config import OptlabSweeperConf  # noqa: F401 (stores the config)
 from optlab import jobs
+from optlab.naming import override
 
 
 # launchers that compose each job in this process, from the sweeper's config loader
@@ -70,7 +71,10 @@ class OptlabSweeper(BasicSweeper):
         writing anything; launch the jobs left (finished ones are skipped); note failures."""
         loader = self.hydra_context.config_loader
         overrides = OverridesParser.create(config_loader=loader).parse_overrides([*self._parse_config(), *arguments])
-        grid = [job for batch in self.split_arguments(overrides, None) for job in batch]
+        # a `${now:...}` folder resolves once: each job composes its config anew, and one composed a
+        # second later would otherwise name another folder
+        fixed = override("hydra.sweep.dir", self.config.hydra.sweep.dir)
+        grid = [[*job, fixed] for batch in self.split_arguments(overrides, None) for job in batch]
         configs = compose_grid(loader, self.config, grid)
         for i, cfg in enumerate(configs):  # numbered as a launcher numbers them, for a `${hydra.job.num}` folder
             with read_write(cfg.hydra), open_dict(cfg.hydra):
