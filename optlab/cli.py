@@ -382,10 +382,13 @@ def _saved_overrides(file: Path) -> list[str]:
     parser = OverridesParser.create()
     for item in saved:
         try:
-            hydra = item.startswith("-") or parser.parse_override(item).is_hydra_override()
+            parsed = None if item.startswith("-") else parser.parse_override(item)
         except HydraException as error:
             raise UsageError(f"resume: cannot read {file}: {item!r}: {reason(error)}") from None
-        if hydra:
+        if parsed is not None and parsed.key_or_group in ("experiment", "search"):  # a preset sets Hydra's mode
+            raise UsageError(f"resume: {file}: {item!r}: a job of a preset's sweep resumes with its sweep: the "
+                             "command that made it, with hydra.sweep.dir=<the sweep's folder>")
+        if parsed is None or parsed.is_hydra_override() or parsed.package is not None:  # `@hydra...` too
             raise UsageError(f"resume: refused {file}: {item!r} (allowed: the run's own keys and options, "
-                             f"never a flag or a hydra key)")
+                             f"never a flag, a hydra key or a package)")
     return saved

@@ -87,8 +87,9 @@ class Group:
     params: dict[str, str] = field(default_factory=dict)  # the swept keys' values
 
     def values(self, metric: str) -> list[float]:
-        out = [r.metrics.get(metric) for r in self.runs]
-        return [float(v) for v in out if isinstance(v, (int, float)) and math.isfinite(v)]
+        """The runs' finite values of `metric` (a record's number beyond 1e30, or not a number, is none)."""
+        out = [_number(r.metrics.get(metric)) for r in self.runs if isinstance(r.metrics.get(metric), (int, float))]
+        return [v for v in out if math.isfinite(v)]
 
     def mean(self, metric: str) -> float | None:
         values = self.values(metric)
@@ -394,8 +395,8 @@ def _number(text):
     place (NaN, ±inf, or beyond 1e30: a diverged run's last steps) become NaN."""
     try:
         number = float(text)
-    except (TypeError, ValueError):
-        return text
+    except (TypeError, ValueError, OverflowError):  # an integer past float's range: NaN, as beyond 1e30
+        return math.nan if isinstance(text, int) else text
     return number if abs(number) < 1e30 else math.nan
 
 

@@ -82,13 +82,36 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
 
 
+def refuse_links(folder: Path, itself: bool = True) -> None:
+    """A one-line UsageError naming the first symbolic link in `folder` (and `folder` itself,
+    unless not `itself`): optlab reads and writes a run's files only inside its own folder, and a
+    link in a shared folder (`checkpoints -> ~/elsewhere`, `train.log -> ~/.bashrc`) would take
+    its writes, archives and reads anywhere."""
+    paths = [folder] if itself else []
+    if folder.is_dir() and not folder.is_symlink():
+        for root, folders, files in os.walk(folder):  # a linked folder is listed here, never entered
+            paths += [Path(root, name) for name in (*folders, *files)]
+    for path in paths:
+        if path.is_symlink():
+            raise UsageError(f"refused {path}: a symbolic link (optlab reads and writes a run's files only "
+                             "inside its own folder)")
+
+
 def load_yaml(path: Path, what: str = "") -> Any:
     """A YAML file a run wrote (`.hydra/config.yaml`, `overrides.yaml`), or a one-line
-    UsageError naming it when it is missing or does not parse."""
+    UsageError naming it when it is missing or does not parse. An alias (`*name`) is refused
+    before anything is built: nested ones make a few hundred bytes expand past any memory, and
+    optlab writes none."""
+    import yaml
     from omegaconf import OmegaConf
 
     try:
-        return OmegaConf.load(path)
+        text = path.read_text()
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise UsageError(f"{what}refused {path}: it holds a YAML alias (*name), which a run's files never do")
+        return OmegaConf.create(text) if text.strip() else OmegaConf.create()
+    except UsageError:
+        raise
     except Exception as error:
         raise UsageError(f"{what}cannot read {path}: {reason(error)}") from None
 

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from optlab.config import UsageError, flatten, targets, usage_error, validate
-from optlab.files import atomic_write, load_checkpoint, load_yaml, read_json, unwritable, write_json
+from optlab.files import atomic_write, load_checkpoint, load_yaml, read_json, refuse_links, unwritable, write_json
 from optlab.naming import command, override, relative
 
 log = logging.getLogger("optlab")
@@ -135,6 +135,7 @@ def killed(run_dir: Path, cfg: DictConfig) -> bool:
 
 def prepare(run_dir: Path, cfg: DictConfig) -> str:
     """Plan the job in `run_dir` and make its folder ready for Hydra to write into."""
+    refuse_links(run_dir)  # before anything in it is read, moved or written
     action = plan(run_dir, cfg)
     if action == "train":
         archived = archive(run_dir)

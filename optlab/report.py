@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import json
 import logging
 import math
 import shutil
@@ -30,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optlab.compare import Run, find_runs, group_runs, md_code, md_text, sort_key
 from optlab.config import UsageError
-from optlab.files import atomic_write, write_json
+from optlab.files import atomic_write, read_json, refuse_links, write_json
 from optlab.naming import command
 
 log = logging.getLogger("optlab")
@@ -82,8 +81,7 @@ def run_experiments(spec: DictConfig, out: Path, keep: str = "all") -> list[str]
             log.info("%s: not run: needs %s", name, missing(spec.experiments[name]))
             continue
         folder = out / "runs" / name
-        marker, preset = folder / ".report.json", _fingerprint(name)
-        if not (marker.exists() and json.loads(marker.read_text()).get("preset") == preset):
+        if (finished(folder) or {}).get("preset") != _fingerprint(name):
             launcher = spec.experiments[name].launcher
             command = [sys.executable, "-m", "optlab", "train", f"experiment={name}", f"hydra.sweep.dir={folder}",
                        *(["hydra/launcher=vectorized"] if launcher == "vectorized" else [])]
@@ -99,10 +97,23 @@ def run_experiments(spec: DictConfig, out: Path, keep: str = "all") -> list[str]
             if code != 0:
                 failed.append(name)
                 continue
-            write_json(marker, {"preset": preset, "seconds": time.perf_counter() - started})
+            write_json(folder / MARKER, {"preset": _fingerprint(name), "seconds": time.perf_counter() - started})
         if keep == "records":
             drop_checkpoints(folder)
     return failed
+
+
+MARKER = ".report.json"  # a preset's folder once its sweep finished: {"preset": fingerprint, "seconds": time}
+
+
+def finished(folder: Path) -> dict | None:
+    """What a preset's finished sweep recorded in `folder`; None when it has not finished (or its
+    record is damaged: the sweep runs again, skipping what it completed, and records it anew)."""
+    try:
+        record = read_json(folder / MARKER)
+    except UsageError:
+        return None
+    return record if isinstance(record.get("seconds"), (int, float)) else None
 
 
 def planned(name: str) -> int:
@@ -330,12 +341,13 @@ def report(out: Path, keep: str = "all") -> list[Finding]:
     """Run what is missing, judge every claim, write report.md and index.html into `out`, and
     say how much disk it takes (`keep`: see run_experiments)."""
     plan = spec()
+    refuse_links(out / "runs")  # a report writes its runs' logs and copies, embeds what they hold: all inside
     failed = run_experiments(plan, out, keep)
     if failed:
         raise UsageError(f"report: experiment{'s' * (len(failed) > 1)} {', '.join(failed)} failed: "
                          f"see {out / 'runs'}/<name>.log; run the same command again to go on")
     ran = [n for n in plan.experiments if not missing(plan.experiments[n])]
-    minutes = sum(json.loads((out / "runs" / n / ".report.json").read_text())["seconds"] for n in ran) / 60
+    minutes = sum(finished(out / "runs" / n)["seconds"] for n in ran) / 60
     runs = {name: find_runs([out / "runs" / name]) for name in ran}
     findings, figures, pictured = [], {}, set()
     (out / "figures").mkdir(parents=True, exist_ok=True)

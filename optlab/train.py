@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import signal
 import time
 from contextlib import nullcontext
@@ -22,7 +23,7 @@ from optlab import data as dataset
 from optlab import allowlist, curvature, jobs, lr_find, models, noise, rng, schedules, sweep
 from optlab.callbacks import StepProbe, snapshot, tested_checkpoint
 from optlab.config import ConfigError, UsageError, reason
-from optlab.files import atomic_write, load_checkpoint, load_yaml, write_json
+from optlab.files import atomic_write, load_checkpoint, load_yaml, refuse_links, write_json
 from optlab.init import initialize
 from optlab.loop import fit
 from optlab.optim import FULL_BATCH, build_optimizer, decay_groups, needs_closure
@@ -308,6 +309,7 @@ def landscape_of(run_dir: Path) -> dict:
     if not isinstance(cfg, DictConfig) or not {"model", "data", "device"} <= set(cfg):
         raise UsageError(f"cannot read {config}: it is not a run's config")
     allowlist.check_file(cfg, config)  # the folder may come from anyone: its config is data, never code
+    refuse_links(run_dir)  # curvature.json, landscape.png and curves are written into it
     files = [run_dir / "checkpoints" / name for name in (tested_checkpoint(cfg), "init.pt")]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
@@ -323,11 +325,14 @@ def landscape_of(run_dir: Path) -> dict:
     except (KeyError, RuntimeError) as error:  # loads, but holds no state of this model
         raise UsageError(f"cannot load {files[0]} into the run's model: {reason(error)}") from None
     history = run_dir / "history.csv"
-    try:  # the rate the run ended at: λ_max is read against 2/lr
-        rows = list(csv.DictReader(history.open())) if history.exists() else []
+    source = history if history.exists() else config  # the rate the run ended at: λ_max is read against 2/lr
+    try:
+        rows = list(csv.DictReader(history.open())) if source == history else []
         lr = float(rows[-1]["lr"]) if rows else float(cfg.optimizer.lr)
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"its last learning rate, {lr}, is not a number > 0")
     except (OSError, ValueError, TypeError, KeyError, csv.Error) as error:
-        raise UsageError(f"cannot read {history if rows else config}: {reason(error)}") from None
+        raise UsageError(f"cannot read {source}: {reason(error)}") from None
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(log_dir=str(run_dir)) as writer:  # the image joins the run's curves

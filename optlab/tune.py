@@ -46,7 +46,7 @@ from optuna.trial import TrialState
 
 from optlab import jobs, space
 from optlab.config import ConfigError, UsageError, reason, validate
-from optlab.files import atomic_write, locked, write_json
+from optlab.files import atomic_write, locked, refuse_links, write_json
 from optlab.naming import command, override, overrides_name, relative
 
 log = logging.getLogger("optlab")
@@ -141,6 +141,7 @@ class StudyGuard(Callback):
                                           f"{loose[0].text} is not a list of values (grid: choice or range)")
                 space.check(params, base_overrides())
                 folder = Path(config.tune.dir)
+                refuse_links(folder, itself=False)  # tune.log, the journal, the trials' folders
                 names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
                 if JOURNAL in names:  # made under the lock: whole there (`run` checks again)
                     with locked(folder):
@@ -230,9 +231,20 @@ def _optlab_study(journal: Path, grace_s: float):
     study = optuna.load_study(study_name="optlab", storage=storage)
     held, since = study.user_attrs.get("study"), study.user_attrs.get("since", 0)
     if not isinstance(held, dict) and (held is not None or study.get_trials(deepcopy=False)) or \
-            not isinstance(since, int):
+            not isinstance(since, int) or not isinstance(study.user_attrs.get("workers", 0), int):
         raise UsageError(f"{journal} is not an optlab study (its study 'optlab' has trials and no search): "
                          "give another tune.dir")
+    finished: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        name = run_folder(trial, journal.parent)
+        if trial.state == TrialState.COMPLETE and not (
+                len(trial.values) == 1 and isinstance(trial.value, (int, float)) and math.isfinite(trial.value)):
+            raise UsageError(f"{journal}: trial {trial.number}'s value {trial.values!r} is not a finite number")
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            if name is None or name in finished:
+                raise UsageError(f"{journal}: trial {trial.number} finished "
+                                 f"{f'in the folder of trial {finished[name]}' if name else 'in no folder'}")
+            finished[name] = trial.number
     return study
 
 
@@ -302,7 +314,7 @@ def run_folder(trial, study_dir: Path) -> str | None:
     """The trial's folder name as the journal records it (`run`), refused in one line naming the
     journal unless it is a trial's folder right inside the study's (`<number>_<settings>`)."""
     name = trial.user_attrs.get("run")
-    if name is not None and not (isinstance(name, str) and re.fullmatch(r"\d+_[^/\\\0]+", name)):
+    if name is not None and not (isinstance(name, str) and re.fullmatch(r"\d+_[^/\\\x00-\x1f\x7f]+", name)):
         raise UsageError(f"{study_dir / JOURNAL}: trial {trial.number}'s run folder {name!r} is not a trial's "
                          "folder in the study's (<number>_<settings>)")
     return name
@@ -450,8 +462,14 @@ def run_trial(trial, params: list[space.Param], cfg: DictConfig, study_dir: Path
     from hydra.types import HydraContext
 
     chosen = [(p, trial.params[p.key]) for p in params]
-    # a trial queued again after an interruption goes on in its own folder
-    name = run_folder(trial, study_dir) or f"{trial.number:03d}_{overrides_name([p.name(v) for p, v in chosen])}"
+    # a trial queued again after an interruption goes on in its own folder, never in a finished one's
+    name = run_folder(trial, study_dir)
+    done = {t.user_attrs.get("run"): t.number for t in trial.study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
+    if name in done:
+        raise UsageError(f"{study_dir / JOURNAL}: trial {trial.number} would train in the folder of finished "
+                         f"trial {done[name]} ({name})")
+    name = name or f"{trial.number:03d}_{overrides_name([p.name(v) for p, v in chosen])}"
     trial.set_user_attr("run", name)
     job = compose("config", [*base_overrides(), *(p.override(v) for p, v in chosen)], return_hydra_config=True)
     with read_write(job.hydra), open_dict(job.hydra):
@@ -499,6 +517,9 @@ def finish(study, cfg: DictConfig, study_dir: Path, params: list[space.Param]) -
 
     summarize([study_dir], study_dir, cfg.tune.metric, cfg.summary.x)
     best = study.best_trial
+    missing = [p.key for p in params if p.key not in best.params]
+    if missing:
+        raise UsageError(f"{study_dir / JOURNAL}: the best trial, {best.number}, has no value for {', '.join(missing)}")
     overrides = [*base_overrides(), *(p.override(best.params[p.key]) for p in params)]
     states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
     record = {"number": best.number, cfg.tune.metric: best.value, "params": best.params,

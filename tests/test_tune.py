@@ -459,3 +459,46 @@ def test_a_drawn_damaged_journal_is_read_repaired_or_refused_naming_it_and_loses
         assert all(t.value in (0.5, 0.7) for t in study.get_trials() if t.state == TrialState.COMPLETE)
 
     check()
+
+
+def _trials_with(journal: Path, *attrs: tuple) -> None:
+    """Finished trials of a new study with the given (run, value) each."""
+    from optlab import space
+    from optlab.tune import load
+
+    distributions = {p.key: p.distribution for p in space.parse({"optimizer.lr": "interval(0.01,1)"})}
+    made = load(journal, "maximize")
+    made.set_user_attr("study", {"metric": "best_val_acc"})
+    for run, value in attrs:
+        trial = made.ask(distributions)
+        trial.set_user_attr("run", run)
+        made.tell(trial, value)
+
+
+@pytest.mark.parametrize("attrs, words", [
+    ((("000_a\nb", 0.5),), "run folder '000_a\\nb' is not a trial's folder"),
+    ((("000_a", 0.5), ("000_a", 0.6)), "trial 1 finished in the folder of trial 0"),
+    (((None, 0.5),), "trial 0 finished in no folder"),
+])
+def test_a_journal_whose_trials_share_or_escape_folders_is_refused_naming_it(tmp_path, attrs, words):
+    from optlab.config import UsageError
+    from optlab.tune import load
+
+    journal = tmp_path / "study.journal"
+    _trials_with(journal, *[(run, value) for run, value in attrs])
+    before = journal.read_bytes()
+    with pytest.raises(UsageError) as refusal:
+        load(journal)
+    assert str(journal) in str(refusal.value) and words in str(refusal.value), refusal.value
+    assert journal.read_bytes() == before
+
+
+def test_a_queued_trial_never_trains_in_a_finished_trials_folder(small_study, tmp_path):
+    folder = copy_of(small_study, tmp_path)
+    (finished,) = trial_folders(folder)
+    before = metrics(finished)
+    study(folder).enqueue_trial({"optimizer.lr": 0.06}, user_attrs={"run": finished.name})
+    result = optlab("tune", *SMALL, "tune.trials=2", f"tune.dir={folder}", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"would train in the folder of finished trial 0 ({finished.name})" in result.stderr
+    assert metrics(finished) == before and not (finished / ".previous").exists()

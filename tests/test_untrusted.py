@@ -161,10 +161,13 @@ def killed_copy(trained_run: Path, tmp_path: Path, overrides: list) -> Path:
 
 @pytest.mark.parametrize("overrides, says", [
     (["data.source._target_=os.mkdir", "+data.source.path=ran"], "refused 'data.source._target_': 'os.mkdir'"),
-    (["+hydra.callbacks.evil._target_=os.mkdir", "+hydra.callbacks.evil.path=ran"], "never a flag or a hydra key"),
-    (["hydra/launcher=submitit_local"], "never a flag or a hydra key"),
-    (["+hydra.job.env_set.LD_PRELOAD=evil.so"], "never a flag or a hydra key"),
-    (["--config-dir=."], "never a flag or a hydra key"),
+    (["+hydra.callbacks.evil._target_=os.mkdir", "+hydra.callbacks.evil.path=ran"], "never a flag, a hydra key"),
+    (["hydra/launcher=submitit_local"], "never a flag, a hydra key"),
+    (["+hydra.job.env_set.LD_PRELOAD=evil.so"], "never a flag, a hydra key"),
+    (["--config-dir=."], "never a flag, a hydra key"),
+    (["+optimizer@hydra.callbacks.x=sgd"], "or a package"),  # an option put under Hydra's own node
+    (["+optimizer@hydra.job.env_set=sgd"], "or a package"),
+    (["experiment=surfaces"], "a job of a preset's sweep resumes with its sweep"),  # would start 16 jobs
     ([1, "epochs=2"], "not a list of overrides"),
     ({"epochs": 2}, "not a list of overrides"),
     (["epochs=[1,"], "cannot read"),
@@ -284,3 +287,93 @@ def test_drawn_damaged_and_crafted_folders_through_every_reader(trained_run, tmp
             assert _contents(folder) == before, f"a refusal wrote into the folder: {where}"
 
     check()
+
+
+# --- links, aliases and numbers a shared folder can hold ----------------------------------------
+
+def test_a_link_in_a_run_folder_is_refused_before_anything_is_read_or_written(trained_run, tmp_path):
+    """`checkpoints -> elsewhere` would take a resumed run's saves there, `train.log -> ~/.bashrc`
+    its log lines, a linked job folder a whole sweep's writes and archives."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "mine.txt").write_text("mine")
+    for name in ("checkpoints", "train.log"):
+        run = killed_copy(trained_run, tmp_path / name, ["epochs=2", "model.hidden=[8]"])
+        target = outside / name
+        shutil.move(run / name, target)
+        (run / name).symlink_to(target)
+        before = _contents(outside)
+        line = one_line(optlab("train", f"resume={run}", "resume.allow_changes=true", "epochs=3", cwd=tmp_path))
+        assert f"refused {run / name}: a symbolic link" in line, line
+        line = one_line(optlab("landscape", str(run), cwd=tmp_path))
+        assert "a symbolic link" in line, line
+        assert _contents(outside) == before
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=0", "epochs=1", "model.hidden=[8]", f"hydra.sweep.dir={sweep}"]
+    assert optlab("train", *args, cwd=tmp_path).returncode == 0
+    (job,) = sweep.glob("*/seed=0")
+    shutil.move(job, outside / "job")
+    job.symlink_to(outside / "job")
+    before = _contents(outside)
+    line = one_line(optlab("train", *args, "rerun=true", cwd=tmp_path))
+    assert f"refused {job}: a symbolic link" in line and _contents(outside) == before, line
+
+
+def test_a_report_whose_runs_hold_a_link_is_refused_before_it_runs_anything(tmp_path):
+    """A report copies its presets' figures into index.html: a link would embed any file."""
+    figure = tmp_path / "report" / "runs" / "critical_batch" / "critical_batch.png"
+    figure.parent.mkdir(parents=True)
+    figure.symlink_to("/etc/hostname")
+    result = optlab("report", "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip() == \
+        f"optlab report: refused {figure}: a symbolic link (optlab reads and writes a run's files only inside its " \
+        "own folder)", result.stderr
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["runs"]
+
+
+def test_a_damaged_report_marker_means_the_preset_runs_again():
+    from optlab.report import MARKER, finished
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        for text in ("[1]", '"done"', '{"preset": "x"}', '{"preset": "x", "seconds": "5"}', "{", ""):
+            (Path(folder) / MARKER).write_text(text)
+            assert finished(Path(folder)) is None, text
+        (Path(folder) / MARKER).write_text('{"preset": "x", "seconds": 5}')
+        assert finished(Path(folder)) == {"preset": "x", "seconds": 5}
+
+
+def test_a_yaml_alias_is_refused_before_it_expands(trained_run, tmp_path):
+    """Nine levels of ten aliases each: 430 bytes that expand to 10^9 items."""
+    bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+    run = killed_copy(trained_run, tmp_path, ["epochs=2"])
+    (run / ".hydra" / "overrides.yaml").write_text(bomb)
+    for argv in (["train", f"resume={run}"], ["compare", str(run)]):
+        if argv[0] == "compare":  # a finished run to compare
+            shutil.copy(trained_run / "metrics.json", run)
+        line = one_line(optlab(*argv, cwd=tmp_path, timeout=30))
+        assert f"refused {run / '.hydra' / 'overrides.yaml'}: it holds a YAML alias" in line, line
+
+
+def test_numbers_a_summary_cannot_use_are_left_out_not_a_traceback(trained_run, tmp_path):
+    for i, value in enumerate(["1" + "0" * 400, "1e308", "-1e308"]):
+        run = tmp_path / "sweep" / f"lr={i}"
+        shutil.copytree(trained_run, run)
+        record = (run / "metrics.json").read_text()
+        (run / "metrics.json").write_text(record.replace('"best_val_acc": ', f'"best_val_acc": {value}, "was": ', 1))
+        (run / ".hydra" / "overrides.yaml").write_text(f"- optimizer.lr=0.{i + 1}\n")
+    result = optlab("compare", str(tmp_path / "sweep"), cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_rate_of_zero_in_history_is_named(trained_run, tmp_path):
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    history = (run / "history.csv").read_text().splitlines()
+    column = history[0].split(",").index("lr")
+    rows = [",".join("0" if k == column else cell for k, cell in enumerate(row.split(","))) for row in history[1:]]
+    (run / "history.csv").write_text("\n".join([history[0], *rows]) + "\n")
+    line = one_line(optlab("landscape", str(run), cwd=tmp_path))
+    assert line == f"optlab landscape: cannot read {run / 'history.csv'}: its last learning rate, 0.0, is not a number > 0"
