@@ -45,6 +45,14 @@ examples:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # the reader went away (`optlab train --help | head -1`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as Python's docs do, so exit is quiet
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
@@ -286,6 +294,8 @@ def _run_app(name: str, args: list[str]) -> int:
         print(f"{prog}: cannot apply the overrides: {config.describe(error, args)}", file=sys.stderr)
         return 2
     except OSError as error:  # Hydra cannot make or write the run folder
+        if isinstance(error, BrokenPipeError):
+            raise
         print(f"{prog}: {jobs.unready(error)}", file=sys.stderr)
         return 2
     finally:

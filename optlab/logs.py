@@ -94,13 +94,16 @@ class RunLog:
         self.history.append(row)
         curves = {f"{s}/{m}": row[f"{s}_{m}"] for s in ("train", "val") for m in ("loss", "acc")}
         self._scalars(row["epoch"], {**curves, **(extra or {})}, time.time())
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_acc=f"{row['val_acc']:.4f}")
-        else:
-            self.logger.info(
-                "epoch %d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.4g",
-                *(row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")),
-            )
+        line = "epoch %d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.4g" % tuple(
+            row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"))
+        if self.bar is None:
+            self.logger.info("%s", line)
+            return
+        self.bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_acc=f"{row['val_acc']:.4f}")
+        record = self.logger.makeRecord(self.logger.name, logging.INFO, __file__, 0, "%s", (line,), None)
+        for handler in logging.getLogger().handlers:  # the log file too: the bar shows only on the terminal
+            if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+                handler.handle(record)
 
     def finish(self, metrics: dict, summary: str, hparams: dict) -> None:
         """Write history.csv (if there are epochs), metrics.json and the run's HParams entry;

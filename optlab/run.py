@@ -201,17 +201,21 @@ def diverged_at(first_step: int, losses: list[float], first_loss: float, thresho
 CHANCE_MARGIN = 0.1
 
 
-def lesson(cfg: DictConfig, metrics: dict, classes: int | None = None) -> str | None:
+def lesson(cfg: DictConfig, metrics: dict, classes: int | None = None, first_loss: float | None = None) -> str | None:
     """What a run that diverged, or that ended no better than chance (with `classes` classes),
-    should try next; None for any other run. Both most often come of a rate too large for the
-    batch (or the surface): the hint is a tenth of it, and the range test where it suits the
-    optimizer (optlab/lr_find.py)."""
+    should try next; None for any other run. A divergence, or a training loss that rose above
+    its `first_loss`, comes of a rate too large for the batch (or the surface): the hint is a
+    tenth of it; a loss that barely fell may come of a rate too small as well. The range test is
+    named where it suits the optimizer (optlab/lr_find.py). A surface whose loss fell to -∞ has
+    no minimum to reach: no rate helps there."""
     from optlab.lr_find import UNSUITED
 
     lr, status = cfg.optimizer.get("lr"), metrics["status"]
     if not isinstance(lr, (int, float)) or isinstance(lr, bool):
         return None
     chance = 1 / classes if classes else None
+    if status == "diverged" and metrics.get("final_loss") == -math.inf:
+        return "diverged to -inf: this surface falls without end (a saddle's escape), whatever the rate"
     if status == "diverged":
         outcome = "diverged"
     elif chance and status == "completed" and metrics["test_acc"] <= chance + CHANCE_MARGIN * (1 - chance):
@@ -221,6 +225,10 @@ def lesson(cfg: DictConfig, metrics: dict, classes: int | None = None) -> str | 
     network = cfg.get("surface") is None
     where = f"at batch {cfg.batch_size}" if network else "on this surface"
     find = " or optimizer.lr=find" if network and cfg.optimizer.get("_target_") not in UNSUITED else ""
+    final = metrics.get("final_train_loss")
+    if status != "diverged" and first_loss and isinstance(final, float) and 0.9 * first_loss <= final <= first_loss:
+        return (f"{outcome}: the training loss barely fell ({first_loss:.4g} → {final:.4g}): lr {lr:g} may be too "
+                f"small {where} (or too large): try optimizer.lr={lr * 10:g}, {lr / 10:g}{find}")
     return f"{outcome}: lr {lr:g} is likely too large {where}: try optimizer.lr={lr / 10:g}{find}"
 
 

@@ -259,7 +259,7 @@ def finish(run: Run, model: torch.nn.Module, data: dataset.Data, initial: dict, 
         **run.to_target(),
         **{k: v for k, v in measured.items() if isinstance(v, float)},
     }
-    metrics["hint"] = lesson(cfg, metrics, data.num_outputs if data.task == "classification" else None)
+    metrics["hint"] = lesson(cfg, metrics, data.num_outputs if data.task == "classification" else None, run.first_loss)
     monitor = run.checkpoint.monitor
     best = tested_checkpoint(cfg) == "best.pt" and run.checkpoint.best_state is not None
     chosen_by = f"{'lowest' if 'loss' in monitor else 'highest'} {monitor}" if best else None
@@ -276,7 +276,9 @@ def closing_line(metrics: dict, history: list[dict], epoch: int, chosen_by: str 
     tested = "no epoch finished" if row is None else (
         f"{f'best epoch {epoch} ({chosen_by})' if chosen_by else f'last epoch {epoch}'}: "
         f"val {score} {row['val_acc']:.4f}, test {score} {metrics['test_acc']:.4f}")
-    return (f"{metrics['status']} · {tested} · {metrics['epochs_run']} epochs in {metrics['wall_time_s']:.1f} s "
+    ran = metrics["epochs_run"]
+    epochs = f"{ran} epochs" if len(history) >= ran else f"{len(history)} epochs and part of epoch {ran}"
+    return (f"{metrics['status']} · {tested} · {epochs} in {metrics['wall_time_s']:.1f} s "
             f"({metrics['train_samples_per_s']:,.0f} samples/s)")
 
 

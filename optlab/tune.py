@@ -47,7 +47,7 @@ from optuna.trial import TrialState
 from optlab import jobs, space
 from optlab.config import ConfigError, UsageError, reason, validate
 from optlab.files import atomic_write, locked, refuse_links, write_json
-from optlab.naming import command, override, overrides_name, relative
+from optlab.naming import command, override, overrides_name, path_word, relative
 
 log = logging.getLogger("optlab")
 
@@ -530,7 +530,7 @@ def finish(study, cfg: DictConfig, study_dir: Path, params: list[space.Param]) -
     log.info("best: trial %d, %s %.4f (%s)", best.number, cfg.tune.metric, best.value, record["run"])
     log.info("train it: %s", record["command"])
     log.info("written: best_trial.json, %s; the study: optuna-dashboard %s", ", ".join(p.name for p in plots),
-             command(relative(study_dir / JOURNAL)))
+             command(path_word(relative(study_dir / JOURNAL))))
     return {"status": "completed", **record}
 
 

@@ -146,3 +146,14 @@ def test_a_printed_command_reaches_hydra_as_printed(name, tmp_path):
     pasted = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True)
     assert pasted.returncode == 0, (line, pasted.stderr)
     assert yaml.safe_load(pasted.stdout)["hydra"]["run"]["dir"] == str(tmp_path / name), line
+
+
+@pytest.mark.parametrize("args", [["tune", "--help"], ["train", "--help"], ["--help"]])
+def test_a_reader_that_closes_the_pipe_gets_no_error(tmp_path, args):
+    """`optlab tune --help | head -1`: head leaves, and optlab ends quietly."""
+    process = subprocess.Popen([sys.executable, "-m", "optlab", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # before anything is written
+    err = process.stderr.read()
+    process.wait(timeout=60)
+    assert err == "" and process.returncode in (0, 1), err

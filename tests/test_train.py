@@ -198,11 +198,16 @@ def test_a_run_no_better_than_chance_says_what_to_try(tmp_path, caplog):
     ([], {"status": "completed", "test_acc": 0.56}, 2, None),
     ([], {"status": "completed", "test_acc": -3.0}, None, None),  # regression: R² has no chance level
     ([], {"status": "interrupted", "test_acc": 0.1}, 10, None),  # not over: nothing to judge
+    ([], {"status": "completed", "test_acc": 0.1, "final_train_loss": 2.29}, 10,  # the first loss 2.3: hardly moved
+     "the training loss barely fell (2.3 → 2.29): lr 0.1 may be too small at batch 64 (or too large): "
+     "try optimizer.lr=1, 0.01 or optimizer.lr=find"),
+    ([], {"status": "completed", "test_acc": 0.1, "final_train_loss": 9.0}, 10, "lr 0.1 is likely too large"),
+    (["surface=saddle"], {"status": "diverged", "final_loss": -math.inf}, None, "this surface falls without end"),
 ])
 def test_the_hint_comes_from_the_record(overrides, record, classes, expected):
     from optlab.run import lesson
 
-    hint = lesson(make_config(*overrides), record, classes)
+    hint = lesson(make_config(*overrides), record, classes, first_loss=2.3)
     assert hint == expected if expected is None else expected in hint
 
 

@@ -123,8 +123,8 @@ def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool
             metrics.append({"status": "failed"})
     for name, result in zip(names, metrics):
         if result["status"] != "failed":
-            log.info("  %s: %s, best val acc %.4f (epoch %s), %.0f samples/s", name, result["status"],
-                     result["best_val_acc"], result["best_epoch"], result["train_samples_per_s"])
+            log.info("  %s: %s, test acc %.4f (the weights of epoch %s), %.0f samples/s", name, result["status"],
+                     result["test_acc"], result["best_epoch"], result["train_samples_per_s"])
     interrupted = [m for m in metrics if m["status"] == "interrupted"]
     if interrupted:
         jobs.stop_interrupted(interrupted[0], f"optlab train: interrupted after epoch {interrupted[0]['epochs_run']}; "
