@@ -273,8 +273,8 @@ def _run_app(name: str, args: list[str]) -> int:
             print(_help(config_name, [a for a in args if a not in ("--help", "-h")]))
             return 0
         app()
-    except KeyboardInterrupt:  # the second Ctrl-C: no time to save
-        print(f"{prog}: stopped at once; the run folder keeps its last save", file=sys.stderr)
+    except KeyboardInterrupt:  # a Ctrl-C before a run took its own handler, or the second one: no time to save
+        print(f"{prog}: {jobs.stopped_at_once()}", file=sys.stderr)
         return 130
     except (jobs.Refused, config.UsageError, HydraException, OmegaConfBaseException) as error:
         if user_wants_traceback:

@@ -54,6 +54,7 @@ class Command:
     started: bool = False  # a job has begun: an error from now on is no composition error
     words: list[str] = field(default_factory=list)  # the command line as Hydra gets it: optlab train -m ...
     readied: tuple[Path, DictConfig] | None = None  # a single run's folder and config, once the Guard readied it
+    sweep_dir: Path | None = None  # a sweep's folder, once the sweeper resolved it
 
 
 current = Command()
@@ -349,6 +350,25 @@ def sweep_again(sweep_dir: Path) -> str:
     would start another sweep). Its finished jobs are skipped, interrupted or killed ones resume."""
     words = [w for w in current.words if w.partition("=")[0].lstrip("+") != "hydra.sweep.dir"]
     return command(*words, override("hydra.sweep.dir", relative(sweep_dir)))
+
+
+def stopped_at_once() -> str:
+    """After a Ctrl-C that stopped the command at once (a run starting, before it took the
+    signal itself, or a second Ctrl-C): take back a single run that had not begun, and say what
+    is left and how to go on."""
+    if current.sweep_dir is not None:
+        return f"stopped at once; finish the sweep with: {sweep_again(current.sweep_dir)}"
+    if current.readied is None:
+        return "stopped before the run began: nothing was written"
+    run_dir = current.readied[0]
+    restored = take_back(*current.readied)  # nothing trained: no folder left, an earlier attempt put back
+    if not run_dir.exists():
+        return "stopped before the run began: nothing was kept"
+    if restored:
+        return f"stopped before the run began: {relative(run_dir)} is as it was before this command"
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        return f"stopped at once; resume with: {command('optlab', 'train', f'resume={relative(run_dir)}')}"
+    return f"stopped at once: {relative(run_dir)} holds no save to resume from yet (the same command starts again)"
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, error: BaseException) -> None:

@@ -487,3 +487,27 @@ def test_a_full_disk_in_a_sweep_ends_in_one_line_and_puts_back_what_did_not_trai
     assert of((1, 2), before) and of((1, 2), after) == of((1, 2), before)  # put back as they were, no .previous/
     retrained = next(sweep.glob("*/seed=0"))
     assert json.loads((retrained / "metrics.json").read_text())["status"] == "completed"  # the job that trained stays
+
+
+def test_a_ctrl_c_as_a_run_starts_leaves_no_folder_and_says_so(tmp_path, monkeypatch, capfd):
+    """Before training takes SIGINT itself, Python raises KeyboardInterrupt wherever it is."""
+    from optlab import jobs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run, sweep = tmp_path / "run", tmp_path / "sweep"
+    assert call(capfd, "train", "epochs=1", "model.hidden=[8]", f"hydra.run.dir={run}")[0] == 0
+    finished = files_of(run)
+    monkeypatch.setattr(jobs, "run", interrupted)
+    code, _, err = call(capfd, "train", "epochs=2", "model.hidden=[8]", f"hydra.run.dir={tmp_path / 'new'}")
+    assert (code, err.strip()) == (130, "optlab train: stopped before the run began: nothing was kept")
+    assert not (tmp_path / "new").exists()
+    code, _, err = call(capfd, "train", "epochs=2", "model.hidden=[8]", f"hydra.run.dir={run}")  # archives the run
+    assert (code, err.strip()) == (130, f"optlab train: stopped before the run began: {run} is as it was before "
+                                        "this command")
+    assert files_of(run) == finished
+    code, _, err = call(capfd, "train", "-m", "seed=0,1", "epochs=1", f"hydra.sweep.dir={sweep}")
+    said, _, again = err.strip().partition("; finish the sweep with: ")
+    assert (code, said) == (130, "optlab train: stopped at once"), err
+    assert again.endswith(f"hydra.sweep.dir={sweep}")

@@ -73,7 +73,8 @@ class OptlabSweeper(BasicSweeper):
         overrides = OverridesParser.create(config_loader=loader).parse_overrides([*self._parse_config(), *arguments])
         # a `${now:...}` folder resolves once: each job composes its config anew, and one composed a
         # second later would otherwise name another folder
-        fixed = override("hydra.sweep.dir", self.config.hydra.sweep.dir)
+        jobs.current.sweep_dir = Path(self.config.hydra.sweep.dir)
+        fixed = override("hydra.sweep.dir", jobs.current.sweep_dir)
         grid = [[*job, fixed] for batch in self.split_arguments(overrides, None) for job in batch]
         configs = compose_grid(loader, self.config, grid)
         for i, cfg in enumerate(configs):  # numbered as a launcher numbers them, for a `${hydra.job.num}` folder
