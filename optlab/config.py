@@ -406,16 +406,21 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("lr_find.max_lr", high, f"at most {sys.float_info.max * low:.3g} with lr_find.min_lr={low}: "
                           "the range's ratio max_lr / min_lr overflows a float")
     data = cfg.data
-    if "path" in data.source:  # the user's own file (npz, csv, frames): there before any job of a sweep starts
+    if data.val_fraction + data.test_fraction >= 1:
+        raise ConfigError(
+            "data.val_fraction", data.val_fraction, "val_fraction + test_fraction < 1"
+        )
+
+
+def check_data_path(data: DictConfig) -> None:
+    """The user's own data file (npz, csv, frames) is set and there: a sweep checks it before any
+    job starts (a single run reads it first thing, and takes its folder back if it cannot)."""
+    if "path" in data.source:
         path = data.source.path
         if not path:
             raise ConfigError("data.path", path, f"the file or folder {data.source._target_.rsplit('.', 1)[-1]} reads")
         if not Path(path).expanduser().exists():
             raise ConfigError("data.path", path, "a file or folder that exists", "no such file for")
-    if data.val_fraction + data.test_fraction >= 1:
-        raise ConfigError(
-            "data.val_fraction", data.val_fraction, "val_fraction + test_fraction < 1"
-        )
 
 
 def construct(key: str, node: Any, mistakes: tuple[type[Exception], ...] = (ValueError,), at: str | None = None,

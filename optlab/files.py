@@ -82,15 +82,15 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
 
 
-def refuse_links(folder: Path, itself: bool = True) -> None:
+def refuse_links(folder: Path, itself: bool = True, own: tuple[str, ...] = ()) -> None:
     """A one-line UsageError naming the first symbolic link in `folder` (and `folder` itself,
     unless not `itself`): optlab reads and writes a run's files only inside its own folder, and a
     link in a shared folder (`checkpoints -> ~/elsewhere`, `train.log -> ~/.bashrc`) would take
-    its writes, archives and reads anywhere."""
+    its writes, archives and reads anywhere. `own`: names of links a library makes there itself."""
     paths = [folder] if itself else []
     if folder.is_dir() and not folder.is_symlink():
         for root, folders, files in os.walk(folder):  # a linked folder is listed here, never entered
-            paths += [Path(root, name) for name in (*folders, *files)]
+            paths += [Path(root, name) for name in (*folders, *files) if name not in own]
     for path in paths:
         if path.is_symlink():
             raise UsageError(f"refused {path}: a symbolic link (optlab reads and writes a run's files only "

@@ -31,7 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from optlab.config import UsageError, flatten, targets, usage_error, validate
+from optlab.config import UsageError, check_data_path, flatten, targets, usage_error, validate
 from optlab.files import atomic_write, load_checkpoint, load_yaml, read_json, refuse_links, unwritable, write_json
 from optlab.naming import command, override, relative
 
@@ -248,6 +248,7 @@ def prepare_sweep(configs: list[DictConfig]) -> list[int]:
         with as_job(cfg):
             if is_run(cfg):
                 validate(cfg)
+                check_data_path(cfg.data)
                 read_metrics(job_folder(cfg))  # a damaged record stops the sweep before any folder changes
             folder = job_folder(cfg)
         if folder in folders:

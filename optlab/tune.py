@@ -141,7 +141,8 @@ class StudyGuard(Callback):
                                           f"{loose[0].text} is not a list of values (grid: choice or range)")
                 space.check(params, base_overrides())
                 folder = Path(config.tune.dir)
-                refuse_links(folder, itself=False)  # tune.log, the journal, the trials' folders
+                # tune.log, the journal, the trials' folders; Optuna locks its journal with a link
+                refuse_links(folder, itself=False, own=(f"{JOURNAL}.lock",))
                 names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
                 if JOURNAL in names:  # made under the lock: whole there (`run` checks again)
                     with locked(folder):

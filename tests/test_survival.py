@@ -279,7 +279,8 @@ def test_the_first_ctrl_c_asks_to_stop_the_second_stops_at_once(tmp_path, monkey
     monkeypatch.setattr(optlab.train, "train", second_ctrl_c)
     assert main(["train", f"hydra.run.dir={tmp_path / 'run'}"]) == 130
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.startswith("optlab train: stopped at once")
+    assert "Traceback" not in err and err == "optlab train: stopped before the run began: nothing was kept\n"
+    assert not (tmp_path / "run").exists()  # nothing had trained: the folder is taken back
 
 
 def test_files_left_by_a_kill_9_at_random_moments_all_load(tmp_path):

@@ -234,11 +234,11 @@ def test_a_job_that_fails_when_run_again_never_writes_over_a_finished_run(tmp_pa
     sweep(tmp_path, "s", *args)
     runs = sorted((tmp_path / "s").glob("*/seed=*"))
     finished = {run: files_of(run) for run in runs}
-    data.unlink()  # the data is gone: every job of the re-run fails as it starts
+    data.write_bytes(b"not an npz")  # the data is damaged: every job of the re-run fails as it starts
     again = optlab("train", "-m", *args, "rerun=true", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     assert again.returncode == 1
     assert again.stderr.strip().splitlines()[-1].startswith("optlab train: 2 runs of the sweep failed")
-    assert again.stdout.count("does not exist") == 2  # each failure says why
+    assert again.stdout.count(f"cannot read {data}") == 2, again.stdout  # each failure says why
     for run in runs:  # the attempt that never trained is taken back: each finished run as it was
         assert files_of(run) == finished[run] and not (run / ".previous").exists()
     np.savez(data, X=np.random.default_rng(0).normal(size=(60, 4)), y=np.arange(60) % 2)
