@@ -302,6 +302,10 @@ def _run_app(name: str, args: list[str]) -> int:
         threading.excepthook, logging.raiseExceptions = hooks
         if not user_wants_traceback:
             del os.environ["HYDRA_FULL_ERROR"]
+        if jobs.current.discard is not None:  # once Hydra has let go of its log there
+            import shutil
+
+            shutil.rmtree(jobs.current.discard, ignore_errors=True)
     if jobs.current.failed:
         failed = jobs.current.failed
         print(f"{prog}: {len(failed)} run{'s' * (len(failed) > 1)} of the {'study' if name == 'tune' else 'sweep'} failed "

@@ -55,6 +55,7 @@ class Command:
     words: list[str] = field(default_factory=list)  # the command line as Hydra gets it: optlab train -m ...
     readied: tuple[Path, DictConfig] | None = None  # a single run's folder and config, once the Guard readied it
     sweep_dir: Path | None = None  # a sweep's folder, once the sweeper resolved it
+    discard: Path | None = None  # a folder this command made and must not leave: a study whose start was refused
 
 
 current = Command()

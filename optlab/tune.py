@@ -408,6 +408,7 @@ def run(cfg: DictConfig, study_dir: Path) -> dict:
     params = space.parse(entries(cfg))
     trials = cfg.tune.trials
     with locked(study_dir):  # one process makes the study; the others load it
+        made = not (study_dir / JOURNAL).exists()
         study = load(study_dir / JOURNAL, direction(cfg), cfg.tune.grace_s)
         same_study(study, cfg, params)
         take_over(study, cfg, params)
@@ -439,6 +440,10 @@ def run(cfg: DictConfig, study_dir: Path) -> dict:
         with get_heartbeat_thread(trial._trial_id, study._storage):
             try:
                 metrics = run_trial(trial, params, cfg, study_dir)
+            except UsageError:
+                if made and alone(study):  # a refused start leaves no folder, as a refused run leaves none
+                    jobs.current.discard = study_dir
+                raise
             finally:
                 restore(own)
         value = metrics.get(cfg.tune.metric)
@@ -450,6 +455,12 @@ def run(cfg: DictConfig, study_dir: Path) -> dict:
         log.info("no trial of the study has finished with a %s yet: nothing to summarize", cfg.tune.metric)
         return {"status": "completed"}
     return finish(study, cfg, study_dir, params)
+
+
+def alone(study) -> bool:
+    """Whether only this process has worked on the study (no other joined, no trial of another's)."""
+    return study.user_attrs.get("workers") == 1 and all(
+        t.user_attrs.get("pid") == os.getpid() or t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
 def run_trial(trial, params: list[space.Param], cfg: DictConfig, study_dir: Path) -> dict:

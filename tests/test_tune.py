@@ -502,3 +502,15 @@ def test_a_queued_trial_never_trains_in_a_finished_trials_folder(small_study, tm
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert f"would train in the folder of finished trial 0 ({finished.name})" in result.stderr
     assert metrics(finished) == before and not (finished / ".previous").exists()
+
+
+def test_a_study_whose_first_trial_is_refused_leaves_no_folder(tmp_path):
+    """As a refused run leaves none: a data file that does not read stops the study it made."""
+    import numpy as np
+
+    np.savez(tmp_path / "bad.npz", X=np.array([[1.0, np.inf]] * 20), y=np.arange(20) % 2)
+    folder = tmp_path / "study"
+    result = optlab("tune", *SMALL, "data=npz", f"data.path={tmp_path / 'bad.npz'}", "tune.trials=1",
+                    f"tune.dir={folder}", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "X[0, 1] is inf" in result.stderr and not folder.exists()
