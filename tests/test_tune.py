@@ -39,15 +39,20 @@ def metrics(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
+def at_once(args: list[str], count: int, cwd: Path) -> None:
+    """`optlab <args>` in `count` processes started together; each must end with exit code 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = [subprocess.Popen([sys.executable, "-m", "optlab", *args], cwd=cwd, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(count)]
+    for process in processes:
+        _, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err
+
+
 def test_two_processes_share_one_study_and_a_second_command_goes_on(tmp_path):
     args = ["tune", "optimizer.lr=tag(log,interval(0.01,1))", "tune.sampler=random", "tune.pruner=none",
             "tune.trials=5", f"tune.dir={tmp_path / 'study'}", *TINY]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    both = [subprocess.Popen([sys.executable, "-m", "optlab", *args], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for process in both:
-        out, err = process.communicate(timeout=240)
-        assert process.returncode == 0, err
+    at_once(args, 2, tmp_path)
     folder = tmp_path / "study"
     trials = study(folder).get_trials()
     assert sorted(t.number for t in trials) == [0, 1, 2, 3, 4]  # not one more: counted under a lock
@@ -324,13 +329,7 @@ def test_a_folder_another_process_is_starting_a_study_in_is_joined(tmp_path):
 
 
 def test_three_processes_started_at_once_on_a_new_folder_share_one_study(tmp_path):
-    args = ["tune", *SMALL, "tune.sampler=random", "tune.trials=4", f"tune.dir={tmp_path / 'study'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    three = [subprocess.Popen([sys.executable, "-m", "optlab", *args], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
-    for process in three:
-        _, err = process.communicate(timeout=240)
-        assert process.returncode == 0, err
+    at_once(["tune", *SMALL, "tune.sampler=random", "tune.trials=4", f"tune.dir={tmp_path / 'study'}"], 3, tmp_path)
     trials = study(tmp_path / "study").get_trials()
     assert sorted(t.number for t in trials) == [0, 1, 2, 3] and {t.state.name for t in trials} == {"COMPLETE"}
     assert len(trial_folders(tmp_path / "study")) == 4
