@@ -93,39 +93,35 @@ def built(node: Any, at: str) -> Any:
 
 
 def targets(node: Any, at: str) -> Iterator[tuple[str, Any]]:
-    """(dotted path, value) of every `_target_` at or below `node`: an interpolated one as its
-    text, other interpolations resolved as they are read (a `${oc.create:...}` or a reference
-    can make a node that holds a `_target_`)."""
+    """(dotted path, value) of every `_target_` at or below `node` (see `_walk`)."""
+    return ((path, value) for path, value in _walk(node, at) if path.rpartition(".")[2] == "_target_")
+
+
+def _texts(node: Any, at: str) -> Iterator[tuple[str, str]]:
+    """(dotted path, text) of every string at or below `node` but a `_target_` (see `_walk`)."""
+    return ((path, value) for path, value in _walk(node, at)
+            if isinstance(value, str) and path.rpartition(".")[2] != "_target_")
+
+
+def _walk(node: Any, at: str) -> Iterator[tuple[str, Any]]:
+    """(dotted path, value) of every `_target_` and every other leaf at or below `node`. An
+    interpolated `_target_` is given as its text (never in the list: it could resolve to anything
+    by the time `instantiate` reads it); other interpolations are resolved as they are read (a
+    `${oc.create:...}` or a reference can make a node that holds a `_target_`), and one that
+    resolves only inside Hydra is left out (`built` refuses it where it must be built)."""
     if isinstance(node, (DictConfig, dict)):
         for name in node:
             path = f"{at}.{name}" if at else str(name)
             if name == "_target_" and isinstance(node, DictConfig) and OmegaConf.is_interpolation(node, name):
-                yield path, node._get_node(name)._value()  # its text: never in the list
+                yield path, node._get_node(name)._value()
                 continue
-            try:
-                value = node[name]
-            except OmegaConfBaseException:  # resolves only inside Hydra; `built` refuses it if it must be built
-                continue
-            if name == "_target_":
-                yield path, value
-            else:
-                yield from targets(value, path)
-    elif isinstance(node, (ListConfig, list, tuple)):
-        for i, value in enumerate(node):
-            yield from targets(value, f"{at}[{i}]")
-
-
-def _texts(node: Any, at: str) -> Iterator[tuple[str, str]]:
-    """(dotted path, text) of every string at or below `node`, resolved where it resolves here."""
-    if isinstance(node, (DictConfig, dict)):
-        for name in node:
             try:
                 value = node[name]
             except OmegaConfBaseException:
                 continue
-            yield from _texts(value, f"{at}.{name}" if at else str(name))
+            yield from [(path, value)] if name == "_target_" else _walk(value, path)
     elif isinstance(node, (ListConfig, list, tuple)):
         for i, value in enumerate(node):
-            yield from _texts(value, f"{at}[{i}]")
-    elif isinstance(node, str):
+            yield from _walk(value, f"{at}[{i}]")
+    else:
         yield at, node

@@ -72,8 +72,7 @@ class Run:
         none (a damaged file) reads NaN, a gap in the curve; a file that does not read is empty."""
         try:
             with open(self.path / name, newline="") as f:
-                return [{k: _number(v) if isinstance(_number(v), float) else math.nan for k, v in row.items()
-                         if k is not None} for row in csv.DictReader(f)]
+                return [{k: _float(v) for k, v in row.items() if k is not None} for row in csv.DictReader(f)]
         except (OSError, UnicodeDecodeError, csv.Error):
             return []
 
@@ -88,7 +87,7 @@ class Group:
 
     def values(self, metric: str) -> list[float]:
         """The runs' finite values of `metric` (a record's number beyond 1e30, or not a number, is none)."""
-        out = [_number(r.metrics.get(metric)) for r in self.runs if isinstance(r.metrics.get(metric), (int, float))]
+        out = [_float(r.metrics.get(metric)) for r in self.runs if isinstance(r.metrics.get(metric), (int, float))]
         return [v for v in out if math.isfinite(v)]
 
     def mean(self, metric: str) -> float | None:
@@ -113,17 +112,19 @@ class Group:
         return all(run.metrics.get("status") == "completed" for run in self.runs)
 
 
+def run_folders(root: Path) -> list[Path]:
+    """The folders at or below `root` with a record (metrics.json); hidden ones, like earlier
+    attempts in `.previous/`, left out."""
+    return [file.parent for file in sorted(root.rglob("metrics.json"))
+            if not any(part.startswith(".") for part in file.parent.relative_to(root).parts)]
+
+
 def find_runs(paths: list[Path]) -> list[Run]:
-    """Every run folder at or below `paths` (hidden folders, like earlier attempts, skipped)."""
+    """Every run at or below `paths` (see `run_folders`), each once."""
     found: dict[Path, Run] = {}
-    for root in paths:
-        for file in sorted(root.rglob("metrics.json")):
-            relative = file.parent.relative_to(root).parts
-            if any(part.startswith(".") for part in relative) or file.parent in found:
-                continue
-            run = _load(file.parent)
-            if run is not None:
-                found[file.parent] = run
+    for folder in (folder for root in paths for folder in run_folders(root)):
+        if folder not in found and (run := _load(folder)) is not None:
+            found[folder] = run
     return list(found.values())
 
 
@@ -398,6 +399,12 @@ def _number(text):
     except (TypeError, ValueError, OverflowError):  # an integer past float's range: NaN, as beyond 1e30
         return math.nan if isinstance(text, int) else text
     return number if abs(number) < 1e30 else math.nan
+
+
+def _float(value) -> float:
+    """`_number(value)`, NaN where that is no number."""
+    number = _number(value)
+    return number if isinstance(number, float) else math.nan
 
 
 def sort_key(value):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from pathlib import Path
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
@@ -410,17 +409,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "data.val_fraction", data.val_fraction, "val_fraction + test_fraction < 1"
         )
-
-
-def check_data_path(data: DictConfig) -> None:
-    """The user's own data file (npz, csv, frames) is set and there: a sweep checks it before any
-    job starts (a single run reads it first thing, and takes its folder back if it cannot)."""
-    if "path" in data.source:
-        path = data.source.path
-        if not path:
-            raise ConfigError("data.path", path, f"the file or folder {data.source._target_.rsplit('.', 1)[-1]} reads")
-        if not Path(path).expanduser().exists():
-            raise ConfigError("data.path", path, "a file or folder that exists", "no such file for")
 
 
 def construct(key: str, node: Any, mistakes: tuple[type[Exception], ...] = (ValueError,), at: str | None = None,

@@ -205,11 +205,16 @@ def numbers(values, name: str, where) -> np.ndarray:
     imaginary part (a complex array whose imaginary parts are all 0 gives its real parts)."""
     try:
         raw = np.asarray(values)
+        text = raw.dtype.kind in "US"  # a CSV's cells: the first that is no number is named below
         with np.errstate(over="ignore"):  # beyond float32's range: refused below
-            x = (raw.real if np.iscomplexobj(raw) else raw).astype(np.float32)
+            x = None if text else (raw.real if np.iscomplexobj(raw) else raw).astype(np.float32)
     except (TypeError, ValueError) as error:
         raise UsageError(f"data: the {'examples' if name.startswith('X') else 'targets'} ({name}) "
                          f"are not all numbers ({error})") from None
+    if text:
+        refuse(~np.vectorize(_is_number, otypes=[bool])(raw), raw, name, where, "every value must be a number")
+        with np.errstate(over="ignore"):
+            x = raw.astype(np.float32)
     if np.iscomplexobj(raw):
         refuse(raw.imag != 0, raw, name, where)
     refuse(~np.isfinite(x), raw, name, where)
@@ -225,6 +230,14 @@ def labels(values, name: str, where) -> np.ndarray:
     elif y.dtype.kind in "US":
         refuse(np.vectorize(_missing, otypes=[bool])(y), y, name, where, "every example needs its class label")
     return y
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _missing(label: str) -> bool:

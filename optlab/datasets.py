@@ -234,7 +234,14 @@ def cifar10(root: str, download: bool = False) -> Source:
 
 # --- your own data ---------------------------------------------------------------------------
 
-def _path(path: str | None, what: str) -> Path:
+# what each dataset that reads the user's own file expects at data.path
+USER_FILES = {"npz": "an .npz file with arrays X and y", "csv": "a .csv file with a header row",
+              "frames": "a folder of <utterance>.npy and <utterance>.labels.npy files"}
+
+
+def user_file(dataset: str, path: str | None) -> Path:
+    """`data.path` for `dataset` (one of USER_FILES), or a one-line UsageError: unset, or missing."""
+    what = USER_FILES[dataset]
     if not path:
         raise UsageError(f"data.path is not set: point it at {what}")
     file = Path(path).expanduser()
@@ -245,7 +252,7 @@ def _path(path: str | None, what: str) -> Path:
 
 def npz(path: str | None) -> Source:
     """Arrays `X` (examples, any shape) and `y` (labels) from a NumPy .npz file."""
-    file = _path(path, "an .npz file with arrays X and y")
+    file = user_file("npz", path)
     with np.load(file, allow_pickle=False) as arrays:
         missing = {"X", "y"} - set(arrays.files)
         if missing:
@@ -256,7 +263,7 @@ def npz(path: str | None) -> Source:
 
 def csv(path: str | None, label: str = "label") -> Source:
     """A CSV file with a header row: the `label` column is the class, every other a feature."""
-    file = _path(path, "a .csv file with a header row")
+    file = user_file("csv", path)
     with file.open() as f:
         header = f.readline().strip().split(",")
     if label not in header:
@@ -273,15 +280,7 @@ def csv(path: str | None, label: str = "label") -> Source:
     def where(name: str, index: tuple[int, ...]) -> str:
         return f"{file} row {index[0] + 1} below the header, column {(names[index[1]] if name == 'X' else label)!r}"
 
-    try:
-        return Source(features.astype(np.float32), table[:, column], where=where)
-    except ValueError:  # name the first cell that is no number
-        for index, cell in np.ndenumerate(features):
-            try:
-                float(cell)
-            except ValueError:
-                raise UsageError(f"data.path: {where('X', index)} is not a number: {str(cell)!r}") from None
-        raise
+    return Source(features, table[:, column], where=where)  # text: optlab.data reads it as numbers
 
 
 def frames(path: str | None) -> Source:
@@ -289,7 +288,7 @@ def frames(path: str | None) -> Source:
     utterance's feature frames (frames × features) and `path/<utterance>.labels.npy` the label
     of each frame. Utterances are read in sorted order and concatenated; their lengths are
     kept so that context windows never cross from one utterance into the next."""
-    folder = _path(path, "a folder of <utterance>.npy and <utterance>.labels.npy files")
+    folder = user_file("frames", path)
     names = sorted(p for p in folder.glob("*.npy") if not p.name.endswith(".labels.npy"))
     if not names:
         raise UsageError(f"data.path: no <utterance>.npy files in {folder}")

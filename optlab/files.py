@@ -7,11 +7,13 @@ import contextlib
 import csv
 import errno
 import io
+import itertools
 import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -65,6 +67,15 @@ def unwritable(error: BaseException, where: Path) -> UsageError | None:
     if failure is None or failure.errno not in WRITE_FAILURES:
         return None
     return UsageError(f"cannot write {failure.filename or where}: {failure.strerror}")
+
+
+def stamped(folder: Path, prefix: str = "") -> Iterator[Path]:
+    """Names in `folder` for something kept aside now: `<prefix><time>`, then `-2`, `-3`, ...; the
+    caller takes the first that is free."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    yield folder / f"{prefix}{stamp}"
+    for n in itertools.count(2):
+        yield folder / f"{prefix}{stamp}-{n}"
 
 
 def write_json(path: Path, data: dict) -> None:

