@@ -188,7 +188,7 @@ def subset_loss(model: nn.Module, data, samples: int) -> Loss:
 
 def plot(result: dict, path, title: str):
     """landscape.png: the two loss slices, and the eigenvalue histogram when there is one."""
-    from optlab.plots import pyplot, save_figure
+    from optlab.store.plots import pyplot, save_figure
 
     plt = pyplot()
     panels = 3 if "eigenvalues" in result else 2

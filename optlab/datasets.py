@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optlab.config import UsageError
+from optlab.errors import UsageError
 from optlab.naming import command, override
 
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from optlab.config import UsageError
-from optlab.files import load_checkpoint
+from optlab.errors import UsageError
+from optlab.store.files import load_checkpoint
 
 log = logging.getLogger("optlab")
 

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from optlab.config import ACTIVATIONS, UsageError, construct
+from optlab.config.allowlist import construct
+from optlab.config.schema import ACTIVATIONS
+from optlab.errors import UsageError
 
 
 def _features(input_shape: Sequence[int] | int) -> int:

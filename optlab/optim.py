@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.optim import Optimizer
 
-from optlab.config import UsageError, construct
+from optlab.config.allowlist import construct
+from optlab.errors import UsageError
 
 # Methods of the full-batch world, and why mini-batches hurt them (train.py warns once).
 FULL_BATCH = {
@@ -26,6 +27,14 @@ FULL_BATCH = {
 
 
 NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)
+
+# optimizers whose step the rate does not set
+UNSUITED = {
+    "torch.optim.LBFGS": "takes its step from a line search",
+    "optlab.optim.Newton": "takes its step from the Hessian",
+    "torch.optim.Rprop": "takes its first step from lr and adapts every later one by sign",
+}
+
 
 
 def decay_groups(model: torch.nn.Module, exclude: Iterable[str]) -> tuple[list, list]:

@@ -11,9 +11,15 @@ import math
 
 from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, LinearLR, ReduceLROnPlateau, SequentialLR
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    ExponentialLR,
+    LinearLR,
+    ReduceLROnPlateau,
+    SequentialLR,
+)
 
-from optlab.config import construct
+from optlab.config.allowlist import construct
 
 
 class Exponential(ExponentialLR):

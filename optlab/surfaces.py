@@ -9,22 +9,13 @@ on the contour plot.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from optlab import jobs, schedules, sweep
-from optlab.config import construct
-from optlab.files import write_csv
-from optlab.logs import RunLog, progress
-from optlab.optim import needs_closure
-from optlab.plots import pyplot, save_figure
-from optlab.run import diverged_at, lesson
+from optlab.store.plots import pyplot
 
 
 class Surface(nn.Module):
@@ -149,96 +140,3 @@ def plot_paths(surface: Surface, paths: dict[str, np.ndarray], title: str):
     ax.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="x", ylabel="y", title=title)
     ax.legend(loc="best", fontsize=8)
     return fig
-
-
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run `cfg.optimizer` for `cfg.steps` steps on `cfg.surface`; write path, plot and metrics."""
-    started = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    surface: Surface = construct("surface", cfg.surface, (), _convert_="all")
-    optimizer = construct("optimizer", cfg.optimizer, params=list(surface.parameters()), _convert_="all")
-    # a step is an epoch here: a schedule planned over `${epochs}` spans the run's steps
-    schedule = OmegaConf.merge(cfg, {"epochs": cfg.steps}).scheduler
-    scheduler = schedules.build(schedule, optimizer, steps_per_epoch=1)[0]
-    closure_based = needs_closure(optimizer)
-    log = RunLog(run_dir, cfg)
-
-    def closure(backward: bool = True) -> torch.Tensor:
-        loss = surface()
-        if backward:
-            optimizer.zero_grad()
-            loss.backward()
-        return loss
-
-    points, grad_norms, lrs, times = [surface.point.detach().clone()], [], [], []
-    status, diverged_step, first_loss = "completed", None, closure(backward=False).item()
-    for step in progress(range(1, cfg.steps + 1), unit="step"):
-        closure()
-        grad_norms.append(surface.point.grad.norm().item())
-        lrs.append(optimizer.param_groups[0]["lr"])
-        try:
-            optimizer.step(closure if closure_based else None)
-        except (IndexError, ZeroDivisionError):  # L-BFGS's line search on a surface that falls forever
-            status, diverged_step = "diverged", step
-            break
-        loss = surface().item()
-        schedules.step(scheduler, loss)
-        points.append(surface.point.detach().clone())
-        times.append(time.time())
-        if diverged_at(step, [loss], first_loss, cfg.diverge_threshold, log.logger) is not None:
-            status, diverged_step = "diverged", step
-            break
-
-    path = torch.stack(points)
-    with torch.no_grad():
-        losses = surface.f(path[:, 0], path[:, 1]).tolist()
-    distances = (path - torch.tensor(surface.optimum, dtype=path.dtype)).norm(dim=1).tolist()
-    moves = (path[1:] - path[:-1]).norm(dim=1) / path[:-1].norm(dim=1)
-    log.steps(
-        1,
-        {
-            "step/loss": losses[1:],
-            "step/distance": distances[1:],
-            "step/x": path[1:, 0].tolist(),
-            "step/y": path[1:, 1].tolist(),
-            "step/grad_norm": grad_norms,
-            "step/lr": lrs,
-            "step/update_ratio": moves.tolist(),
-        },
-        times,
-    )
-    write_csv(
-        run_dir / "trajectory.csv",
-        [
-            {"step": i, "x": p[0], "y": p[1], "loss": f, "distance": d}
-            for i, (p, f, d) in enumerate(zip(path.tolist(), losses, distances))
-        ],
-    )
-    name = type(surface).__name__.lower()
-    fig = plot_paths(surface, {sweep.choices(cfg)["optimizer"]: path.numpy()}, name)
-    log.writer.add_figure("trajectory", fig, close=False)
-    save_figure(fig, run_dir / "trajectory.png")
-
-    metrics = {
-        "status": status,
-        "surface": name,
-        "steps": len(path) - 1,
-        "diverged_step": diverged_step,
-        "start_loss": losses[0],
-        "final_loss": losses[-1],
-        "start_distance": distances[0],
-        "final_distance": distances[-1],
-        "rate_measured": linear_rate(distances) if status == "completed" else None,
-        **(surface.rates() if isinstance(surface, Quadratic) else {}),
-        "wall_time_s": time.perf_counter() - started,
-        "config_hash": jobs.config_hash(cfg),
-    }
-    metrics["hint"] = lesson(cfg, metrics)
-    rate = metrics["rate_measured"]
-    log.finish(
-        metrics,
-        f"{status} · {name}: {metrics['steps']} steps, loss {losses[0]:.4g} → {losses[-1]:.4g}, distance "
-        f"to optimum {distances[-1]:.3g}, measured rate {'n/a' if rate is None else f'{rate:.4f}'}",
-        sweep.hparams(cfg),
-    )
-    return metrics

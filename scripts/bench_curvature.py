@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
-from optlab import config, curvature
-from optlab.data import epoch, load
+from optlab import curvature
+from optlab.config.resolvers import register
+from optlab.training.data import load
+from optlab.training.minibatch import epoch
 from optlab.models import MLP
 
 
@@ -38,7 +40,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config.register()
+    register()
     with initialize_config_module("optlab.conf", version_base="1.3"):
         cfg = compose("config", [])
     device = torch.device("cpu")

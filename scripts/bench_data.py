@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from torch.utils.data import DataLoader, TensorDataset
 
-from optlab import config
-from optlab.data import epoch, load
+
+from optlab.training.data import load
+from optlab.training.minibatch import epoch
+from optlab.config.resolvers import register
 from optlab.models import MLP
 
 
@@ -37,7 +39,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    config.register()
+    register()
     with initialize_config_module("optlab.conf", version_base="1.3"):
         cfg = compose("config", [])
     data = load(cfg.data, device)

@@ -37,9 +37,11 @@ from torch import nn
 from torch.nn.utils import get_total_norm
 from torch.utils.data import DataLoader, TensorDataset
 
-from optlab import config
-from optlab.data import load
-from optlab.train import evaluate, train
+
+from optlab.training.data import load
+from optlab.config.resolvers import register
+from optlab.training.single import evaluate
+from optlab.jobs.train import train
 
 
 def plain_model(data, hidden: list[int]) -> nn.Module:
@@ -140,7 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    config.register()
+    register()
     overrides = [
         "optimizer=adam",
         f"batch_size={args.batch_size}",

@@ -1,11 +1,10 @@
-"""Shared helpers: compose configs through Hydra's compose API, run the real CLI."""
+"""The suite's fixtures: logging put back after an in-process command, and one trained run
+shared by the tests that read what a run writes. Helpers live in tests/helpers.py."""
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,44 +14,8 @@ import pytest
 # in OpenMP, made some tests 20× slower). Set before torch is imported; subprocesses inherit it.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 
-from optlab import config
-
-
-def make_config(*overrides: str, return_hydra_config: bool = False):
-    """The config `optlab train <overrides>` would run with."""
-    config.register()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("optlab.conf", version_base="1.3"):
-        return compose("config", list(overrides), return_hydra_config=return_hydra_config)
-
-
-def optlab(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120):
-    """Run the installed `optlab` command as a user would; returns the CompletedProcess."""
-    return subprocess.run(
-        [sys.executable, "-m", "optlab", *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def call(capfd, *args: str) -> tuple[int, str, str]:
-    """`optlab <args>` in this process (a test can then make the disk fail, say): exit code,
-    stdout, stderr."""
-    from optlab.cli import main
-
-    capfd.readouterr()
-    try:
-        code = main(list(args))
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capfd.readouterr()
-    return code, out, err
+from helpers import optlab  # noqa: E402 (after the thread setting)
 
 
 @pytest.fixture(autouse=True)

@@ -22,6 +22,7 @@ torch thread) so that hundreds of command lines fit a CI budget: `OPTLAB_BAD_INP
 """
 
 from __future__ import annotations
+from optlab.cli.main import main
 
 import functools
 import gzip
@@ -518,7 +519,7 @@ def checkpoints_and_runs(root: Path, run: Path) -> None:
 def call(argv: list[str]) -> tuple[int | None, str | None]:
     """`optlab <argv>` in this process, as a fresh process would run it: (exit code, the
     traceback of an exception that escaped, which a user would see)."""
-    from optlab import cli
+
 
     threads, argv0 = torch.get_num_threads(), sys.argv[:]
     torch.set_num_threads(1)  # tiny models: one thread is several times faster than two
@@ -530,7 +531,7 @@ def call(argv: list[str]) -> tuple[int | None, str | None]:
                 warnings.filterwarnings("ignore", category=category)
             warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: \
                 sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
-            return cli.main(argv), None
+            return main(argv), None
     except SystemExit as stop:
         return (stop.code if isinstance(stop.code, int) else 1), None
     except BaseException:  # noqa: BLE001 - what escapes main() is a traceback for the user

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
-from optlab.batched import SUPPORTED, BatchedOptimizer, unsupported
+from optlab.training.batched import SUPPORTED, BatchedOptimizer, unsupported
 
 K, STEPS = 3, 20
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import optlab
+from helpers import optlab
 
 
 def test_optlab_help_lists_subcommands(tmp_path):
@@ -68,7 +68,7 @@ def test_info_flag(tmp_path):
 def test_startup_does_not_import_torch_or_tensorboard(argv, tmp_path):
     code = (
         "import sys, contextlib, io\n"
-        "from optlab.cli import main\n"
+        "from optlab.cli.main import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         f"    assert main({argv!r}) == 0\n"
         "heavy = [m for m in ('torch', 'tensorboard', 'sklearn') if m in sys.modules]\n"

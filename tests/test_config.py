@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from conftest import make_config
-from optlab import config
-from optlab.config import ConfigError, validate
+from helpers import make_config
+
+from optlab.errors import ConfigError
+from optlab.config.schema import GROUPS
+from optlab.config.checks import validate
 from optlab.naming import run_name
 
 CONF = Path(__file__).parents[1] / "conf"
@@ -25,7 +26,7 @@ def test_defaults_compose_into_a_valid_config():
 
 def test_every_option_of_every_group_composes_and_passes_its_rules():
     """validate() refuses a key without a rule, so this also proves every YAML key is checked."""
-    for group in config.GROUPS:
+    for group in GROUPS:
         for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
             validate(make_config(f"{group}={option}"))
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import optlab
-from optlab import critical
-from optlab.compare import Run
+from helpers import optlab
+from optlab.analysis import critical
+from optlab.analysis.runs import Run
 
 
 def run(batch, steps, **metrics) -> Run:

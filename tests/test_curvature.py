@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 import torch
 from torch import nn
 
-from conftest import make_config, optlab
+from helpers import make_config, optlab
 from optlab import curvature
 from optlab.models import MLP
-from optlab.train import train
+from optlab.jobs.train import train
 
 
 def small_problem():

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_config
-from optlab.data import _split, batches, load
+from helpers import make_config
+from optlab.training.data import _split, load
+from optlab.training.minibatch import batches
 from optlab.datasets import digits
 from optlab.models import MLP
 
@@ -119,9 +120,9 @@ def test_digits_load_without_scikit_learn():
     code = (
         "import sys, torch\n"
         "from hydra import compose, initialize_config_module\n"
-        "from optlab import config\n"
-        "from optlab.data import load\n"
-        "config.register()\n"
+        "from optlab.config.resolvers import register\n"
+        "from optlab.training.data import load\n"
+        "register()\n"
         "with initialize_config_module('optlab.conf', version_base='1.3'):\n"
         "    cfg = compose('config', [])\n"
         "data = load(cfg.data, torch.device('cpu'))\n"

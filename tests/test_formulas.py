@@ -14,12 +14,12 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
 
-from conftest import make_config
-from optlab.cli import main as optlab_main
-from optlab.data import load
+from helpers import make_config
+from optlab.cli.main import main as optlab_main
+from optlab.training.data import load
 from optlab.models import MLP
-from optlab.surfaces import run as surface_run
-from optlab.train import train
+from optlab.jobs.surface import run as surface_run
+from optlab.jobs.train import train
 
 CPU = torch.device("cpu")
 

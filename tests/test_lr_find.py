@@ -14,10 +14,13 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import call, make_config, optlab
-from optlab import curvature, data as dataset, models, rng
-from optlab.config import UsageError, validate
-from optlab.lr_find import _sweep, range_test, suggest
+from helpers import call, make_config, optlab
+from optlab import curvature, models
+from optlab.training import data as dataset
+from optlab.training import rng
+from optlab.errors import UsageError
+from optlab.config.checks import validate
+from optlab.training.range_test import _sweep, range_test, suggest
 
 BETA = 0.98
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import make_config, optlab
+from helpers import make_config, optlab
 from optlab.optim import Newton, QuickProp, needs_closure
-from optlab.train import train
+from optlab.jobs.train import train
 
 OPTIMIZERS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "optimizer").glob("*.yaml"))
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from optlab import cli, report
-from optlab.compare import summarize
+from optlab.analysis import report
+from optlab.cli.main import main
+from optlab.analysis.summary import summarize
 
 TINY = ["data=blobs", "model.hidden=[8]", "epochs=1"]
 MARKUP = "<script>alert(1)</script>|x\ny`*_[a](b)"
@@ -23,7 +24,7 @@ MARKUP = "<script>alert(1)</script>|x\ny`*_[a](b)"
 def call(capsys, *argv: str) -> tuple[int, str]:
     """`optlab <argv>` in this process: (exit code, stderr)."""
     try:
-        code = cli.main(list(argv))
+        code = main(list(argv))
     except SystemExit as stop:
         code = stop.code
     return code, capsys.readouterr().err
@@ -44,8 +45,8 @@ def refused(code: int, err: str, file: Path) -> None:
 def made(tmp_path_factory) -> Path:
     """A tiny run that found its rate (lr_find.json) and a sweep of two, both finished."""
     root = tmp_path_factory.mktemp("made")
-    assert cli.main(["train", *TINY, "optimizer.lr=find", f"hydra.run.dir={root / 'run'}"]) == 0
-    assert cli.main(["train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={root / 'sweep'}"]) == 0
+    assert main(["train", *TINY, "optimizer.lr=find", f"hydra.run.dir={root / 'run'}"]) == 0
+    assert main(["train", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={root / 'sweep'}"]) == 0
     return root
 
 

@@ -9,13 +9,15 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import make_config, optlab
-from optlab.callbacks import EarlyStopping
-from optlab.config import ConfigError, UsageError, validate
+from helpers import make_config, optlab
+from optlab.training.callbacks import EarlyStopping
+from optlab.errors import ConfigError, UsageError
+from optlab.config.checks import validate
 from optlab.init import initialize, load_matching
 from optlab.models import MLP
 from optlab.schedules import build
-from optlab.train import evaluate, train
+from optlab.training.single import evaluate
+from optlab.jobs.train import train
 
 
 def scalars(run_dir, tag):
@@ -183,7 +185,7 @@ def test_decoupled_decay_is_the_recitations_rule_and_spares_biases(tmp_path):
     cfg = make_config("model=linear", "batch_size=full", "epochs=1", "optimizer.lr=0.5",
                       "optimizer.weight_decay=0.1", "weight_decay_mode=decoupled")
     train(cfg, tmp_path)
-    from optlab.data import load
+    from optlab.training.data import load
 
     data = load(cfg.data, torch.device("cpu"))
     torch.manual_seed(cfg.seed)
@@ -299,7 +301,7 @@ def test_early_stopping_in_a_run_records_epochs_and_tests_the_restored_weights(t
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
     assert best["epoch"] == metrics["best_epoch"] < metrics["stopped_epoch"]
     cfg = make_config()
-    from optlab.data import load
+    from optlab.training.data import load
 
     model = MLP(64, 10, hidden=[256, 256])
     model.load_state_dict(best["model"])

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from optlab import report
-from optlab.compare import Run
+from optlab.analysis import report
+from optlab.analysis.runs import Run
 
 ROOT = Path(__file__).parents[1]
 
@@ -92,7 +92,7 @@ def test_a_report_from_a_real_preset_is_one_page_and_a_second_call_reuses_its_ru
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (apt-get install chromium)")
 def test_the_page_renders_in_headless_chromium(tmp_path):
-    from optlab.plots import pyplot, save_figure
+    from optlab.store.plots import pyplot, save_figure
 
     page = tmp_path / "index.html"
     fig, ax = pyplot().subplots()

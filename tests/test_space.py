@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from optlab import space
-from optlab.config import UsageError
+from optlab.jobs.tune import space
+from optlab.config.resolvers import register
+from optlab.errors import UsageError
 
 
 def test_each_expression_becomes_its_distribution():
@@ -47,7 +48,8 @@ def test_the_same_search_however_written():
 
 
 def test_a_grid_queued_again_skips_the_points_a_study_has(tmp_path: Path):
-    from optlab.tune import load, queue_grid
+    from optlab.jobs.tune.study import load
+    from optlab.jobs.tune.trial import queue_grid
 
     params = space.parse({"optimizer.lr": "choice(0.1,0.2,0.3)"})
     study = load(tmp_path / "study.journal", "maximize")
@@ -97,9 +99,9 @@ def test_a_rule_two_keys_break_together_is_found_before_any_trial():
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from optlab import config
 
-    config.register()
+
+    register()
     GlobalHydra.instance().clear()
     params = space.parse({"data.val_fraction": "interval(0.3,0.6)", "data.test_fraction": "interval(0.3,0.6)"})
     with initialize_config_module("optlab.conf", version_base="1.3"):

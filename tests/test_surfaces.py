@@ -12,8 +12,9 @@ import torch
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import make_config, optlab
-from optlab.surfaces import Quadratic, linear_rate, run
+from helpers import make_config, optlab
+from optlab.surfaces import Quadratic, linear_rate
+from optlab.jobs.surface import run
 
 
 def surface_run(tmp_path, *overrides):
@@ -120,7 +121,8 @@ def test_a_sweep_overlays_every_path_on_one_plot(tmp_path):
 
 
 def test_the_overlay_labels_runs_by_what_sets_them_apart(tmp_path):
-    from optlab.compare import find_runs, group_runs, overlay_trajectories
+    from optlab.analysis.runs import find_runs, group_runs
+    from optlab.analysis.figures import overlay_trajectories
 
     for i, name in enumerate(["sgd", "adam"]):
         overrides = ["surface=quadratic", f"optimizer={name}", "steps=5"]

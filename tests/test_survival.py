@@ -21,8 +21,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import call, make_config, optlab
-from optlab.train import train
+from helpers import call, make_config, optlab
+from optlab.jobs.train import train
+from optlab.store.folder import archive
 
 TIMING = {"wall_time_s", "train_time_s", "epoch_time_s", "train_samples_per_s"}
 RUN = ["epochs=40", "model.hidden=[64]", "batch_size=32", "dropout=0.2", "scheduler=exponential",
@@ -146,7 +147,7 @@ DAMAGE = [("checkpoints/last.pt", "truncated"), ("checkpoints/last.pt", "evil"),
 
 def test_resume_refuses_changes_and_any_damage_in_one_line_naming_the_file_and_changes_nothing(
         tmp_path, capfd):
-    from optlab.cli import main
+    from optlab.cli.main import main
 
     run = tmp_path / "cut"
     process = start(tmp_path, *RUN, f"hydra.run.dir={run}")
@@ -224,7 +225,7 @@ def test_a_mistake_leaves_no_folder_behind(tmp_path):
 
 
 def test_a_rerun_archives_every_file_of_the_earlier_attempt_under_a_new_name(tmp_path):
-    from optlab import jobs
+
 
     run = tmp_path / "run"
     first = optlab("train", "epochs=1", "curvature.final=true", "curvature.samples=64", f"hydra.run.dir={run}",
@@ -255,12 +256,12 @@ def test_a_rerun_archives_every_file_of_the_earlier_attempt_under_a_new_name(tmp
     for _ in range(3):  # within one second: the names still differ
         folder.mkdir(exist_ok=True)
         (folder / "metrics.json").write_text("{}")
-        names.add(jobs.archive(folder).name)
+        names.add(archive(folder).name)
     assert len(names) == 3
 
 
 def test_the_first_ctrl_c_asks_to_stop_the_second_stops_at_once(tmp_path, monkeypatch, capsys):
-    from optlab.callbacks import StopOnSignal
+    from optlab.training.callbacks import StopOnSignal
 
     before = signal.getsignal(signal.SIGINT)
     with StopOnSignal() as stop:
@@ -270,13 +271,13 @@ def test_the_first_ctrl_c_asks_to_stop_the_second_stops_at_once(tmp_path, monkey
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before  # handlers put back
 
-    import optlab.train
-    from optlab.cli import main
+    import optlab.jobs.train
+    from optlab.cli.main import main
 
     def second_ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(optlab.train, "train", second_ctrl_c)
+    monkeypatch.setattr(optlab.jobs.train, "train", second_ctrl_c)
     assert main(["train", f"hydra.run.dir={tmp_path / 'run'}"]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and err == "optlab train: stopped before the run began: nothing was kept\n"
@@ -454,7 +455,7 @@ def test_a_run_saved_before_a_feature_existed_still_resumes_its_config():
     """lr_find, noise and target came later: a saved config without them is the same run."""
     from omegaconf import OmegaConf
 
-    from optlab.jobs import config_changes
+    from optlab.config.identity import config_changes
 
     cfg = make_config("epochs=3")
     saved = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("lr_find", "noise", "target")])
@@ -492,7 +493,8 @@ def test_a_full_disk_in_a_sweep_ends_in_one_line_and_puts_back_what_did_not_trai
 
 def test_a_ctrl_c_as_a_run_starts_leaves_no_folder_and_says_so(tmp_path, monkeypatch, capfd):
     """Before training takes SIGINT itself, Python raises KeyboardInterrupt wherever it is."""
-    from optlab import jobs
+    from optlab.jobs import dispatch
+
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -500,7 +502,7 @@ def test_a_ctrl_c_as_a_run_starts_leaves_no_folder_and_says_so(tmp_path, monkeyp
     run, sweep = tmp_path / "run", tmp_path / "sweep"
     assert call(capfd, "train", "epochs=1", "model.hidden=[8]", f"hydra.run.dir={run}")[0] == 0
     finished = files_of(run)
-    monkeypatch.setattr(jobs, "run", interrupted)
+    monkeypatch.setattr(dispatch, "run", interrupted)
     code, _, err = call(capfd, "train", "epochs=2", "model.hidden=[8]", f"hydra.run.dir={tmp_path / 'new'}")
     assert (code, err.strip()) == (130, "optlab train: stopped before the run began: nothing was kept")
     assert not (tmp_path / "new").exists()

@@ -15,10 +15,13 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
 
-from conftest import call, optlab
+from helpers import call, optlab
 from test_survival import paste, start, wait_for_epoch
-from optlab.compare import Group, Run, group_runs, rank, table
-from optlab.files import load_checkpoint
+from optlab.analysis.runs import Run, group_runs
+from optlab.jobs.dispatch import sweep_again
+from optlab.config.resolvers import register
+from optlab.analysis.summary import rank, table
+from optlab.store.files import load_checkpoint
 from optlab.naming import job_dir, override, run_name
 
 TINY = ["epochs=1", "model.hidden=[16]"]
@@ -264,7 +267,7 @@ def test_a_sweep_composes_each_defaults_list_once(launcher, tmp_path, monkeypatc
     in-process launchers the jobs' configs: Hydra's launchers would compose every job again."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
-    from optlab.cli import main
+    from optlab.cli.main import main
 
     composed = []
     compose = ConfigLoaderImpl.load_sweep_config
@@ -285,9 +288,9 @@ def test_a_job_composed_from_its_defaults_lists_copy_equals_hydras_own(tmp_path)
     from omegaconf import OmegaConf
 
     from hydra_plugins.optlab_sweeper.optlab_sweeper import compose_grid
-    from optlab import config
 
-    config.register()
+
+    register()
     grid = [["optimizer=sgd", "optimizer.lr=0.1", "seed=0", "model.hidden=[8]"],
             ["optimizer=sgd", "optimizer.lr=0.3", "seed=1", "model.hidden=[16,16]"],
             ["optimizer=adam", "optimizer.lr=0.1", "seed=0", "model.hidden=[8]"],
@@ -296,7 +299,7 @@ def test_a_job_composed_from_its_defaults_lists_copy_equals_hydras_own(tmp_path)
             ["optimizer=adam", "seed=0", "+extra=2"],
             ["optimizer=adam", "early_stopping={patience:3}"],
             ["optimizer=adam", "early_stopping={min_delta:0.1}"]]
-    with initialize_config_dir(config_dir=str(Path(config.__file__).parents[1] / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base=None):
         loader = GlobalHydra.instance().hydra.config_loader
         master = compose("config", [f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
         for job, fast in zip(grid, compose_grid(loader, master, grid)):
@@ -350,13 +353,10 @@ def test_a_sweep_hint_names_its_folder_for_bash_and_hydra(folder):
     folder in Hydra's grammar; the command line's words are quoted as typed."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from optlab import jobs
 
-    jobs.current = jobs.Command(words=["optlab", "train", "-m", "seed=0,1", "data.path=/a b", "hydra.sweep.dir=old"])
-    try:
-        words = shlex.split(jobs.sweep_again(Path(folder)))
-    finally:
-        jobs.current = jobs.Command()
+
+    given = ["optlab", "train", "-m", "seed=0,1", "data.path=/a b", "hydra.sweep.dir=old"]
+    words = shlex.split(sweep_again(given, Path(folder)))
     assert words[:-1] == ["optlab", "train", "-m", "seed=0,1", "data.path=/a b"]
     assert words[-1] == override("hydra.sweep.dir", folder)
     assert OverridesParser.create().parse_overrides([words[-1]])[0].value() == folder

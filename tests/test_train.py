@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import make_config, optlab
-from optlab.data import load
+from helpers import make_config, optlab
+from optlab.training.data import load
 from optlab.models import MLP
-from optlab.train import train
+from optlab.jobs.train import train
 
 TRAIN_SIZE = 1077  # digits: 1797 images, 60/20/20 split
 STEPS_PER_EPOCH = math.ceil(TRAIN_SIZE / 64)
@@ -158,7 +158,7 @@ def test_model_overrides_change_the_network(tmp_path):
 def test_the_closing_line_describes_one_epoch():
     """Epoch 1 has the lowest validation loss and 0.186 accuracy, epoch 2 the highest accuracy:
     the line names the tested epoch, why it was chosen, and that epoch's own accuracy."""
-    from optlab.train import closing_line
+    from optlab.training.lifecycle import closing_line
 
     history = [{"epoch": 1, "val_loss": 11.1, "val_acc": 0.186}, {"epoch": 2, "val_loss": 74.7, "val_acc": 0.9583}]
     metrics = {"status": "completed", "test_acc": 0.1889, "best_val_acc": 0.9583, "epochs_run": 2,
@@ -205,7 +205,7 @@ def test_a_run_no_better_than_chance_says_what_to_try(tmp_path, caplog):
     (["surface=saddle"], {"status": "diverged", "final_loss": -math.inf}, None, "this surface falls without end"),
 ])
 def test_the_hint_comes_from_the_record(overrides, record, classes, expected):
-    from optlab.run import lesson
+    from optlab.training.record import lesson
 
     hint = lesson(make_config(*overrides), record, classes, first_loss=2.3)
     assert hint == expected if expected is None else expected in hint

@@ -3,6 +3,7 @@ tune.trials together, a second command goes on where the first stopped, pruned t
 their curves, a diverged trial does not stop the study, and a bad space stops before training."""
 
 from __future__ import annotations
+from optlab.config.resolvers import register
 
 import csv
 import json
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from conftest import optlab
+from helpers import optlab
 
 TINY = ["epochs=2", "model.hidden=[8]", "device=cpu"]
 # a study of one-epoch trials, for the tests that damage or craft its journal
@@ -26,7 +27,7 @@ SMALL = ["optimizer.lr=interval(0.05,0.5)", "tune.pruner=none", "epochs=1", "mod
 
 
 def study(folder: Path):
-    from optlab.tune import JOURNAL, load
+    from optlab.jobs.tune.study import JOURNAL, load
 
     return load(folder / JOURNAL)
 
@@ -275,8 +276,9 @@ def test_a_run_folder_from_the_journal_stays_in_the_study(small_study, tmp_path)
 
 
 def test_a_trial_whose_heartbeat_stopped_is_retried_from_any_host_and_a_live_one_is_not(tmp_path):
-    from optlab import space
-    from optlab.tune import load, next_trial
+    from optlab.jobs.tune import space
+    from optlab.jobs.tune.study import load
+    from optlab.jobs.tune.trial import next_trial
 
     distributions = {p.key: p.distribution for p in space.parse({"optimizer.lr": "interval(0.01,1)"})}
     shared = load(tmp_path / "study.journal", "maximize")
@@ -339,8 +341,8 @@ def test_a_study_whose_space_was_refused_takes_the_corrected_space(tmp_path):
     """A study made before its space's rule was checked: its one trial failed on that rule and
     was queued again. The corrected space is no other study: the queued trial is dropped and
     the new space gets its trials."""
-    from optlab import space
-    from optlab.tune import load
+    from optlab.jobs.tune import space
+    from optlab.jobs.tune.study import load
 
     folder = tmp_path / "study"
     folder.mkdir()
@@ -367,7 +369,7 @@ def test_a_study_whose_space_was_refused_takes_the_corrected_space(tmp_path):
 def test_the_go_on_command_gives_back_the_study_folder(name, tmp_path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from optlab.tune import go_on
+    from optlab.jobs.tune.search import go_on
 
     folder = tmp_path / name
     line = go_on(["optimizer.lr=tag(log,interval(1e-4,1))", "tune.dir=elsewhere", "epochs=3"], folder)
@@ -388,8 +390,8 @@ def test_every_example_of_both_helps_runs_in_bash_and_the_tune_ones_compose(tmp_
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from optlab import config, space
-    from optlab.cli import USAGE
+    from optlab.jobs.tune import space
+    from optlab.cli.main import USAGE
 
     tune_help = optlab("tune", "--help", cwd=tmp_path)
     assert tune_help.returncode == 0, tune_help.stderr
@@ -398,7 +400,7 @@ def test_every_example_of_both_helps_runs_in_bash_and_the_tune_ones_compose(tmp_
     for line in examples:
         parsed = subprocess.run(["bash", "-n", "-c", line], capture_output=True, text=True)
         assert parsed.returncode == 0, f"{line}: {parsed.stderr}"
-    config.register()
+    register()
     GlobalHydra.instance().clear()
     with initialize_config_module("optlab.conf", version_base="1.3"):
         for line in examples:
@@ -416,9 +418,9 @@ def test_a_drawn_damaged_journal_is_read_repaired_or_refused_naming_it_and_loses
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from optlab import space
-    from optlab.config import UsageError
-    from optlab.tune import load
+    from optlab.jobs.tune import space
+    from optlab.errors import UsageError
+    from optlab.jobs.tune.study import load
 
     made = tmp_path / "made" / "study.journal"
     made.parent.mkdir()
@@ -462,8 +464,8 @@ def test_a_drawn_damaged_journal_is_read_repaired_or_refused_naming_it_and_loses
 
 def _trials_with(journal: Path, *attrs: tuple) -> None:
     """Finished trials of a new study with the given (run, value) each."""
-    from optlab import space
-    from optlab.tune import load
+    from optlab.jobs.tune import space
+    from optlab.jobs.tune.study import load
 
     distributions = {p.key: p.distribution for p in space.parse({"optimizer.lr": "interval(0.01,1)"})}
     made = load(journal, "maximize")
@@ -480,8 +482,8 @@ def _trials_with(journal: Path, *attrs: tuple) -> None:
     (((None, 0.5),), "trial 0 finished in no folder"),
 ])
 def test_a_journal_whose_trials_share_or_escape_folders_is_refused_naming_it(tmp_path, attrs, words):
-    from optlab.config import UsageError
-    from optlab.tune import load
+    from optlab.errors import UsageError
+    from optlab.jobs.tune.study import load
 
     journal = tmp_path / "study.journal"
     _trials_with(journal, *[(run, value) for run, value in attrs])

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_config, optlab
-from optlab import allowlist
-from optlab.config import UsageError, validate
+from helpers import make_config, optlab
+from optlab.config import allowlist
+from optlab.errors import UsageError
+from optlab.config.checks import validate
 
 
 class Payload:
@@ -143,7 +144,7 @@ def test_compare_and_the_report_reader_refuse_a_crafted_surface(tmp_path):
     (run / "trajectory.csv").write_text("step,x,y,loss\n0,1.0,1.0,1.0\n")
     line = one_line(optlab("compare", str(tmp_path / "sweep"), cwd=tmp_path))
     assert "optlab compare:" in line and "surface._target_" in line and "os.mkdir" in line, line
-    from optlab.compare import find_runs  # what the sweep summary and `optlab report` read runs with
+    from optlab.analysis.runs import find_runs# what the sweep summary and `optlab report` read runs with
 
     with pytest.raises(UsageError, match="config.yaml: refused 'surface._target_'"):
         find_runs([tmp_path / "sweep"])
@@ -333,7 +334,7 @@ def test_a_report_whose_runs_hold_a_link_is_refused_before_it_runs_anything(tmp_
 
 
 def test_a_damaged_report_marker_means_the_preset_runs_again():
-    from optlab.report import MARKER, finished
+    from optlab.analysis.report import MARKER, finished
 
     import tempfile
 

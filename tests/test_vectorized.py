@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_config, optlab
-from optlab.files import load_checkpoint
-from optlab.stacked import group_key, train_group
-from optlab.train import train
+from helpers import make_config, optlab
+from optlab.store.files import load_checkpoint
+from optlab.jobs.vectorize import group_key, train_group
+from optlab.jobs.train import train
 from test_survival import paste, wait_for_epoch
 
 SMALL = ["model.hidden=[32]", "epochs=5"]
@@ -220,10 +220,10 @@ def test_another_hydra_apps_sweep_runs_as_with_hydras_own_plugins(plugins, tmp_p
 @pytest.mark.parametrize("members", [1, 3])
 def test_on_cuda_a_run_and_a_group_sync_with_the_host_per_epoch_not_per_step(members):
     """Four times the steps in an epoch, about the same host syncs: none is paid per step."""
-    from optlab import data as dataset
-    from optlab.callbacks import StopOnSignal
-    from optlab.stacked import Stacked
-    from optlab.train import Single, resolve_device
+    from optlab.training import data as dataset
+    from optlab.training.callbacks import StopOnSignal
+    from optlab.training.stacked import Stacked
+    from optlab.training.single import Single, resolve_device
 
     def syncs(batch_size: int) -> int:
         cfgs = [make_config("device=cuda", "epochs=1", f"batch_size={batch_size}", "optimizer=adam",

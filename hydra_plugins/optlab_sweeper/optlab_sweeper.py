@@ -5,17 +5,22 @@ from functools import partial
 from pathlib import Path
 from typing import Any, List, Sequence
 
-from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.optlab_sweeper.config import OptlabSweeperConf  # noqa: F401 (stores the config)
-from optlab import jobs
+from optlab.config.hydra_compat import (
+    BasicSweeper,
+    ConfigLoaderImpl,
+    as_job,
+    get_overrides_dirname,
+)
+from optlab.jobs import command
+from optlab.jobs.prepare import is_run, job_folder, prepare_sweep
 from optlab.naming import override
-
+from optlab.store.folder import take_back
 
 # launchers that compose each job in this process, from the sweeper's config loader
 IN_PROCESS = ("BasicLauncher", "VectorizedLauncher")
@@ -66,6 +71,10 @@ def _composed(configs: dict, compose, master: DictConfig, job: List[str]) -> Dic
 
 
 class OptlabSweeper(BasicSweeper):
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.command = command.of(task_function)  # what the `optlab` command asked for; its jobs' fates
+
     def sweep(self, arguments: List[str]) -> Any:
         """Expand the grid as BasicSweeper does; check every job and prepare its folder before
         writing anything; launch the jobs left (finished ones are skipped); note failures."""
@@ -73,14 +82,14 @@ class OptlabSweeper(BasicSweeper):
         overrides = OverridesParser.create(config_loader=loader).parse_overrides([*self._parse_config(), *arguments])
         # a `${now:...}` folder resolves once: each job composes its config anew, and one composed a
         # second later would otherwise name another folder
-        jobs.current.sweep_dir = Path(self.config.hydra.sweep.dir)
-        fixed = override("hydra.sweep.dir", jobs.current.sweep_dir)
+        self.command.sweep_dir = Path(self.config.hydra.sweep.dir)
+        fixed = override("hydra.sweep.dir", self.command.sweep_dir)
         grid = [[*job, fixed] for batch in self.split_arguments(overrides, None) for job in batch]
         configs = compose_grid(loader, self.config, grid)
         for i, cfg in enumerate(configs):  # numbered as a launcher numbers them, for a `${hydra.job.num}` folder
             with read_write(cfg.hydra), open_dict(cfg.hydra):
                 cfg.hydra.job.id = cfg.hydra.job.num = i
-        todo = jobs.prepare_sweep(configs)
+        todo = prepare_sweep(configs, self.command.planned)
         if type(self.launcher).__name__ in IN_PROCESS:  # each job is composed once, not twice (~0.1 s a job)
             loader.load_sweep_config = partial(_composed, {tuple(job): cfg for job, cfg in zip(grid, configs)},
                                                loader.load_sweep_config)
@@ -88,9 +97,9 @@ class OptlabSweeper(BasicSweeper):
             return self._launch(grid, configs, todo)
         except OSError:  # a full disk, a folder that cannot be written: what did not train is put back as it was
             for i in todo:
-                if jobs.is_run(configs[i]):
-                    with jobs.as_job(configs[i]):
-                        jobs.take_back(jobs.job_folder(configs[i]), configs[i])
+                if is_run(configs[i]):
+                    with as_job(configs[i]):
+                        take_back(job_folder(configs[i]))
             raise
 
     def _launch(self, grid: List[List[str]], configs: List[DictConfig], todo: List[int]) -> Any:
@@ -104,5 +113,5 @@ class OptlabSweeper(BasicSweeper):
             for i, result in zip(chunk, results):
                 if result.status == JobStatus.FAILED or (isinstance(result.return_value, dict)
                                                          and result.return_value.get("status") == "failed"):
-                    jobs.current.failed.append(str(jobs.job_folder(configs[i])))
+                    self.command.failed.append(str(job_folder(configs[i])))
         return returns

@@ -1,6 +1,6 @@
 """The vectorized launcher's logic: group a sweep's jobs, train each group as one stacked model.
 
-Jobs whose configs differ only in what a member may have of its own (optlab/stacked.py's
+Jobs whose configs differ only in what a member may have of its own (optlab/training/stacked.py's
 `group_key`: seed, learning rate, momentum, weight decay, dropout, init, schedule, ...) train
 together, up to `vectorize.max_members` at a time; every other job runs as Hydra's basic
 launcher runs it. Each member's folder gets what Hydra writes for a job (`.hydra/`,
@@ -16,18 +16,23 @@ from functools import partial
 from pathlib import Path
 from typing import Sequence
 
-from hydra.core.utils import JobReturn, JobStatus, _save_config, configure_log, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from optlab import jobs
-from optlab.config import UsageError, usage_error
-from optlab.files import load_checkpoint
+from optlab.config.hydra_compat import as_job, save_config
+from optlab.errors import UsageError, usage_error
+from optlab.jobs import command
+from optlab.jobs.dispatch import failed, stop_interrupted, sweep_again
+from optlab.jobs.prepare import job_folder
+from optlab.store.files import load_checkpoint
+from optlab.store.folder import plan
 
 log = logging.getLogger("optlab")
 
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
-    jobs.current.started = True  # an error from here on is a job's, not the command line's
+    asked = command.of(launcher.task_function)
+    asked.started = True  # an error from here on is a job's, not the command line's
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -41,28 +46,29 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     returns: list[JobReturn | None] = [None] * len(configs)
     alone = partial(run_job, hydra_context=launcher.hydra_context, task_function=launcher.task_function,
                     job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-    for group, action in groups(configs, tasks):
+    for group, action in groups(configs, tasks, asked.planned):
         if len(group) == 1:  # as the basic launcher runs it
             returns[group[0]] = alone(config=configs[group[0]])
         else:
-            results = train_group([configs[i] for i in group], [tasks[i] for i in group], action == "resume", alone)
+            results = train_group([configs[i] for i in group], [tasks[i] for i in group], action == "resume", alone,
+                                  asked.words)
             for i, result in zip(group, results):
                 returns[i] = result
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     return returns
 
 
-def groups(configs: list[DictConfig], tasks: list[DictConfig]) -> list[tuple[list[int], str]]:
+def groups(configs: list[DictConfig], tasks: list[DictConfig], planned: dict[str, str]) -> list[tuple[list[int], str]]:
     """The jobs to train together (their indices, in the order their first job comes, at most
-    `vectorize.max_members`) and whether they train or resume."""
-    from optlab.stacked import group_key
+    `vectorize.max_members`) and whether they train or resume (as the sweeper `planned` them)."""
+    from optlab.jobs.vectorize import group_key
 
     found: dict[tuple, list[int]] = {}
     for i, (cfg, task) in enumerate(zip(configs, tasks)):
-        with jobs.as_job(cfg):
+        with as_job(cfg):
             key = group_key(task)
-            run_dir = jobs.job_folder(cfg)
-            action = jobs.current.planned.get(str(run_dir)) or jobs.plan(run_dir, task)  # the sweeper planned it
+            run_dir = job_folder(cfg)
+            action = planned.get(str(run_dir)) or plan(run_dir, task)
             # resumed members (interrupted, or killed without a record) must stand at the same epoch
             at = resumes_after(run_dir) if action == "resume" else 0
         found.setdefault((action, at, key) if key else (action, i), []).append(i)
@@ -90,36 +96,37 @@ def task_config(cfg: DictConfig) -> DictConfig:
     return task
 
 
-def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool, alone) -> list[JobReturn]:
+def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool, alone,
+                words: list[str]) -> list[JobReturn]:
     """Ready each member's folder as Hydra readies a job's (`.hydra/` and `train.log`; Hydra's
     job callbacks and `env_set` are not run for members), train the group, and return each
     member's result as Hydra's run_job would. If a member's config is a mistake that only shows
     as the group is built (torch refusing an optimizer's settings, a checkpoint that does not
     load), each job runs `alone` instead, so that only that one fails."""
-    from optlab.stacked import train_group as train_stacked
+    from optlab.jobs.vectorize import train_group as train_stacked
 
     folders = []
     for cfg, task in zip(configs, tasks):
-        folder = Path(jobs.job_folder(cfg)).absolute()
+        folder = Path(job_folder(cfg)).absolute()
         with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
             cfg.hydra.runtime.output_dir = str(folder)
         for name, node in (("config", task), ("hydra", OmegaConf.masked_copy(cfg, "hydra")),
                            ("overrides", cfg.hydra.overrides.task)):
-            _save_config(node, f"{name}.yaml", folder / ".hydra")
+            save_config(node, f"{name}.yaml", folder / ".hydra")
         folders.append(folder)
     names = [os.path.relpath(folder, configs[0].hydra.sweep.dir) for folder in folders]
     log.info("training %d runs as one stacked model%s: %s", len(configs), " (resumed)" * resume, ", ".join(names))
 
     try:  # each member's record is made as its own job (its HParams name its overrides)
-        metrics = train_stacked(tasks, folders, resume, lambda k: jobs.as_job(configs[k]))
+        metrics = train_stacked(tasks, folders, resume, lambda k: as_job(configs[k]))
     except Exception as error:
         if usage_error(error) is not None:  # a member's mistake: the others may train (finished ones are skipped)
             log.warning("cannot train %s as one model (%s): each runs alone", ", ".join(names), usage_error(error))
             return [alone(config=cfg) for cfg in configs]
         metrics = []  # every member failed the same way
         for cfg, task, folder in zip(configs, tasks, folders):
-            with jobs.as_job(cfg):
-                jobs.failed(folder, task, error, in_sweep=True)
+            with as_job(cfg):
+                failed(folder, task, error, in_sweep=True)
             metrics.append({"status": "failed"})
     for name, result in zip(names, metrics):
         if result["status"] != "failed":
@@ -127,8 +134,8 @@ def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool
                      result["test_acc"], result["best_epoch"], result["train_samples_per_s"])
     interrupted = [m for m in metrics if m["status"] == "interrupted"]
     if interrupted:
-        jobs.stop_interrupted(interrupted[0], f"optlab train: interrupted after epoch {interrupted[0]['epochs_run']}; "
-                              f"finish the sweep with: {jobs.sweep_again(Path(configs[0].hydra.sweep.dir))}")
+        stop_interrupted(interrupted[0], f"optlab train: interrupted after epoch {interrupted[0]['epochs_run']}; "
+                              f"finish the sweep with: {sweep_again(words, Path(configs[0].hydra.sweep.dir))}")
     return [JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task, hydra_cfg=cfg, working_dir=os.getcwd(),
                       task_name=cfg.hydra.job.name, status=JobStatus.COMPLETED, _return_value=result)
             for cfg, task, result in zip(configs, tasks, metrics)]

@@ -2,7 +2,6 @@
 
 from typing import Optional, Sequence
 
-from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
@@ -21,10 +20,13 @@ class VectorizedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from optlab.jobs import is_run
+        from optlab.config.hydra_compat import BasicLauncher
+        from optlab.jobs.prepare import is_run
 
         if not is_run(self.config):  # another Hydra app's jobs: as Hydra's basic launcher runs them
             return BasicLauncher.launch(self, job_overrides, initial_job_idx)
-        from hydra_plugins.optlab_vectorized_launcher import _core  # torch is imported only now
+        from hydra_plugins.optlab_vectorized_launcher import (
+            _core,  # torch is imported only now
+        )
 
         return _core.launch(self, job_overrides, initial_job_idx)

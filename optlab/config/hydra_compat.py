@@ -1,0 +1,90 @@
+"""Every use optlab makes of Hydra's private APIs, in one place.
+
+Checked against hydra-core 1.3.2 to 1.3.8 (pyproject pins `hydra-core>=1.3,<1.4`); a Hydra
+release that moves one of these names breaks here, and only here.
+
+- `Callbacks`, `BasicSweeper`, `BasicLauncher`, `ConfigLoaderImpl`, `get_overrides_dirname` live
+  in `hydra._internal`: optlab's sweeper builds on the basic sweeper's parsing, its launcher
+  hands other Hydra apps' jobs to the basic launcher, and a tune trial runs as a job without a
+  launcher.
+- `_save_config` is how Hydra writes a job's `.hydra/` files; optlab writes them the same way.
+- `HydraConfig.instance()` is set and restored directly: a config is resolved as in its job
+  before the job starts (`as_job`), and the tune command's config comes back after each trial.
+- `JobReturn._return_value` reads a failed job's exception without raising it.
+- `ConfigLoaderImpl._apply_overrides_to_config` applies a sweep job's overrides to a composed
+  config (optlab's sweeper composes each job once, hydra_plugins/optlab_sweeper).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+from pathlib import Path
+
+from hydra.core import utils
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+# Hydra's plugin discovery imports its core plugins' modules again, so their classes are looked
+# up when asked for (PEP 562), never held from an earlier import: a sweeper built on a stale
+# BasicSweeper fails in its constructor
+_PRIVATE = {
+    "Callbacks": "hydra._internal.callbacks",
+    "ConfigLoaderImpl": "hydra._internal.config_loader_impl",
+    "get_overrides_dirname": "hydra._internal.config_loader_impl",
+    "BasicLauncher": "hydra._internal.core_plugins.basic_launcher",
+    "BasicSweeper": "hydra._internal.core_plugins.basic_sweeper",
+}
+
+
+def __getattr__(name: str):
+    if name in _PRIVATE:
+        return getattr(importlib.import_module(_PRIVATE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+
+
+@contextlib.contextmanager
+def as_job(cfg: DictConfig):
+    """Within it, `${hydra:...}` in a job's config (`hydra` node included) resolves as in the
+    job itself; Hydra sets that up only as the job starts."""
+    previous = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)
+    try:
+        yield cfg
+    finally:
+        HydraConfig.instance().cfg = previous
+
+
+def set_hydra_config(cfg: DictConfig) -> None:
+    """Make `cfg` (a config with its `hydra` node, as HydraConfig holds it) current again."""
+    HydraConfig.instance().cfg = cfg
+
+
+def save_config(node, filename: str, folder: Path) -> None:
+    """Write `node` as Hydra writes a job's `.hydra/<filename>`."""
+    utils._save_config(node, filename, folder)
+
+
+def save_job_files(config: DictConfig, folder: str = ".hydra") -> None:
+    """Write a single run's `.hydra/` (config.yaml, hydra.yaml, overrides.yaml) as Hydra's
+    run_job writes them, and open its log file once, so that a folder that cannot take them
+    fails here, where the Guard can take the attempt back, and not inside Hydra."""
+    output_dir = os.path.abspath(str(config.hydra.run.dir))
+    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+        config.hydra.runtime.output_dir = output_dir  # as run_job sets it before writing
+    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    target = Path(output_dir) / folder
+    save_config(task, "config.yaml", target)
+    save_config(OmegaConf.masked_copy(config, "hydra"), "hydra.yaml", target)
+    save_config(config.hydra.overrides.task, "overrides.yaml", target)
+    logging.FileHandler(Path(output_dir) / f"{config.hydra.job.name}.log").close()  # created, as Hydra's log would be
+
+
+def returned(result: JobReturn):
+    """A job's return value, or the exception it failed with (without raising it)."""
+    return result._return_value

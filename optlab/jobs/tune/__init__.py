@@ -1,0 +1,1 @@
+"""`optlab tune`: the search space, the study in its journal, one trial, the search."""

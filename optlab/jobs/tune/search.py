@@ -1,0 +1,156 @@
+"""`optlab tune`: the study's loop (ask, train, tell, until `tune.trials` are done here or by
+other processes sharing the journal), then its summary, its best trial as a command, and
+Optuna's plots."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+# Optuna's private heartbeat module (checked against Optuna 4.9-5.1): its RDBStorage's heartbeat, for a journal
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import TrialState
+
+from optlab.errors import UsageError
+from optlab.jobs.command import Command
+from optlab.jobs.tune import space
+from optlab.jobs.tune.study import (
+    JOURNAL,
+    alone,
+    base_overrides,
+    direction,
+    entries,
+    load,
+    run_folder,
+    same_study,
+    take_over,
+)
+from optlab.jobs.tune.trial import (
+    next_trial,
+    pruner,
+    queue_grid,
+    restore,
+    run_trial,
+    sampler,
+)
+from optlab.naming import command, override, path_word, relative
+from optlab.store.files import locked, write_json
+
+log = logging.getLogger("optlab")
+
+
+WAIT_S = 5  # at most this long between two looks at the trials running elsewhere, with no trial left to ask
+
+
+def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
+    """The study: trials until `tune.trials` are done (by this process or others), then the summary."""
+    params = space.parse(entries(cfg, asked.search))
+    trials = cfg.tune.trials
+    with locked(study_dir):  # one process makes the study; the others load it
+        made = not (study_dir / JOURNAL).exists()
+        study = load(study_dir / JOURNAL, direction(cfg), cfg.tune.grace_s)
+        same_study(study, cfg, params)
+        take_over(study, cfg, params)
+        worker = study.user_attrs.get("workers", 0)  # each process its own seed: workers spread out
+        study.set_user_attr("workers", worker + 1)
+        if cfg.tune.sampler == "grid":
+            trials = min(trials, queue_grid(study, params, cfg.tune.seed))
+    study.sampler = sampler(cfg.tune.sampler, cfg.tune.seed + worker)
+    study.pruner = pruner(cfg.tune.pruner, cfg.epochs)
+    distributions = {p.key: p.distribution for p in params}
+    own = HydraConfig.instance().cfg  # the tune command's: each trial's run_job sets its own
+    log.info("study %s: %s %s over %s, up to %d trials (%s sampler, %s pruner)", relative(study_dir),
+             study.direction.name.lower(), cfg.tune.metric, " ".join(p.override(p.text) for p in params),
+             trials, cfg.tune.sampler, cfg.tune.pruner)
+    waiting = None
+    while True:
+        with locked(study_dir):
+            trial = next_trial(study, distributions, trials)
+        if trial is None:
+            running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+            if not running:
+                break
+            if running != waiting:
+                log.info("waiting for trial %s, running elsewhere (trained again here if its heartbeat stops "
+                         "for tune.grace_s=%g s)", ", ".join(map(str, running)), cfg.tune.grace_s)
+            waiting = running
+            time.sleep(min(WAIT_S, cfg.tune.grace_s / 4))
+            continue
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            try:
+                metrics = run_trial(trial, params, cfg, study_dir)
+            except UsageError:
+                if made and alone(study):  # a refused start leaves no folder, as a refused run leaves none
+                    asked.discard = study_dir
+                raise
+            finally:
+                restore(own)
+        value = metrics.get(cfg.tune.metric)
+        log.info("trial %d: %s, %s %s", trial.number, metrics["status"], cfg.tune.metric,
+                 f"{value:.4f}" if isinstance(value, float) else value)
+        if metrics["status"] == "interrupted":
+            return metrics
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        log.info("no trial of the study has finished with a %s yet: nothing to summarize", cfg.tune.metric)
+        return {"status": "completed"}
+    return finish(study, cfg, study_dir, params)
+
+
+def finish(study, cfg: DictConfig, study_dir: Path, params: list[space.Param]) -> dict:
+    """The summary of every trial, the best as a command to paste, and Optuna's plots."""
+    from optlab.analysis.summary import summarize
+
+    summarize([study_dir], study_dir, cfg.tune.metric, cfg.summary.x)
+    best = study.best_trial
+    missing = [p.key for p in params if p.key not in best.params]
+    if missing:
+        raise UsageError(f"{study_dir / JOURNAL}: the best trial, {best.number}, has no value for {', '.join(missing)}")
+    overrides = [*base_overrides(), *(p.override(best.params[p.key]) for p in params)]
+    states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
+    record = {"number": best.number, cfg.tune.metric: best.value, "params": best.params,
+              "run": str(relative(study_dir / run_folder(best, study_dir))),
+              "command": command("optlab", "train", *overrides), "trials": dict(states)}
+    write_json(study_dir / "best_trial.json", record)
+    plots = optuna_plots(study, study_dir)
+    log.info("best: trial %d, %s %.4f (%s)", best.number, cfg.tune.metric, best.value, record["run"])
+    log.info("train it: %s", record["command"])
+    log.info("written: best_trial.json, %s; the study: optuna-dashboard %s", ", ".join(p.name for p in plots),
+             command(path_word(relative(study_dir / JOURNAL))))
+    return {"status": "completed", **record}
+
+
+def optuna_plots(study, out: Path) -> list[Path]:
+    """Optuna's own figures as PNGs: history, importances, parallel coordinates, intermediate
+    values. One that the study cannot draw yet (importances need two finished trials) is skipped."""
+    import optuna.visualization.matplotlib as vis
+
+    from optlab.store.plots import pyplot, save_figure
+
+    pyplot()  # the file-only backend, before Optuna imports pyplot
+    written = []
+    for name in ("optimization_history", "param_importances", "parallel_coordinate", "intermediate_values"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna's matplotlib plots are "experimental"
+                axes = getattr(vis, f"plot_{name}")(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as error:
+            log.info("optuna_%s.png: not drawn (%s)", name, error)
+            continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        figure.set_size_inches(8, 5)
+        save_figure(figure, out / f"optuna_{name}.png")
+        written.append(out / f"optuna_{name}.png")
+    return written
+
+
+def go_on(words: list[str], study_dir: Path) -> str:
+    """The command that goes on with the study: the same arguments, the study's folder quoted
+    for Hydra's grammar and for bash."""
+    kept = [w for w in words if not w.startswith("tune.dir=")]
+    return command("optlab", "tune", *kept, override("tune.dir", relative(study_dir)))

@@ -1,0 +1,1 @@
+"""Storage: run folders, atomic files and safe loads, logs, plots."""

@@ -1,0 +1,182 @@
+"""Files that are never half-written (write to a temporary file, then rename into place), and a
+lock that processes sharing a folder take in turn."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import io
+import itertools
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from optlab.errors import UsageError, reason
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call `write` on a temporary file beside `path`, then rename it over `path`: a reader
+    sees the old file or the new one, never half of one. A full disk or a folder that cannot
+    be written is a one-line UsageError naming the file; the old file stays as it was."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException as error:
+        os.unlink(tmp)
+        failure = os_error(error)  # torch.save raises a RuntimeError while handling the OSError
+        if failure is not None:
+            raise UsageError(f"cannot write {path}: {failure.strerror or failure}") from None
+        raise
+
+
+def os_error(error: BaseException | None) -> OSError | None:
+    """The OSError that `error` is, or that it was raised from or while handling, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+# what a file that cannot be written raises: a full disk or quota, a read-only or forbidden folder
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def unwritable(error: BaseException, where: Path) -> UsageError | None:
+    """`error` as a one-line UsageError when a file could not be written (see WRITE_FAILURES),
+    naming the file, or `where` (the folder being written) when the error does not say."""
+    failure = os_error(error)
+    if failure is None or failure.errno not in WRITE_FAILURES:
+        return None
+    return UsageError(f"cannot write {failure.filename or where}: {failure.strerror}")
+
+
+def stamped(folder: Path, prefix: str = "") -> Iterator[Path]:
+    """Names in `folder` for something kept aside now: `<prefix><time>`, then `-2`, `-3`, ...; the
+    caller takes the first that is free."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    yield folder / f"{prefix}{stamp}"
+    for n in itertools.count(2):
+        yield folder / f"{prefix}{stamp}-{n}"
+
+
+def write_json(path: Path, data: dict) -> None:
+    """JSON with NaN and infinities as null (JSON has no NaN; other readers choke on it)."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in data.items()}
+    text = json.dumps(clean, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
+
+
+def refuse_links(folder: Path, itself: bool = True, own: tuple[str, ...] = ()) -> None:
+    """A one-line UsageError naming the first symbolic link in `folder` (and `folder` itself,
+    unless not `itself`): optlab reads and writes a run's files only inside its own folder, and a
+    link in a shared folder (`checkpoints -> ~/elsewhere`, `train.log -> ~/.bashrc`) would take
+    its writes, archives and reads anywhere. `own`: names of links a library makes there itself."""
+    paths = [folder] if itself else []
+    if folder.is_dir() and not folder.is_symlink():
+        for root, folders, files in os.walk(folder):  # a linked folder is listed here, never entered
+            paths += [Path(root, name) for name in (*folders, *files) if name not in own]
+    for path in paths:
+        if path.is_symlink():
+            raise UsageError(f"refused {path}: a symbolic link (optlab reads and writes a run's files only "
+                             "inside its own folder)")
+
+
+def load_yaml(path: Path, what: str = "") -> Any:
+    """A YAML file a run wrote (`.hydra/config.yaml`, `overrides.yaml`), or a one-line
+    UsageError naming it when it is missing or does not parse. An alias (`*name`) is refused
+    before anything is built: nested ones make a few hundred bytes expand past any memory, and
+    optlab writes none."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    try:
+        text = path.read_text()
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise UsageError(f"{what}refused {path}: it holds a YAML alias (*name), which a run's files never do")
+        return OmegaConf.create(text) if text.strip() else OmegaConf.create()
+    except UsageError:
+        raise
+    except Exception as error:
+        raise UsageError(f"{what}cannot read {path}: {reason(error)}") from None
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object a run wrote (`metrics.json`, `lr_find.json`), or a one-line UsageError
+    naming the file when it is missing, does not parse, or holds anything but an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read {path}: {reason(error)}") from None
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
+        raise UsageError(f"cannot read {path}: it holds {kind}, not a JSON object of key: value")
+    return data
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
+    """A checkpoint's dict, loaded with `weights_only=True`: tensors and plain values only, so
+    that no file optlab reads can run code (a pickle can call anything as it loads). Anything
+    that does not load that way is a one-line UsageError naming the file."""
+    import pickle
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol: torch warns, then refuses or loads it
+            warnings.simplefilter("ignore", UserWarning)
+            saved = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist") from None
+    except pickle.UnpicklingError as error:
+        if "weights only load failed" in str(error).lower():
+            raise UsageError(
+                f"refused to load {path}: it holds objects other than tensors and plain values, "
+                f"and loading those could run code (optlab loads checkpoints with weights_only=True)"
+            ) from None
+        raise UsageError(f"cannot load {path}: not a PyTorch checkpoint ({error})") from None
+    except Exception as error:  # truncated, or not a checkpoint at all
+        raise UsageError(f"cannot load {path}: {reason(error)}") from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"cannot load {path}: it holds a {type(saved).__name__}, not a checkpoint's dict")
+    return saved
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """One process at a time in the block, across processes sharing `folder` (a lock file in it)."""
+    import fcntl
+
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,1 @@
+"""Training: the engines, the loop, a run's record and its callbacks."""
