@@ -59,7 +59,7 @@ def digits() -> Source:
     Shipped as `optlab/digits.npz` (45 KB, uint8), so the default dataset needs no scikit-learn
     import. The data is the test set of the UCI "Optical Recognition of Handwritten Digits"
     dataset (Alpaydin & Kaynak, 1998), as bundled with scikit-learn (BSD-3-Clause, © the
-    scikit-learn developers); tests/test_data.py checks that it equals `load_digits()` exactly.
+    scikit-learn developers); tests/unit/test_data.py checks that it equals `load_digits()` exactly.
     """
     if not DIGITS.exists():  # a wheel built without it (pyproject.toml's package-data)
         raise UsageError(f"data=digits: {DIGITS} is missing from this install of optlab: reinstall it")

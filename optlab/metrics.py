@@ -7,7 +7,6 @@ Imports nothing: the config layer and `--help` read it without torch.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 
@@ -61,20 +60,11 @@ TUNE_METRICS = tuple(m.name for m in TABLE if m.tunes)  # what `optlab tune` can
 COLUMNS = tuple(m.name for m in TABLE if m.column)  # the summary table's columns, after the ranking metric
 HPARAM_METRICS = tuple(m.name for m in TABLE if m.hparam)  # the final metrics a run reports to HParams
 QUALITY = tuple(m.name for m in sorted(TABLE, key=lambda m: "acc" not in m.name) if m.quality)  # accuracy first
-MINIMIZED = frozenset(m.name for m in TABLE if m.lower_is_better)
 CURVE_X = ("epoch", "step", "examples", "time")  # what a summary's curves can be plotted against
 
 
 def lower_is_better(name: str) -> bool:
     return BY_NAME[name].lower_is_better
-
-
-def better(name: str, a: float, b: float, min_delta: float = 0.0) -> bool:
-    """Whether `a` is better than `b` by more than `min_delta` for metric `name` (b may be NaN or
-    inf: anything finite beats it)."""
-    if math.isnan(b):
-        return not math.isnan(a)
-    return a < b - min_delta if lower_is_better(name) else a > b + min_delta
 
 
 def direction(name: str) -> str:

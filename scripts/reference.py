@@ -5,7 +5,7 @@ option of every config group with the first sentence of its file's header commen
     python scripts/reference.py            # rewrites docs/reference/config.md
     python scripts/reference.py --check    # exit 1 when the committed page has drifted
 
-tests/test_reference.py runs the check, so a key or an option the page does not list fails the
+tests/unit/test_reference.py runs the check, so a key or an option the page does not list fails the
 suite. Written by hand: no library turns a Hydra schema into a Markdown reference.
 """
 

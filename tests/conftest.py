@@ -36,3 +36,14 @@ def trained_run(tmp_path_factory) -> Path:
     result = optlab("train", "epochs=2", f"hydra.run.dir={run_dir}", cwd=cwd)
     assert result.returncode == 0, result.stderr
     return run_dir
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.cuda` tests run where a CUDA device is; elsewhere they are skipped, saying so."""
+    cuda = [item for item in items if item.get_closest_marker("cuda")]
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in cuda:
+                item.add_marker(pytest.mark.skip(reason="needs CUDA"))

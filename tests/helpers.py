@@ -13,6 +13,9 @@ from hydra.core.global_hydra import GlobalHydra
 
 from optlab.config.resolvers import register
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+DATA = ROOT / "tests" / "data"  # files the tests read: held hashes, runs written by earlier optlab
+
 
 def make_config(*overrides: str, return_hydra_config: bool = False):
     """The config `optlab train <overrides>` would run with."""

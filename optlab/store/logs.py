@@ -34,7 +34,7 @@ def masked_crc32c(data: bytes) -> int:
 
     Without TensorFlow, tensorboard's event writer computes it byte by byte in Python, ~30 µs
     an event under the GIL: a few percent of a small model's training time. Same output
-    (tests/test_logs.py checks it against tensorboard's own function).
+    (tests/unit/test_files_and_logs.py checks it against tensorboard's own function).
     """
     crc = crc32c.crc32c(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF

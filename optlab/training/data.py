@@ -9,7 +9,7 @@ windowed copy is ever made. Data too large for the device stays on the host
 `load` is memoized within a process: the runs of a sweep that share a data config (and device)
 share one prepared `Data`, read, split and standardized once. Training only reads its tensors.
 The split is scikit-learn's `train_test_split`, reproduced index for index without importing
-scikit-learn (tests/test_data.py checks it against scikit-learn).
+scikit-learn (tests/unit/test_data.py checks it against scikit-learn).
 """
 
 from __future__ import annotations
@@ -293,7 +293,7 @@ def shuffle_split(index: np.ndarray, n_test: int, labels: np.ndarray | None,
     random_state=seed)` with n_test = ceil(fraction·len(index)), index for index, without
     importing scikit-learn (~1 s): the same draws from the same legacy `RandomState` stream
     (whose output NumPy keeps fixed), in the same order, as scikit-learn 1.9's `ShuffleSplit`
-    and `StratifiedShuffleSplit`; tests/test_data.py compares it with the installed
+    and `StratifiedShuffleSplit`; tests/unit/test_data.py compares it with the installed
     scikit-learn. Stratified, every class needs >= 2 examples and each part >= one example per
     class (`_split` checks that first)."""
     rng = np.random.RandomState(seed)

@@ -2,9 +2,8 @@
 committed page, so a key, a help line or an option that the page does not list fails here."""
 
 import runpy
-from pathlib import Path
 
-ROOT = Path(__file__).parents[1]
+from helpers import ROOT
 
 
 def test_the_reference_is_the_schema():

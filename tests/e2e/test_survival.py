@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import call, make_config, optlab
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import call, make_config, optlab
 from optlab.jobs.train import train
 from optlab.store.folder import archive
 
@@ -60,6 +60,7 @@ def timing(run: Path) -> dict:
     return {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k in TIMING}
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_run_and_the_printed_resume_command_ends_it_exactly(tmp_path):
     train(make_config(*RUN), tmp_path / "whole")  # in this process: the same numbers, sooner
 
@@ -224,6 +225,7 @@ def test_a_mistake_leaves_no_folder_behind(tmp_path):
         assert not list((tmp_path / "outputs").glob("*/*")), args  # no run or sweep folder
 
 
+@pytest.mark.slow
 def test_a_rerun_archives_every_file_of_the_earlier_attempt_under_a_new_name(tmp_path):
 
 
@@ -284,6 +286,7 @@ def test_the_first_ctrl_c_asks_to_stop_the_second_stops_at_once(tmp_path, monkey
     assert not (tmp_path / "run").exists()  # nothing had trained: the folder is taken back
 
 
+@pytest.mark.slow
 def test_files_left_by_a_kill_9_at_random_moments_all_load(tmp_path):
     rng = random.Random(0)
     for attempt in range(2):
@@ -431,6 +434,7 @@ def test_a_real_full_disk_and_read_only_folder_end_in_one_line_and_change_nothin
             assert {k: v for k, v in now.items() if v} == {k: v for k, v in files.items() if v}, run  # an empty event file aside
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_keeps_its_finished_runs_and_a_rerun_resumes_the_rest(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "optimizer=sgd,adam", "epochs=40", "model.hidden=[64]", "batch_size=32",

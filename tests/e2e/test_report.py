@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 from omegaconf import OmegaConf
 
 from optlab.analysis import report
 from optlab.analysis.runs import Run
-
-ROOT = Path(__file__).parents[1]
 
 
 def claim(direction="lower", metric="best_val_loss", **sides):

@@ -7,17 +7,17 @@ import math
 
 import pytest
 import torch
+from helpers import make_config, optlab
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import make_config, optlab
-from optlab.training.callbacks import EarlyStopping
-from optlab.errors import ConfigError, UsageError
 from optlab.config.checks import validate
+from optlab.errors import ConfigError, UsageError
 from optlab.init import initialize, load_matching
+from optlab.jobs.train import train
 from optlab.models import MLP
 from optlab.schedules import build
+from optlab.training.callbacks import EarlyStopping
 from optlab.training.single import evaluate
-from optlab.jobs.train import train
 
 
 def scalars(run_dir, tag):
@@ -80,6 +80,7 @@ def test_pretrained_loads_exactly_the_matching_tensors(tmp_path):
         assert torch.equal(state[name], fresh[name])
 
 
+@pytest.mark.slow
 def test_pretrained_from_the_cli_and_a_bad_path(tmp_path):
     first = tmp_path / "first"
     assert optlab("train", "epochs=1", f"hydra.run.dir={first}", cwd=tmp_path).returncode == 0

@@ -10,16 +10,16 @@ import math
 
 import pytest
 import torch
+from helpers import make_config
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
 
-from helpers import make_config
 from optlab.cli.main import main as optlab_main
-from optlab.training.data import load
-from optlab.models import MLP
 from optlab.jobs.surface import run as surface_run
 from optlab.jobs.train import train
+from optlab.models import MLP
+from optlab.training.data import load
 
 CPU = torch.device("cpu")
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import make_config, optlab
+
 from optlab.config import allowlist
-from optlab.errors import UsageError
 from optlab.config.checks import validate
+from optlab.errors import UsageError
 
 
 class Payload:
@@ -144,7 +144,9 @@ def test_compare_and_the_report_reader_refuse_a_crafted_surface(tmp_path):
     (run / "trajectory.csv").write_text("step,x,y,loss\n0,1.0,1.0,1.0\n")
     line = one_line(optlab("compare", str(tmp_path / "sweep"), cwd=tmp_path))
     assert "optlab compare:" in line and "surface._target_" in line and "os.mkdir" in line, line
-    from optlab.analysis.runs import find_runs# what the sweep summary and `optlab report` read runs with
+    from optlab.analysis.runs import (
+        find_runs,  # what the sweep summary and `optlab report` read runs with
+    )
 
     with pytest.raises(UsageError, match="config.yaml: refused 'surface._target_'"):
         find_runs([tmp_path / "sweep"])
@@ -259,7 +261,6 @@ def test_drawn_damaged_and_crafted_folders_through_every_reader(trained_run, tmp
     command; never a traceback, never a payload run, and a refusal changes nothing in the folder."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
-
     from test_bad_input import call
 
     count = iter(range(10**6))
@@ -292,6 +293,7 @@ def test_drawn_damaged_and_crafted_folders_through_every_reader(trained_run, tmp
 
 # --- links, aliases and numbers a shared folder can hold ----------------------------------------
 
+@pytest.mark.slow
 def test_a_link_in_a_run_folder_is_refused_before_anything_is_read_or_written(trained_run, tmp_path):
     """`checkpoints -> elsewhere` would take a resumed run's saves there, `train.log -> ~/.bashrc`
     its log lines, a linked job folder a whole sweep's writes and archives."""
@@ -334,9 +336,9 @@ def test_a_report_whose_runs_hold_a_link_is_refused_before_it_runs_anything(tmp_
 
 
 def test_a_damaged_report_marker_means_the_preset_runs_again():
-    from optlab.analysis.report import MARKER, finished
-
     import tempfile
+
+    from optlab.analysis.report import MARKER, finished
 
     with tempfile.TemporaryDirectory() as folder:
         for text in ("[1]", '"done"', '{"preset": "x"}', '{"preset": "x", "seconds": "5"}', "{", ""):

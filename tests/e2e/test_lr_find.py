@@ -11,15 +11,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import call, make_config, optlab
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import call, make_config, optlab
 from optlab import curvature, models
+from optlab.config.checks import validate
+from optlab.errors import UsageError
 from optlab.training import data as dataset
 from optlab.training import rng
-from optlab.errors import UsageError
-from optlab.config.checks import validate
 from optlab.training.range_test import _sweep, range_test, suggest
 
 BETA = 0.98

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT, call, optlab
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
-
-from helpers import call, optlab
 from test_survival import paste, start, wait_for_epoch
+
 from optlab.analysis.runs import Run, group_runs
-from optlab.jobs.dispatch import sweep_again
-from optlab.config.resolvers import register
 from optlab.analysis.summary import rank, table
-from optlab.store.files import load_checkpoint
+from optlab.config.resolvers import register
+from optlab.jobs.dispatch import sweep_again
 from optlab.naming import job_dir, override, run_name
+from optlab.store.files import load_checkpoint
 
 TINY = ["epochs=1", "model.hidden=[16]"]
 
@@ -180,6 +180,7 @@ def test_runs_differing_only_in_seed_are_grouped_with_mean_and_std():
     assert rows[1][:5] == ["2", "optimizer=sgd", "3", "3 completed", "0.8 ± 0.1"]
 
 
+@pytest.mark.slow
 def test_a_seeded_sweep_compare_across_two_sweeps_and_a_rerun_that_skips(tmp_path):
     args = ("optimizer=sgd,adam", "seed=0,1", "batch_size=full", *TINY)
     sweep(tmp_path, "a", *args)
@@ -230,6 +231,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_job_that_fails_when_run_again_never_writes_over_a_finished_run(tmp_path):
     data = tmp_path / "data.npz"
     np.savez(data, X=np.random.default_rng(0).normal(size=(60, 4)), y=np.arange(60) % 2)
@@ -299,7 +301,7 @@ def test_a_job_composed_from_its_defaults_lists_copy_equals_hydras_own(tmp_path)
             ["optimizer=adam", "seed=0", "+extra=2"],
             ["optimizer=adam", "early_stopping={patience:3}"],
             ["optimizer=adam", "early_stopping={min_delta:0.1}"]]
-    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         loader = GlobalHydra.instance().hydra.config_loader
         master = compose("config", [f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
         for job, fast in zip(grid, compose_grid(loader, master, grid)):
@@ -329,6 +331,7 @@ def test_a_sweep_run_again_after_a_kill_9_resumes_each_job_from_its_last_save(la
     assert len(list((tmp_path / "s").glob("*/seed=*/metrics.json"))) == 2
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_sweep_in_its_default_folder_prints_the_command_that_finishes_it(tmp_path):
     args = ["-m", "optimizer.lr=0.05,0.1", "epochs=30", "model.hidden=[16]"]
     process = start(tmp_path, *args)

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, make_config, optlab
 from hydra.utils import instantiate
 
-from helpers import make_config, optlab
-from optlab.optim import Newton, QuickProp, needs_closure
 from optlab.jobs.train import train
+from optlab.optim import Newton, QuickProp, needs_closure
 
-OPTIMIZERS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "optimizer").glob("*.yaml"))
+OPTIMIZERS = sorted(p.stem for p in (ROOT / "conf" / "optimizer").glob("*.yaml"))
 
 
 def minimize(optimizer_cls, w0, loss_fn, steps, **kwargs):

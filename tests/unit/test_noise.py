@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import optlab
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import optlab
 from optlab import noise
 
 
@@ -80,6 +80,7 @@ def test_measuring_the_noise_leaves_the_run_as_it_is_and_reports_it(tmp_path):
     assert len(EventAccumulator(str(tmp_path / "on")).Reload().Scalars("noise/b_simple")) == 3
 
 
+@pytest.mark.slow
 def test_a_run_records_where_it_first_reached_its_target_and_can_stop_there(tmp_path):
     common = ["epochs=8", "model.hidden=[32]", "device=cpu", "target.val_acc=0.9"]
     full = optlab("train", *common, f"hydra.run.dir={tmp_path / 'full'}", cwd=tmp_path)

@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from helpers import make_config
-from optlab.training.data import _split, load
-from optlab.training.minibatch import batches
+
 from optlab.datasets import digits
 from optlab.models import MLP
+from optlab.training.data import _split, load
+from optlab.training.minibatch import batches
 
 CPU = torch.device("cpu")
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import ROOT, make_config
 from hydra.utils import instantiate
 
-from helpers import make_config
-
-from optlab.errors import ConfigError
-from optlab.config.schema import GROUPS
 from optlab.config.checks import validate
+from optlab.config.schema import GROUPS
+from optlab.errors import ConfigError
 from optlab.naming import run_name
 
-CONF = Path(__file__).parents[1] / "conf"
+CONF = ROOT / "conf"
 
 
 def test_defaults_compose_into_a_valid_config():
@@ -102,6 +99,7 @@ def test_run_dir_comes_from_time_and_overrides():
     assert cfg.hydra.run.dir.endswith("_optimizer=adam")
 
 
+@pytest.mark.slow
 def test_every_experiment_preset_and_every_value_it_sweeps_composes_and_passes_its_rules():
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).parents[1]
 PACKAGES = ("optlab", "hydra_plugins")
 TABLES = {"GROUP_KEYS", "TABLE", "ALLOWED"}  # data, not logic: exempt from the size rule
 

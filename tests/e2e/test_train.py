@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import ROOT, make_config, optlab
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import make_config, optlab
-from optlab.training.data import load
-from optlab.models import MLP
 from optlab.jobs.train import train
+from optlab.models import MLP
+from optlab.training.data import load
 
 TRAIN_SIZE = 1077  # digits: 1797 images, 60/20/20 split
 STEPS_PER_EPOCH = math.ceil(TRAIN_SIZE / 64)
@@ -213,9 +213,8 @@ def test_the_hint_comes_from_the_record(overrides, record, classes, expected):
 
 def test_the_readme_rprop_example_reaches_what_it_says(tmp_path):
     """The README's Examples line for Rprop, run as it is printed, ends at the accuracy it states."""
-    from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     line = next(line for line in readme.splitlines() if line.startswith("optlab train optimizer=rprop"))
     command, claim = line.split("#")
     metrics = train(make_config(*command.split()[2:]), tmp_path)

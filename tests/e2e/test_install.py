@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).parents[1]
+import pytest
+from helpers import ROOT
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -18,6 +19,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow
 def test_wheel_install_runs_train_cfg_job_and_a_sweep(tmp_path):
     source = tmp_path / "src"
     shutil.copytree(

@@ -9,11 +9,15 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
-from optlab.jobs.tune import space
 from optlab.config.resolvers import register
 from optlab.errors import UsageError
+from optlab.jobs.tune import space
 
 
 def test_each_expression_becomes_its_distribution():

@@ -14,8 +14,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from optlab.analysis import report
-from optlab.cli.main import main
 from optlab.analysis.summary import summarize
+from optlab.cli.main import main
 
 TINY = ["data=blobs", "model.hidden=[8]", "epochs=1"]
 MARKUP = "<script>alert(1)</script>|x\ny`*_[a](b)"

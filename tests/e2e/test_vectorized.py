@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import make_config, optlab
-from optlab.store.files import load_checkpoint
-from optlab.jobs.vectorize import group_key, train_group
-from optlab.jobs.train import train
 from test_survival import paste, wait_for_epoch
+
+from optlab.jobs.train import train
+from optlab.jobs.vectorize import group_key, train_group
+from optlab.store.files import load_checkpoint
 
 SMALL = ["model.hidden=[32]", "epochs=5"]
 
@@ -93,6 +93,7 @@ def test_members_have_their_own_dropout_rate(tmp_path):
 SWEEP = ["-m", "optimizer=sgd,rprop", "seed=0,1", "epochs=3", "model.hidden=[16]", "hydra/launcher=vectorized"]
 
 
+@pytest.mark.slow
 def test_a_sweep_mixing_stacked_and_single_runs_writes_ordinary_run_folders(tmp_path):
     result = optlab("train", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -148,6 +149,7 @@ def test_a_mistake_in_one_member_fails_that_run_alone(tmp_path):
     assert statuses == {"0.9": "completed", "0": "failed"}, statuses
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_group_resumably_and_the_same_command_finishes_it(tmp_path):
     sweep = ["-m", "optimizer.lr=0.05,0.1,0.2", "epochs=25", "model.hidden=[16]", "hydra/launcher=vectorized",
              "hydra.sweep.dir=sweep"]
@@ -216,14 +218,14 @@ def test_another_hydra_apps_sweep_runs_as_with_hydras_own_plugins(plugins, tmp_p
     assert files(*plugins, folder="chosen") == basic
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("members", [1, 3])
 def test_on_cuda_a_run_and_a_group_sync_with_the_host_per_epoch_not_per_step(members):
     """Four times the steps in an epoch, about the same host syncs: none is paid per step."""
     from optlab.training import data as dataset
     from optlab.training.callbacks import StopOnSignal
-    from optlab.training.stacked import Stacked
     from optlab.training.single import Single, resolve_device
+    from optlab.training.stacked import Stacked
 
     def syncs(batch_size: int) -> int:
         cfgs = [make_config("device=cuda", "epochs=1", f"batch_size={batch_size}", "optimizer=adam",
@@ -245,7 +247,7 @@ def test_on_cuda_a_run_and_a_group_sync_with_the_host_per_epoch_not_per_step(mem
     assert more <= 2, f"{more} more host syncs for 51 more steps"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_on_cuda_a_member_equals_its_run_alone(tmp_path):
     cfgs = [make_config(*SMALL, "device=cuda", "optimizer=adam", f"seed={s}", f"optimizer.lr={lr}")
             for s, lr in ((0, 0.001), (1, 0.003))]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import (
+    masked_crc32c as reference,
+)
 
 from optlab.errors import UsageError
 from optlab.store.files import atomic_write, write_json
@@ -34,7 +36,8 @@ def test_on_a_terminal_the_bar_shows_the_epochs_and_the_log_file_has_their_lines
     import logging
     import sys
 
-    from conftest import make_config
+    from helpers import make_config
+
     from optlab.jobs.train import train
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)

@@ -3,7 +3,6 @@ tune.trials together, a second command goes on where the first stopped, pruned t
 their curves, a diverged trial does not stop the study, and a bad space stops before training."""
 
 from __future__ import annotations
-from optlab.config.resolvers import register
 
 import csv
 import json
@@ -17,9 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import optlab
 from optuna.trial import TrialState
 
-from helpers import optlab
+from optlab.config.resolvers import register
 
 TINY = ["epochs=2", "model.hidden=[8]", "device=cpu"]
 # a study of one-epoch trials, for the tests that damage or craft its journal
@@ -50,6 +50,7 @@ def at_once(args: list[str], count: int, cwd: Path) -> None:
         assert process.returncode == 0, err
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_study_and_a_second_command_goes_on(tmp_path):
     args = ["tune", "optimizer.lr=tag(log,interval(0.01,1))", "tune.sampler=random", "tune.pruner=none",
             "tune.trials=5", f"tune.dir={tmp_path / 'study'}", *TINY]
@@ -79,6 +80,7 @@ def test_two_processes_share_one_study_and_a_second_command_goes_on(tmp_path):
     assert len(trial_folders(folder)) == 6 and len(study(folder).get_trials()) == 6
 
 
+@pytest.mark.slow
 def test_the_summary_the_best_command_and_optunas_plots(tmp_path):
     """The study ends with the sweep summary, the best trial as a command that trains exactly
     that trial again, and Optuna's figures."""
@@ -100,6 +102,7 @@ def test_the_summary_the_best_command_and_optunas_plots(tmp_path):
     assert metrics(tmp_path / "again")["best_val_acc"] == metrics(trial)["best_val_acc"]
 
 
+@pytest.mark.slow
 def test_pruned_trials_keep_their_curves_and_a_diverged_one_does_not_stop_the_study(tmp_path):
     """The grid in seed 9's order: 1000 diverges in its first epoch (recorded; the study goes
     on), then 0.5 trains; successive halving keeps the best quarter after epoch 1, so the slow
@@ -154,10 +157,12 @@ def test_a_study_folder_takes_no_other_study(tmp_path):
     assert (folder / ".hydra" / "overrides.yaml").read_text() == saved and len(trial_folders(folder)) == 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_study_and_the_printed_command_resumes_the_trial_in_its_folder(tmp_path):
     """The study's folder holds what Hydra's grammar and bash would both read as syntax."""
-    from optlab.naming import override
     from test_survival import wait_for_epoch
+
+    from optlab.naming import override
 
     folder = tmp_path / 'study, v=2 it\'s "mine"'
     args = ["tune", "optimizer.lr=interval(0.05,0.5)", "tune.trials=1", override("tune.dir", folder), "epochs=40",
@@ -195,6 +200,7 @@ def copy_of(study_dir: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(study_dir, tmp_path / "study"))
 
 
+@pytest.mark.slow
 def test_a_torn_journal_is_repaired_and_the_study_goes_on(small_study, tmp_path):
     """A full disk or a partial copy cut the journal's last line (the finished trial's result):
     its torn tail is moved aside, never appended to, and the trial is trained again in its folder."""
@@ -330,6 +336,7 @@ def test_a_folder_another_process_is_starting_a_study_in_is_joined(tmp_path):
     assert len(trial_folders(folder)) == 1
 
 
+@pytest.mark.slow
 def test_three_processes_started_at_once_on_a_new_folder_share_one_study(tmp_path):
     at_once(["tune", *SMALL, "tune.sampler=random", "tune.trials=4", f"tune.dir={tmp_path / 'study'}"], 3, tmp_path)
     trials = study(tmp_path / "study").get_trials()
@@ -390,8 +397,8 @@ def test_every_example_of_both_helps_runs_in_bash_and_the_tune_ones_compose(tmp_
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from optlab.jobs.tune import space
     from optlab.cli.main import USAGE
+    from optlab.jobs.tune import space
 
     tune_help = optlab("tune", "--help", cwd=tmp_path)
     assert tune_help.returncode == 0, tune_help.stderr
@@ -418,8 +425,8 @@ def test_a_drawn_damaged_journal_is_read_repaired_or_refused_naming_it_and_loses
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from optlab.jobs.tune import space
     from optlab.errors import UsageError
+    from optlab.jobs.tune import space
     from optlab.jobs.tune.study import load
 
     made = tmp_path / "made" / "study.journal"

@@ -7,14 +7,14 @@ import csv
 import json
 
 import pytest
-from omegaconf import OmegaConf
 import torch
+from helpers import make_config, optlab
+from omegaconf import OmegaConf
 from torch import nn
 
-from helpers import make_config, optlab
 from optlab import curvature
-from optlab.models import MLP
 from optlab.jobs.train import train
+from optlab.models import MLP
 
 
 def small_problem():

@@ -6,17 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import DATA, call
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
-
-from helpers import call
-
 
 from optlab.config.identity import config_hash
 from optlab.config.resolvers import register
 from optlab.config.schema import option_groups, options
 
-HASHES = json.loads((Path(__file__).parent / "data" / "config_hashes.json").read_text())
+HASHES = json.loads((DATA / "config_hashes.json").read_text())
 
 
 def _hash(overrides: list[str]) -> str:
@@ -38,7 +36,7 @@ def test_config_hash_unchanged(option):
     assert _hash([] if option == "default" else [option]) == HASHES[option]
 
 
-BEFORE = Path(__file__).parent / "data" / "before_layers"  # written by optlab before its package took layers
+BEFORE = DATA / "before_layers"  # written by optlab before its package took layers
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

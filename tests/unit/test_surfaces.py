@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import make_config, optlab
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import make_config, optlab
-from optlab.surfaces import Quadratic, linear_rate
 from optlab.jobs.surface import run
+from optlab.surfaces import Quadratic, linear_rate
 
 
 def surface_run(tmp_path, *overrides):
@@ -121,8 +121,8 @@ def test_a_sweep_overlays_every_path_on_one_plot(tmp_path):
 
 
 def test_the_overlay_labels_runs_by_what_sets_them_apart(tmp_path):
-    from optlab.analysis.runs import find_runs, group_runs
     from optlab.analysis.figures import overlay_trajectories
+    from optlab.analysis.runs import find_runs, group_runs
 
     for i, name in enumerate(["sgd", "adam"]):
         overrides = ["surface=quadratic", f"optimizer={name}", "steps=5"]
