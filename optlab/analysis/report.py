@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from omegaconf import DictConfig, OmegaConf
 
-from optlab.analysis.runs import Run, find_runs, group_runs, run_folders, sort_key
+from optlab.analysis.runs import RunFolder, find_runs, group_runs, run_folders, sort_key
 from optlab.analysis.summary import md_code, md_text
 from optlab.errors import UsageError
 from optlab.naming import command
@@ -183,7 +183,7 @@ def _fingerprint(name: str) -> str:
     return hashlib.sha1((files("optlab.conf") / "experiment" / f"{name}.yaml").read_bytes()).hexdigest()
 
 
-def picked(runs: list[Run], overrides: DictConfig) -> list[Run]:
+def picked(runs: list[RunFolder], overrides: DictConfig) -> list[RunFolder]:
     """The runs whose overrides include every `key: value` given, compared as Hydra writes
     values (`1e-3` = `0.001`, `true` = `True`)."""
     return [r for r in runs if all(_plain(r.overrides.get(str(k))) == _plain(v) for k, v in overrides.items())]
@@ -196,7 +196,7 @@ def _plain(value) -> float | str:
         return str(value).lower()
 
 
-def value(run: Run, metric: str) -> float | None:
+def value(run: RunFolder, metric: str) -> float | None:
     if metric == "diverged":
         return float(run.metrics.get("status") == "diverged")
     number = run.metrics.get(metric)
@@ -220,7 +220,7 @@ def interval(a: list[float], b: list[float], deterministic: bool) -> tuple[float
     return effect - half, effect + half, f"n = {len(a)} vs {len(b)}, Welch's t, {df:.1f} df"
 
 
-def judge(claim: DictConfig, slide: str, runs: list[Run]) -> Finding:
+def judge(claim: DictConfig, slide: str, runs: list[RunFolder]) -> Finding:
     sides = [picked(runs, claim.better), picked(runs, claim.than)]
     for side, name in zip(sides, ("better", "than")):
         if not side:
@@ -233,7 +233,7 @@ def judge(claim: DictConfig, slide: str, runs: list[Run]) -> Finding:
     return Finding(claim, slide, better, than, low, high, note, data)
 
 
-def figure(finding: Finding, runs: list[Run], path: Path) -> Path:
+def figure(finding: Finding, runs: list[RunFolder], path: Path) -> Path:
     """The claim's metric for every configuration of its experiment (each seed a dot, the mean
     with its 95% interval), the two it compares in colour."""
     from scipy import stats

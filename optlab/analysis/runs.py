@@ -21,7 +21,9 @@ from optlab.store.folder import read_metrics
 
 
 @dataclass
-class Run:
+class RunFolder:
+    """A finished run as its folder records it (a live run is optlab/training/record.py's `Run`)."""
+
     path: Path
     metrics: dict
     overrides: dict[str, str]  # key → value as typed on the command line
@@ -42,7 +44,7 @@ class Group:
     """The runs of one configuration (differing in seed only)."""
 
     label: str
-    runs: list[Run]
+    runs: list[RunFolder]
     params: dict[str, str] = field(default_factory=dict)  # the swept keys' values
 
     def values(self, metric: str) -> list[float]:
@@ -79,16 +81,16 @@ def run_folders(root: Path) -> list[Path]:
             if not any(part.startswith(".") for part in file.parent.relative_to(root).parts)]
 
 
-def find_runs(paths: list[Path]) -> list[Run]:
+def find_runs(paths: list[Path]) -> list[RunFolder]:
     """Every run at or below `paths` (see `run_folders`), each once."""
-    found: dict[Path, Run] = {}
+    found: dict[Path, RunFolder] = {}
     for folder in (folder for root in paths for folder in run_folders(root)):
         if folder not in found and (run := _load(folder)) is not None:
             found[folder] = run
     return list(found.values())
 
 
-def _load(path: Path) -> Run | None:
+def _load(path: Path) -> RunFolder | None:
     metrics = read_metrics(path)  # a damaged record stops the summary, naming its file
     files = {name: path / ".hydra" / f"{name}.yaml" for name in ("config", "overrides")}
     if not all(file.is_file() for file in files.values()):  # a half-made folder (no .hydra): not a run to compare
@@ -105,10 +107,10 @@ def _load(path: Path) -> Run | None:
         plain = OmegaConf.to_container(config, resolve=True)
     except Exception:  # an interpolation that only Hydra could resolve
         plain = OmegaConf.to_container(config)
-    return Run(path, metrics, {k.lstrip("+~"): v for k, _, v in pairs}, flatten(plain))
+    return RunFolder(path, metrics, {k.lstrip("+~"): v for k, _, v in pairs}, flatten(plain))
 
 
-def group_runs(runs: list[Run]) -> list[Group]:
+def group_runs(runs: list[RunFolder]) -> list[Group]:
     """Configurations: runs whose configs are equal but for the seed, labelled by the overrides
     that differ between runs (a label shared by two configurations gets its folder added)."""
     ignore = ("seed", "rerun")

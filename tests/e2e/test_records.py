@@ -171,7 +171,7 @@ def test_markup_in_a_report_stays_text(tmp_path):
     effect and its note, and the figure's name."""
     claim = OmegaConf.create({"experiment": MARKUP, "claim": MARKUP, "metric": MARKUP, "direction": "lower",
                               "better": {"k": "a"}, "than": {"k": "b"}})
-    runs = [report.Run(Path(k), {"status": "completed", MARKUP: v}, {"k": k}, {"data.source._target_": f"x.{MARKUP}"})
+    runs = [report.RunFolder(Path(k), {"status": "completed", MARKUP: v}, {"k": k}, {"data.source._target_": f"x.{MARKUP}"})
             for k, v in (("a", 1.0), ("b", 2.0))]
     finding = report.judge(claim, MARKUP, runs)
     assert finding.data == MARKUP and MARKUP in report.effect_text(finding)

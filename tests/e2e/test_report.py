@@ -16,7 +16,7 @@ from helpers import ROOT
 from omegaconf import OmegaConf
 
 from optlab.analysis import report
-from optlab.analysis.runs import Run
+from optlab.analysis.runs import RunFolder
 
 
 def claim(direction="lower", metric="best_val_loss", **sides):
@@ -24,8 +24,8 @@ def claim(direction="lower", metric="best_val_loss", **sides):
                              "better": sides.get("better", {"k": "a"}), "than": sides.get("than", {"k": "b"})})
 
 
-def run(metrics: dict, **overrides) -> Run:
-    return Run(Path("r"), metrics, {k: str(v) for k, v in overrides.items()}, {"data.source._target_": "x.digits"})
+def run(metrics: dict, **overrides) -> RunFolder:
+    return RunFolder(Path("r"), metrics, {k: str(v) for k, v in overrides.items()}, {"data.source._target_": "x.digits"})
 
 
 def test_welchs_interval_by_hand():

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata
 from test_survival import paste, start, wait_for_epoch
 
-from optlab.analysis.runs import Run, group_runs
+from optlab.analysis.runs import RunFolder, group_runs
 from optlab.analysis.summary import rank, table
 from optlab.config.resolvers import register
 from optlab.jobs.dispatch import sweep_again
@@ -159,9 +159,9 @@ def test_a_run_that_raises_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path)
     assert {r["status"] for r in summary_rows(tmp_path / "sweep")} == {"1 completed", "1 failed"}
 
 
-def fake_run(path: str, seed: int, acc: float, **overrides: str) -> Run:
+def fake_run(path: str, seed: int, acc: float, **overrides: str) -> RunFolder:
     config = {"seed": seed, **{f"cfg.{k}": v for k, v in overrides.items()}}
-    return Run(Path(path), {"status": "completed", "best_val_acc": acc, "best_val_loss": 1 - acc},
+    return RunFolder(Path(path), {"status": "completed", "best_val_acc": acc, "best_val_loss": 1 - acc},
                {**overrides, "seed": str(seed)}, config)
 
 

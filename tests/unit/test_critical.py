@@ -11,12 +11,12 @@ import pytest
 from helpers import optlab
 
 from optlab.analysis import critical
-from optlab.analysis.runs import Run
+from optlab.analysis.runs import RunFolder
 
 
-def run(batch, steps, **metrics) -> Run:
+def run(batch, steps, **metrics) -> RunFolder:
     examples = batch * steps if steps is not None else None
-    return Run(Path("x"), {"steps_to_target": steps, "examples_to_target": examples, **metrics}, {},
+    return RunFolder(Path("x"), {"steps_to_target": steps, "examples_to_target": examples, **metrics}, {},
                {"batch_size": batch})
 
 
