@@ -1,73 +1,21 @@
-"""The sweeper Hydra instantiates for `optlab train -m`: a thin layer over BasicSweeper."""
+"""The sweeper Hydra instantiates for `optlab train -m`: a thin layer over BasicSweeper; the
+logic is in _core.py and optlab/jobs/prepare.py."""
 
-import copy
 from functools import partial
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, OverrideType
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from hydra_plugins.optlab_sweeper._core import IN_PROCESS, composed, compose_grid
 from hydra_plugins.optlab_sweeper.config import OptlabSweeperConf  # noqa: F401 (stores the config)
-from optlab.config.hydra_compat import (
-    BasicSweeper,
-    ConfigLoaderImpl,
-    as_job,
-    get_overrides_dirname,
-)
+from optlab.config.hydra_compat import BasicSweeper, as_job
 from optlab.jobs import command
 from optlab.jobs.prepare import is_run, job_folder, prepare_sweep
 from optlab.naming import override
 from optlab.store.folder import take_back
-
-# launchers that compose each job in this process, from the sweeper's config loader
-IN_PROCESS = ("BasicLauncher", "VectorizedLauncher")
-
-
-def compose_grid(loader: ConfigLoaderImpl, master: DictConfig, grid: Sequence[Sequence[str]]) -> List[DictConfig]:
-    """Each job's config, equal to what `loader.load_sweep_config` composes for it. Jobs whose
-    overrides differ only in plain values pick the same defaults list: it is composed once
-    (~0.08 s) and each job gets a copy (~5 ms) with its values set as Hydra sets them, after
-    composing."""
-    parser = OverridesParser.create(config_loader=loader)
-    templates: dict = {}
-    configs = []
-    for job in grid:
-        parsed = parser.parse_overrides(list(job))
-        values = [o for o in parsed if _plain_value(o, loader)]
-        shape = tuple(o.key_or_group if o in values else o.input_line for o in parsed)
-        if shape not in templates:
-            templates[shape] = loader.load_sweep_config(master, list(job))
-            configs.append(copy.deepcopy(templates[shape]))
-            continue
-        cfg = copy.deepcopy(templates[shape])
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-        task = [o for o in parsed if not o.is_hydra_override()]
-        cfg.hydra.overrides.task = [o.input_line for o in task]
-        naming = cfg.hydra.job.config.override_dirname
-        cfg.hydra.job.override_dirname = get_overrides_dirname(task, list(naming.exclude_keys), naming.item_sep,
-                                                               naming.kv_sep)
-        configs.append(cfg)
-    return configs
-
-
-def _plain_value(override: Override, loader: ConfigLoaderImpl) -> bool:
-    """`key=value` that Hydra applies after composing, so that it leaves the defaults list as
-    it is: not a group choice, `+`/`~`, a package, a Hydra key, or a dict (which would merge)."""
-    return (override.type == OverrideType.CHANGE and override.package is None
-            and not override.is_hydra_override() and not isinstance(override.value(), dict)
-            and not loader.repository.group_exists(override.key_or_group))
-
-
-def _composed(configs: dict, compose, master: DictConfig, job: List[str]) -> DictConfig:
-    """A job's config as this sweeper composed it (writable again, as a fresh one), else composed."""
-    cfg = configs.pop(tuple(job), None)
-    if cfg is None:
-        return compose(master, job)
-    OmegaConf.set_readonly(cfg.hydra, False)  # checking it set Hydra's node read-only
-    return cfg
 
 
 class OptlabSweeper(BasicSweeper):
@@ -91,7 +39,7 @@ class OptlabSweeper(BasicSweeper):
                 cfg.hydra.job.id = cfg.hydra.job.num = i
         todo = prepare_sweep(configs, self.command.planned)
         if type(self.launcher).__name__ in IN_PROCESS:  # each job is composed once, not twice (~0.1 s a job)
-            loader.load_sweep_config = partial(_composed, {tuple(job): cfg for job, cfg in zip(grid, configs)},
+            loader.load_sweep_config = partial(composed, {tuple(job): cfg for job, cfg in zip(grid, configs)},
                                                loader.load_sweep_config)
         try:
             return self._launch(grid, configs, todo)

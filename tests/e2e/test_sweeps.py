@@ -289,7 +289,7 @@ def test_a_job_composed_from_its_defaults_lists_copy_equals_hydras_own(tmp_path)
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from hydra_plugins.optlab_sweeper.optlab_sweeper import compose_grid
+    from hydra_plugins.optlab_sweeper._core import compose_grid
 
 
     register()
