@@ -236,7 +236,7 @@ def _help(config_name: str, overrides: list[str]) -> str:
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from optlab.config.schema import option_groups, options
+    from optlab.config.schema import group_keys_help, option_groups, options
 
     with initialize_config_module("optlab.conf", version_base="1.3"):
         cfg = compose(config_name, overrides, return_hydra_config=True)
@@ -244,7 +244,8 @@ def _help(config_name: str, overrides: list[str]) -> str:
     groups = "".join(f"{group}: {', '.join(options(group))}\n" for group in shown)
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     return string.Template(cfg.hydra.help.template).substitute(
-        APP_CONFIG_GROUPS=groups, CONFIG=OmegaConf.to_yaml(task), HYDRA_CONFIG_GROUPS="", FLAGS_HELP="")
+        APP_CONFIG_GROUPS=groups, GROUP_KEYS=group_keys_help(task), CONFIG=OmegaConf.to_yaml(task),
+        HYDRA_CONFIG_GROUPS="", FLAGS_HELP="")
 
 
 def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:

@@ -156,3 +156,18 @@ def test_a_reader_that_closes_the_pipe_gets_no_error(tmp_path, args):
     err = process.stderr.read()
     process.wait(timeout=60)
     assert err == "" and process.returncode in (0, 1), err
+
+
+def test_help_lists_each_chosen_options_keys_with_the_schemas_own_words(capfd):
+    """One source for `--help`, the reference and the checks: the help line and the allowed text
+    are the schema's (optlab/config/schema.py), for the keys the chosen options have."""
+    from helpers import call
+
+    from optlab.config.schema import GROUP_KEYS
+
+    code, out, _ = call(capfd, "train", "optimizer=adam", "--help")
+    betas = GROUP_KEYS["optimizer.betas"]
+    assert code == 0 and f"{betas.help} ({betas.rule.allowed})" in out
+    assert "optimizer.momentum " not in out  # adam has none; sgd's help lists it
+    code, out, _ = call(capfd, "train", "optimizer=sgd", "--help")
+    assert "optimizer.momentum " in out and "optimizer.betas " not in out
