@@ -18,13 +18,19 @@ from pathlib import Path
 
 import torch
 
+from optlab import curvature, noise
 from optlab.config.identity import targets
+from optlab.init import distinct_units
 from optlab.metrics import lower_is_better
 from optlab.store.files import atomic_write, load_checkpoint
 
 
 class Callback:
     """A hook into a run's epochs; each hook does nothing unless a subclass says otherwise."""
+
+    def measure(self, run, epoch: int, model: torch.nn.Module, data, lr: float) -> dict[str, float]:
+        """Measurements of the weights after epoch `epoch`, logged with its row (TensorBoard)."""
+        return {}
 
     def on_epoch_end(self, run, epoch: int, row: dict) -> str | None:
         """After epoch `epoch` finished with `row` (its history.csv row): a status to end the
@@ -61,6 +67,27 @@ class Target(Callback):
         self.reached = state.get("reached")
 
 
+class Diagnostics(Callback):
+    """What a run measures of its weights after an epoch: distinct units per layer (with
+    `diagnostics`), the Hessian every `curvature.every` epochs and the gradient noise scale
+    every `noise.every` (optlab/curvature.py, optlab/noise.py)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def measure(self, run, epoch: int, model: torch.nn.Module, data, lr: float) -> dict[str, float]:
+        cfg = self.cfg
+        units = distinct_units(model) if cfg.diagnostics else []
+        extra = {f"init/distinct_units/layer{i}": u for i, u in enumerate(units, 1)}
+        if cfg.noise.every and epoch % cfg.noise.every == 0:
+            extra.update({f"noise/{k}": v for k, v in noise.measure(model, data, cfg.noise.samples).items()})
+        if cfg.curvature.every and epoch % cfg.curvature.every == 0:
+            measured = curvature.measure(model, curvature.subset_loss(model, data, cfg.curvature.samples),
+                                         cfg.curvature, lr, exact=False)
+            extra.update({f"curvature/{k}": v for k, v in measured.items()})
+        return extra
+
+
 def meets(target, row: dict) -> bool:
     """Whether an epoch's row meets every target set (val_loss at or below, val_acc at or above)."""
     watched = targets(target)
@@ -82,7 +109,7 @@ def snapshot(state):
     return state
 
 
-class Checkpoint:
+class Checkpoint(Callback):
     """Keep the best state in memory; write best.pt and last.pt.
 
     "Best" is the early-stopping rule's verdict when early stopping watches the run (so the
@@ -97,8 +124,9 @@ class Checkpoint:
         self.sign = 1 if lower_is_better(monitor) else -1  # compare as "lower is better" (optlab/metrics.py)
         self.best_value, self.best_epoch, self.best_state = math.inf, 0, None
 
-    def on_epoch_end(self, epoch: int, metrics: dict, state: Callable[[], dict], improved: bool | None = None) -> None:
-        """`state()` gives a snapshot of the run's state, taken once this epoch is recorded."""
+    def keep(self, epoch: int, metrics: dict, state: Callable[[], dict], improved: bool | None = None) -> None:
+        """Keep epoch `epoch` as the best if `improved` (early stopping's verdict), or else if it
+        beats the best by `monitor`; `state()` gives a snapshot of the run's state then."""
         if improved is None:
             improved = self.sign * metrics[self.monitor] < self.best_value
         if improved:
@@ -133,7 +161,7 @@ def tested_checkpoint(cfg) -> str:
     return "last.pt" if stopping.monitor and not stopping.restore_best else "best.pt"
 
 
-class EarlyStopping:
+class EarlyStopping(Callback):
     """Stop when `monitor` stops improving, with Keras's EarlyStopping semantics.
 
     An epoch improves on the best so far when it beats it by more than `min_delta`
@@ -157,9 +185,9 @@ class EarlyStopping:
         self.best, self.best_epoch = None, 0
         self.wait, self.stopped_epoch, self.stop = 0, 0, False
 
-    def on_epoch_end(self, epoch: int, metrics: dict) -> bool:
+    def judge(self, epoch: int, metrics: dict) -> bool:
         """Whether `epoch` (counted from 1; Keras's `epoch > 0` and `start_from_epoch` count
-        from 0) is the best so far."""
+        from 0) is the best so far; it may decide to stop (`stop`)."""
         if epoch - 1 < self.start_epoch:
             return False
         current = self.sign * metrics[self.monitor]
@@ -171,6 +199,13 @@ class EarlyStopping:
             self.stopped_epoch, self.stop = epoch, True
         return False
 
+    def on_epoch_end(self, run, epoch: int, row: dict) -> str | None:
+        if not self.stop:
+            return None
+        run.logger.info("early stopping at epoch %d: %s has not improved since epoch %d",
+                        epoch, self.monitor, self.best_epoch)
+        return "completed"
+
     STATE = ("best", "best_epoch", "wait", "stopped_epoch", "stop")
 
     def state_dict(self) -> dict:
@@ -181,7 +216,7 @@ class EarlyStopping:
             setattr(self, k, state[k])
 
 
-class StepProbe:
+class StepProbe(Callback):
     """‖∇L‖ (`step/grad_norm`) and ‖Δθ‖/‖θ‖ (`step/update_ratio`) every `every` steps (steps 1,
     1 + every, ...; 0: never), of one model, or of each of `members` stacked models (tensors
     with a leading member dimension).

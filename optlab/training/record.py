@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from optlab import curvature, noise
 from optlab.config.identity import targets
-from optlab.init import distinct_units
 from optlab.store.logs import RunLog
 from optlab.training.callbacks import (
     Callback,
     Checkpoint,
+    Diagnostics,
     EarlyStopping,
     Target,
     snapshot,
@@ -57,12 +56,13 @@ class Run:
         self.cfg, self.dir, self.numbers = cfg, run_dir, numbers
         self.asked = cfg if asked is None else asked  # as the command gave it (`optimizer.lr=find`)
         self.logger = logger or logging.getLogger("optlab")
-        self.target = Target(cfg.target, self.logger)
-        self.callbacks = [self.target, *callbacks]  # after early stopping: may end the run (a search's pruning)
         self.history: list[dict] = []  # a row per finished epoch
         watch = cfg.early_stopping.monitor
         self.checkpoint = Checkpoint(run_dir / "checkpoints", OmegaConf.to_container(cfg), watch or "val_loss")
         self.stopper = EarlyStopping(**cfg.early_stopping) if watch else None
+        self.target = Target(cfg.target, self.logger)
+        # called in this order after every epoch; the first status ends the run
+        self.callbacks = [Diagnostics(cfg), *[self.stopper] * bool(watch), self.target, *callbacks]
         self.epoch = self.step = self.seen = 0
         self.first_loss: float | None = None
         self.status, self.diverged_step = "running", None
@@ -139,19 +139,16 @@ class Run:
             "elapsed_s": self.train_time,
         }
         measuring = time.perf_counter()
-        self.log.epoch(row, self.diagnose(epoch, model, data, row["lr"]))
+        extra = {k: v for c in self.callbacks for k, v in c.measure(self, epoch, model, data, row["lr"]).items()}
+        self.log.epoch(row, extra)
         self.clock += time.perf_counter() - measuring  # measuring is not training: the train clock skips it
-        improved = self.stopper.on_epoch_end(epoch, row) if self.stopper else None
+        improved = self.stopper.judge(epoch, row) if self.stopper else None  # early stopping's best is the best
         point = functools.cache(lambda: snapshot(self.state()))  # one copy serves both
-        self.checkpoint.on_epoch_end(epoch, row, point, improved)
+        self.checkpoint.keep(epoch, row, point, improved)
         self.resume_point = point()
         if time.monotonic() - self.saved_at > self.cfg.checkpoint_every_s:  # what a kill -9 can lose
             self.checkpoint.save(self.resume_point)
             self.saved_at = time.monotonic()
-        if self.stopper and self.stopper.stop:
-            self.logger.info("early stopping at epoch %d: %s has not improved since epoch %d",
-                             epoch, self.stopper.monitor, self.stopper.best_epoch)
-            return self.end("completed")
         for callback in self.callbacks:
             status = callback.on_epoch_end(self, epoch, row)
             if status is not None:
@@ -164,19 +161,6 @@ class Run:
             return {}
         return self.target.reached or dict.fromkeys(("steps_to_target", "examples_to_target", "time_to_target",
                                               "epoch_to_target"))
-
-    def diagnose(self, epoch: int, model: torch.nn.Module, data, lr: float) -> dict[str, float]:
-        """Per-epoch measurements of the weights: distinct units per layer, curvature every
-        `curvature.every` epochs and the gradient noise scale every `noise.every`."""
-        units = distinct_units(model) if self.cfg.diagnostics else []
-        extra = {f"init/distinct_units/layer{i}": u for i, u in enumerate(units, 1)}
-        if self.cfg.noise.every and epoch % self.cfg.noise.every == 0:
-            extra.update({f"noise/{k}": v for k, v in noise.measure(model, data, self.cfg.noise.samples).items()})
-        if self.cfg.curvature.every and epoch % self.cfg.curvature.every == 0:
-            measured = curvature.measure(model, curvature.subset_loss(model, data, self.cfg.curvature.samples),
-                                         self.cfg.curvature, lr, exact=False)
-            extra.update({f"curvature/{k}": v for k, v in measured.items()})
-        return extra
 
     def end(self, status: str) -> None:
         """The run is over (its last finished epoch is `resume_point`): stop its clock."""

@@ -264,7 +264,7 @@ def scripted(stopper, values, key="val_loss"):
     """Feed a metric sequence; the epoch it stops at (the best epochs are in stopper.improved)."""
     stopper.improved = []
     for epoch, value in enumerate(values, start=1):
-        if stopper.on_epoch_end(epoch, {key: value}):
+        if stopper.judge(epoch, {key: value}):
             stopper.improved.append(epoch)
         if stopper.stop:
             return epoch
