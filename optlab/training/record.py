@@ -143,16 +143,17 @@ class Run:
         self.log.epoch(row, extra)
         self.clock += time.perf_counter() - measuring  # measuring is not training: the train clock skips it
         improved = self.stopper.judge(epoch, row) if self.stopper else None  # early stopping's best is the best
+        # every callback sees every epoch (a target met as early stopping ends the run still counts),
+        # before the state last.pt keeps is taken; the first status ends the run
+        statuses = [status for c in self.callbacks if (status := c.on_epoch_end(self, epoch, row)) is not None]
         point = functools.cache(lambda: snapshot(self.state()))  # one copy serves both
         self.checkpoint.keep(epoch, row, point, improved)
         self.resume_point = point()
         if time.monotonic() - self.saved_at > self.cfg.checkpoint_every_s:  # what a kill -9 can lose
             self.checkpoint.save(self.resume_point)
             self.saved_at = time.monotonic()
-        for callback in self.callbacks:
-            status = callback.on_epoch_end(self, epoch, row)
-            if status is not None:
-                return self.end(status)
+        if statuses:
+            self.end(statuses[0])
 
     def to_target(self) -> dict:
         """What metrics.json records of the target: where the run first met it (None each when

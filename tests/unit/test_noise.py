@@ -100,3 +100,20 @@ def test_a_run_records_where_it_first_reached_its_target_and_can_stop_there(tmp_
                    f"hydra.run.dir={tmp_path / 'never'}", cwd=tmp_path)
     assert never.returncode == 0, never.stderr
     assert json.loads((tmp_path / "never" / "metrics.json").read_text())["steps_to_target"] is None
+
+
+def test_a_target_met_as_early_stopping_ends_the_run_counts_and_last_pt_keeps_it(tmp_path):
+    """The target's record is part of the state last.pt keeps, taken after every callback saw
+    the epoch: a resume goes on with it, and early stopping ending the run does not hide it."""
+    import torch
+
+    from helpers import make_config
+    from optlab.jobs.train import train
+
+    metrics = train(make_config("epochs=1", "model.hidden=[8]", "target.val_acc=0.05"), tmp_path / "one")
+    saved = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)
+    assert metrics["epoch_to_target"] == saved["loop"]["reached"]["epoch_to_target"] == 1  # the epoch's own state
+    cfg = make_config("epochs=3", "model.hidden=[8]", "target.val_acc=0.05", "early_stopping=val_loss",
+                      "early_stopping.patience=0", "early_stopping.min_delta=10")
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["epoch_to_target"] == 1 and metrics["stopped_epoch"] == 2  # early stopping ended it
