@@ -1,7 +1,7 @@
 """Where examples come from: each `conf/data/*.yaml` names one of these as its `source`.
 
 A source returns a `Source` (or scikit-learn's `(X, y)`): the raw arrays, an official test set
-if the dataset has one, and for frame-level data the utterance lengths. `optlab.data` splits,
+if the dataset has one, and for frame-level data the utterance lengths. `optlab.training.data` splits,
 standardizes and windows every source the same way.
 
 - `digits`: scikit-learn's bundled handwritten digits, shipped with optlab (no scikit-learn import);
@@ -280,7 +280,7 @@ def csv(path: str | None, label: str = "label") -> Source:
     def where(name: str, index: tuple[int, ...]) -> str:
         return f"{file} row {index[0] + 1} below the header, column {(names[index[1]] if name == 'X' else label)!r}"
 
-    return Source(features, table[:, column], where=where)  # text: optlab.data reads it as numbers
+    return Source(features, table[:, column], where=where)  # text: optlab.training.data reads it as numbers
 
 
 def frames(path: str | None) -> Source:

@@ -43,7 +43,17 @@ def show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value).replace("'", "")
 
 
-def suggest(name: str, known: list[str]) -> str:
-    """' (did you mean 'x'?)' for a near miss, else ''."""
+def suggest(name: str, known: list[str], prefix: str = "") -> str:
+    """"; did you mean 'optimizer.lr'?" for a near miss of `name` among `known` (each named as
+    `prefix` + itself, so that the hint pastes back), else ''."""
     close = difflib.get_close_matches(name, known, n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
+
+
+class Refused(BaseException):
+    """An error in a Hydra callback, which Hydra would turn into a warning before going on:
+    this passes through to the CLI, which prints a user's mistake in one line."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error

@@ -41,10 +41,10 @@ TABLE = (
     Metric("final_loss", True, column=True, hparam=True, quality=True),
     Metric("final_distance", True, column=True, hparam=True, quality=True),
     Metric("rate_measured", True, column=True, hparam=True),
-    Metric("lambda_max", False, column=True),
-    Metric("trace", False),
-    Metric("sharpness", False, column=True),
-    Metric("condition_number", False),
+    Metric("lambda_max", True, column=True),
+    Metric("trace", True),
+    Metric("sharpness", True, column=True),
+    Metric("condition_number", True),
     Metric("noise_b_simple", False, column=True, hparam=True),
     Metric("steps_to_target", True, column=True, hparam=True),
     Metric("examples_to_target", True, column=True),
@@ -60,7 +60,8 @@ TUNE_METRICS = tuple(m.name for m in TABLE if m.tunes)  # what `optlab tune` can
 COLUMNS = tuple(m.name for m in TABLE if m.column)  # the summary table's columns, after the ranking metric
 HPARAM_METRICS = tuple(m.name for m in TABLE if m.hparam)  # the final metrics a run reports to HParams
 QUALITY = tuple(m.name for m in sorted(TABLE, key=lambda m: "acc" not in m.name) if m.quality)  # accuracy first
-CURVE_X = ("epoch", "step", "examples", "time")  # what a summary's curves can be plotted against
+# what a summary's curves can be plotted against (`summary.x`), and the history.csv column each reads
+CURVE_X = {"epoch": "epoch", "step": "step", "examples": "examples", "time": "elapsed_s"}
 
 
 def lower_is_better(name: str) -> bool:
@@ -72,11 +73,12 @@ def direction(name: str) -> str:
     return "minimize" if lower_is_better(name) else "maximize"
 
 
-def so_far(name: str, history: list[dict]) -> float:
+def so_far(name: str, history: list[dict], minimize: bool | None = None) -> float:
     """A per-epoch metric as it stands after the epochs of `history` (a search's intermediate
-    value): the best of its column so far, or the last epoch's."""
+    value): the best of its column so far, or the last epoch's. Best is lowest when `minimize`
+    (a search may set its own direction), else as the table says."""
     metric = BY_NAME[name]
     values = [row[metric.per_epoch] for row in history]
     if metric.so_far == "last":
         return values[-1]
-    return min(values) if metric.lower_is_better else max(values)
+    return min(values) if (metric.lower_is_better if minimize is None else minimize) else max(values)

@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from optlab.config.allowlist import construct
 from optlab.errors import UsageError
 
-# Methods of the full-batch world, and why mini-batches hurt them (train.py warns once).
+# Methods of the full-batch world, and why mini-batches hurt them (optlab/training/single.py warns once).
 FULL_BATCH = {
     "torch.optim.Rprop": "Rprop adapts each step size from the sign of successive gradients, "
     "and mini-batch noise flips those signs at random",

@@ -17,12 +17,13 @@ import time
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
+from provenance import stamp
 
 from optlab import curvature
 from optlab.config.resolvers import register
+from optlab.models import MLP
 from optlab.training.data import load
 from optlab.training.minibatch import epoch
-from optlab.models import MLP
 
 
 def timed(fn, repeats: int) -> float:
@@ -35,6 +36,7 @@ def timed(fn, repeats: int) -> float:
 
 
 def main() -> None:
+    print(stamp())  # the machine, torch version, commit and date these figures come from
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)

@@ -1,7 +1,7 @@
 """optlab's batches against a DataLoader and a hand-written loop, side by side in one process.
 
 Each feeds the same training step (the digits MLP 64-256-256-10, Adam) at each batch size:
-  optlab      optlab.data.epoch(): a seeded permutation, one gather per batch on the device
+  optlab      optlab.training.minibatch.epoch(): a seeded permutation, one gather per batch on the device
   plain       a hand-written loop: x[i], y[i] for i in torch.randperm(n).split(batch_size)
   dataloader  torch.utils.data.DataLoader(TensorDataset(x, y), batch_size, shuffle=True)
 The three run alternated, `--repeats` times in a rotating order; the script prints the median
@@ -19,16 +19,17 @@ import time
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
+from provenance import stamp
 from torch.utils.data import DataLoader, TensorDataset
 
-
-from optlab.training.data import load
-from optlab.training.minibatch import epoch
 from optlab.config.resolvers import register
 from optlab.models import MLP
+from optlab.training.data import load
+from optlab.training.minibatch import epoch
 
 
 def main() -> None:
+    print(stamp())  # the machine, torch version, commit and date these figures come from
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", nargs="+", default=["16", "64", "256", "full"])
     parser.add_argument("--epochs", type=int, default=5)

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from provenance import stamp
 
 PLAIN_EPOCH = """
 import numpy as np, torch
@@ -47,6 +48,7 @@ def timed(argv: list[str], cwd: Path) -> float:
 
 
 def main() -> None:
+    print(stamp())  # the machine, torch version, commit and date these figures come from
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from provenance import stamp
+
 LRS = (0.01, 0.03, 0.1, 0.3)
 
 
@@ -59,6 +61,7 @@ def throughput(folder: Path) -> list[float]:
 
 
 def main() -> None:
+    print(stamp())  # the machine, torch version, commit and date these figures come from
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=10)

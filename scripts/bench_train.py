@@ -2,7 +2,7 @@
 
 All loops train the same MLP on the same digits tensors with Adam, the same batch size, epochs
 and thread count, and evaluate on the validation split after every epoch:
-  optlab       optlab.train.train(): TensorBoard events, history, checkpoints, metrics
+  optlab       optlab.jobs.train.train(): TensorBoard events, history, checkpoints, metrics
   optlab-lean  the same with diagnostics=false (no per-step gradient norm or update ratio)
   plain        a hand-written loop that indexes in-memory tensors with a random permutation and
                records what optlab records by default (per-step loss; gradient norm and update
@@ -33,15 +33,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
+from provenance import stamp
 from torch import nn
 from torch.nn.utils import get_total_norm
 from torch.utils.data import DataLoader, TensorDataset
 
-
-from optlab.training.data import load
 from optlab.config.resolvers import register
-from optlab.training.single import evaluate
 from optlab.jobs.train import train
+from optlab.training.data import load
+from optlab.training.single import evaluate
 
 
 def plain_model(data, hidden: list[int]) -> nn.Module:
@@ -133,6 +133,7 @@ def lightning(data, cfg, device: str) -> float:
 
 
 def main() -> None:
+    print(stamp())  # the machine, torch version, commit and date these figures come from
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)

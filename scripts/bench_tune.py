@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from provenance import stamp
+
 SPACE = ["optimizer=momentum", "optimizer.lr=choice(0.001,0.003,0.01,0.03,0.1,0.3)",
          "optimizer.momentum=choice(0.0,0.5,0.9,0.95)", "batch_size=choice(32,128)"]
 POINTS = 6 * 4 * 2
@@ -44,6 +46,7 @@ def search(folder: Path, epochs: int, *settings: str) -> dict:
 
 
 def main() -> None:
+    print(stamp())  # the machine, torch version, commit and date these figures come from
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="TPE's trials")
     parser.add_argument("--seeds", type=int, default=4, help="TPE searches, one per tune.seed")

@@ -8,13 +8,17 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf
 
-from optlab.config.hydra_compat import ConfigLoaderImpl, get_overrides_dirname
+from optlab.config.hydra_compat import (
+    apply_overrides,
+    get_overrides_dirname,
+    group_exists,
+)
 
 # launchers that compose each job in this process, from the sweeper's config loader
 IN_PROCESS = ("BasicLauncher", "VectorizedLauncher")
 
 
-def compose_grid(loader: ConfigLoaderImpl, master: DictConfig, grid: Sequence[Sequence[str]]) -> List[DictConfig]:
+def compose_grid(loader, master: DictConfig, grid: Sequence[Sequence[str]]) -> List[DictConfig]:
     """Each job's config, equal to what `loader.load_sweep_config` composes for it. Jobs whose
     overrides differ only in plain values pick the same defaults list: it is composed once
     (~0.08 s) and each job gets a copy (~5 ms) with its values set as Hydra sets them, after
@@ -31,7 +35,7 @@ def compose_grid(loader: ConfigLoaderImpl, master: DictConfig, grid: Sequence[Se
             configs.append(copy.deepcopy(templates[shape]))
             continue
         cfg = copy.deepcopy(templates[shape])
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        apply_overrides(values, cfg)
         task = [o for o in parsed if not o.is_hydra_override()]
         cfg.hydra.overrides.task = [o.input_line for o in task]
         naming = cfg.hydra.job.config.override_dirname
@@ -41,12 +45,12 @@ def compose_grid(loader: ConfigLoaderImpl, master: DictConfig, grid: Sequence[Se
     return configs
 
 
-def plain_value(override: Override, loader: ConfigLoaderImpl) -> bool:
+def plain_value(override: Override, loader) -> bool:
     """`key=value` that Hydra applies after composing, so that it leaves the defaults list as
     it is: not a group choice, `+`/`~`, a package, a Hydra key, or a dict (which would merge)."""
     return (override.type == OverrideType.CHANGE and override.package is None
             and not override.is_hydra_override() and not isinstance(override.value(), dict)
-            and not loader.repository.group_exists(override.key_or_group))
+            and not group_exists(loader, override.key_or_group))
 
 
 def composed(configs: dict, compose, master: DictConfig, job: List[str]) -> DictConfig:

@@ -9,9 +9,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from hydra_plugins.optlab_sweeper._core import IN_PROCESS, composed, compose_grid
+from hydra_plugins.optlab_sweeper._core import IN_PROCESS, compose_grid, composed
 from hydra_plugins.optlab_sweeper.config import OptlabSweeperConf  # noqa: F401 (stores the config)
-from optlab.config.hydra_compat import BasicSweeper, as_job
+from optlab.config.hydra_compat import (
+    BasicSweeper,
+    as_job,
+    reuse_composed,
+    sweeper_arguments,
+)
 from optlab.jobs import command
 from optlab.jobs.prepare import is_run, job_folder, prepare_sweep
 from optlab.naming import override
@@ -27,7 +32,7 @@ class OptlabSweeper(BasicSweeper):
         """Expand the grid as BasicSweeper does; check every job and prepare its folder before
         writing anything; launch the jobs left (finished ones are skipped); note failures."""
         loader = self.hydra_context.config_loader
-        overrides = OverridesParser.create(config_loader=loader).parse_overrides([*self._parse_config(), *arguments])
+        overrides = OverridesParser.create(config_loader=loader).parse_overrides([*sweeper_arguments(self), *arguments])
         # a `${now:...}` folder resolves once: each job composes its config anew, and one composed a
         # second later would otherwise name another folder
         self.command.sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -39,8 +44,8 @@ class OptlabSweeper(BasicSweeper):
                 cfg.hydra.job.id = cfg.hydra.job.num = i
         todo = prepare_sweep(configs, self.command.planned)
         if type(self.launcher).__name__ in IN_PROCESS:  # each job is composed once, not twice (~0.1 s a job)
-            loader.load_sweep_config = partial(composed, {tuple(job): cfg for job, cfg in zip(grid, configs)},
-                                               loader.load_sweep_config)
+            reuse_composed(loader, partial(composed, {tuple(job): cfg for job, cfg in zip(grid, configs)},
+                                           loader.load_sweep_config))
         try:
             return self._launch(grid, configs, todo)
         except OSError:  # a full disk, a folder that cannot be written: what did not train is put back as it was

@@ -1,6 +1,6 @@
 """The vectorized launcher's logic: group a sweep's jobs, train each group as one stacked model.
 
-Jobs whose configs differ only in what a member may have of its own (optlab/training/stacked.py's
+Jobs whose configs differ only in what a member may have of its own (optlab/jobs/vectorize.py's
 `group_key`: seed, learning rate, momentum, weight decay, dropout, init, schedule, ...) train
 together, up to `vectorize.max_members` at a time; every other job runs as Hydra's basic
 launcher runs it. Each member's folder gets what Hydra writes for a job (`.hydra/`,
@@ -19,7 +19,7 @@ from typing import Sequence
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from optlab.config.hydra_compat import as_job, save_config
+from optlab.config.hydra_compat import as_job, job_return, save_config
 from optlab.errors import UsageError, usage_error
 from optlab.jobs import command
 from optlab.jobs.dispatch import failed, stop_interrupted, sweep_again
@@ -136,6 +136,6 @@ def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool
     if interrupted:
         stop_interrupted(interrupted[0], f"optlab train: interrupted after epoch {interrupted[0]['epochs_run']}; "
                               f"finish the sweep with: {sweep_again(words, Path(configs[0].hydra.sweep.dir))}")
-    return [JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task, hydra_cfg=cfg, working_dir=os.getcwd(),
-                      task_name=cfg.hydra.job.name, status=JobStatus.COMPLETED, _return_value=result)
+    return [job_return(result, overrides=list(cfg.hydra.overrides.task), cfg=task, hydra_cfg=cfg,
+                       working_dir=os.getcwd(), task_name=cfg.hydra.job.name, status=JobStatus.COMPLETED)
             for cfg, task, result in zip(configs, tasks, metrics)]

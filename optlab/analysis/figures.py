@@ -10,9 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from optlab.analysis.runs import Group, _number, sort_key
-
-# the history.csv column each x-axis of the curves reads
-X_COLUMN = {"epoch": "epoch", "step": "step", "examples": "examples", "time": "elapsed_s"}
+from optlab.metrics import CURVE_X
 
 
 def _band(curves: list[list[dict]], key: str):
@@ -35,7 +33,7 @@ def plot_curves(groups: list[Group], path: Path, x: str) -> list[Path]:
     networks = [g for g in groups if g.runs[0].read_csv("history.csv")]
     surfaces = [g for g in groups if g.runs[0].read_csv("trajectory.csv")]
     if networks:
-        file, panels, x_key = "history.csv", ("train_loss", "val_loss", "val_acc"), X_COLUMN[x]
+        file, panels, x_key = "history.csv", ("train_loss", "val_loss", "val_acc"), CURVE_X[x]
         chosen = networks
     elif surfaces:
         file, panels, x_key, x = "trajectory.csv", ("loss", "distance"), "step", "step"

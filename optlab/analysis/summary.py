@@ -84,7 +84,8 @@ def summarize(paths: list[Path], out: Path, metric: str = "best_val_acc", x: str
     metric, order = ranking(groups, metric)  # e.g. final_loss where best_val_acc was asked of surface runs
     header, rows = table(groups, metric)
     text = format_table(header, rows)
-    print(f"\n{len(runs)} runs in {len(groups)} configurations (mean ± std over seeds), {order}:")
+    print(f"\n{len(runs)} run{'s' * (len(runs) != 1)} in {len(groups)} configuration{'s' * (len(groups) != 1)} "
+          f"(mean ± std over seeds), {order}:")
     print(text)
 
     ranked = rank(groups, metric) if metric else groups

@@ -50,23 +50,24 @@ class App:
     searches: bool  # reads search expressions (choice(...), interval(...)) out of its arguments
     records: bool  # a failed job is taken back or recorded in its folder (a trial records its own)
     goes_on: Callable[[dict, Path, Command, Path | None], str] | None  # how to go on after a signal stopped it
+    groups_off: tuple[str, ...] = ()  # config groups it refuses, left out of its --help
     of: str = "sweep"  # what a failed run is part of
 
 
 APPS = {
     "train": App("config", "optlab.jobs.dispatch", sweeps=True, resumes=True, searches=False, records=True,
-                 goes_on=_train_goes_on),
+                 goes_on=_train_goes_on, groups_off=("search",)),
     "tune": App("tune", "optlab.jobs.tune.search", sweeps=False, resumes=False, searches=True, records=False,
-                goes_on=_tune_goes_on, of="study"),
+                goes_on=_tune_goes_on, groups_off=("experiment",), of="study"),
     "lr-find": App("lr_find", "optlab.jobs.lr_find", sweeps=False, resumes=False, searches=False, records=True,
-                   goes_on=None),
+                   goes_on=None, groups_off=("experiment", "search", "surface")),
 }
 
 
 def _command(name: str, app: App, args: list[str]) -> tuple[Command, list[str]] | None:
     """What the command line asks for beyond Hydra's overrides, and the overrides Hydra gets.
     None when there is nothing to do (a resume of a finished run)."""
-    command = Command(name=name)
+    command = Command()
     if not app.sweeps:
         _one_job(f"optlab {name}", args, app.searches)
     if app.searches:  # choice(...), interval(...): the search space, which Hydra would read as a sweep
@@ -141,7 +142,7 @@ def run_app(name: str, args: list[str]) -> int:
     command, args = made
     sys.argv = [sys.argv[0], *args]
     if {"--help", "-h"} & set(args):
-        print(_help(app.config, [a for a in args if a not in ("--help", "-h")]))
+        print(_help(app, [a for a in args if a not in ("--help", "-h")]))
         return 0
     main = hydra.main(config_path="pkg://optlab.conf", config_name=app.config, version_base="1.3")
     code = _guarded(prog, args, command, main(_task(name, app, command)))
@@ -165,8 +166,8 @@ def _guarded(prog: str, args: list[str], command: Command, app: Callable[[], obj
     from omegaconf.errors import OmegaConfBaseException
 
     from optlab.config.wording import describe
+    from optlab.errors import Refused
     from optlab.jobs.dispatch import stopped_at_once, unready
-    from optlab.jobs.hydra_callbacks import Refused
 
     user_wants_traceback = "HYDRA_FULL_ERROR" in os.environ
     hooks = threading.excepthook, logging.raiseExceptions
@@ -227,7 +228,7 @@ def _one_job(prog: str, args: list[str], searches: bool) -> None:
                              " (its trials are its search; presets: search=<name>)" * searches)
 
 
-def _help(config_name: str, overrides: list[str]) -> str:
+def _help(app: App, overrides: list[str]) -> str:
     """`optlab train --help` (and tune's, lr-find's): the app's help template, filled in here.
     Hydra's own help builds a config repository for each of its ~90 groups to list them (over
     1 s); the groups that matter are optlab's, read from conf/ in a few milliseconds."""
@@ -239,8 +240,8 @@ def _help(config_name: str, overrides: list[str]) -> str:
     from optlab.config.schema import group_keys_help, option_groups, options
 
     with initialize_config_module("optlab.conf", version_base="1.3"):
-        cfg = compose(config_name, overrides, return_hydra_config=True)
-    shown = [g for g in option_groups() if g != "search" or config_name == "tune"]  # tune's presets
+        cfg = compose(app.config, overrides, return_hydra_config=True)
+    shown = [g for g in option_groups() if g not in app.groups_off]
     groups = "".join(f"{group}: {', '.join(options(group))}\n" for group in shown)
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     return string.Template(cfg.hydra.help.template).substitute(
@@ -257,7 +258,10 @@ def _resume_args(args: list[str], resume: list[str]) -> list[str] | None:
 
     options = dict(a.split("=", 1) for a in resume)
     folder = Path(options.get("resume", "")).expanduser()
-    if not options.get("resume") or not (folder / ".hydra" / "config.yaml").exists():
+    if not options.get("resume"):
+        raise UsageError("resume: give the folder of the run to continue, e.g. resume=outputs/runs/<run> "
+                         "(an interrupted run prints it)")
+    if not (folder / ".hydra" / "config.yaml").exists():
         raise UsageError(f"resume: {str(folder)!r} is not a run folder (it needs .hydra/config.yaml); "
                          f"give the folder an interrupted run printed")
     if not (folder / "checkpoints" / "last.pt").exists():

@@ -4,16 +4,25 @@ each an argparse parser and one call into the layer that does the work.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake said in one line (`optlab compare: argument --metric: invalid
+    choice: ...`) and exit code 2, as every other optlab mistake is: no usage block."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: {message} (see: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def report(args: list[str]) -> int:
     """`optlab report [--out DIR]`: index.html and report.md, running what is missing."""
-    import argparse
     import logging
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="optlab report",
         description="Run every experiment preset of conf/report.yaml that has not been run (about 6 "
         "minutes on 2 CPU cores; a second call reuses the runs), test each claim of the recitation "
@@ -41,16 +50,14 @@ def report(args: list[str]) -> int:
 
 def landscape(args: list[str]) -> int:
     """`optlab landscape RUN`: curvature.json and landscape.png for a finished run."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="optlab landscape",
         description="Measure the curvature of a finished run's best weights: top Hessian "
         "eigenvalue, trace, ε-sharpness, the exact spectrum of a small model, and loss slices. "
         "Writes curvature.json and landscape.png into the run folder. The `curvature` keys of "
         "the run's config set the sample size and precision (see optlab train --help).",
     )
-    parser.add_argument("run", type=Path, help="a run folder (with .hydra/ and checkpoints/)")
+    parser.add_argument("run", type=Path, metavar="RUN", help="a run folder (with .hydra/ and checkpoints/)")
     options = parser.parse_args(args)
     try:
         from optlab.errors import usage_error
@@ -73,19 +80,19 @@ def landscape(args: list[str]) -> int:
 
 def compare(args: list[str]) -> int:
     """`optlab compare PATH [PATH ...]`: the summary a sweep ends with, over any runs."""
-    import argparse
     import time
 
     from optlab.metrics import CURVE_X, METRICS
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="optlab compare",
         description="Compare runs: every run folder at or below each PATH (sweeps, single "
         "runs, several sweeps at once). Runs that differ only in seed are grouped (mean ± std).",
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="run or sweep folders")
-    parser.add_argument("--metric", default="best_val_acc", choices=METRICS, help="rank by this")
-    parser.add_argument("--x", default="epoch", choices=CURVE_X, help="x-axis of the curves")
+    parser.add_argument("--metric", default="best_val_acc", choices=METRICS, metavar="METRIC",
+                        help=f"rank by this (default: %(default)s; allowed: {', '.join(METRICS)})")
+    parser.add_argument("--x", default="epoch", choices=list(CURVE_X), help="x-axis of the curves")
     parser.add_argument(
         "--out", type=Path,
         help="where to write the summary (default: the PATH if one, else outputs/comparisons/<time>)",

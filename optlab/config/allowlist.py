@@ -6,7 +6,7 @@ names a callable that `instantiate` would import and call: `torch.load` of a pic
 `torch.ops.load_library` of a shared object, `os.system`. Hydra's own blocklist stops only a few
 names, so optlab keeps an explicit allow-list instead and checks every `_target_` against it
 before anything is imported: when a config is validated (the command line's and a file's alike)
-and again on the line that builds the object (`config.construct`), whatever path led there.
+and again on the line that builds the object (`construct`, below), whatever path led there.
 
 Each key that builds something takes the callables its shipped options name (conf/<group>/),
 plus, for `optimizer`, every optimizer of `torch.optim` and, for `scheduler`, the schedules of
@@ -23,7 +23,6 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from optlab.config import allowlist
 from optlab.errors import UsageError, reason
 
 TORCH_OPTIMIZERS = ("ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "LBFGS", "Muon", "NAdam",
@@ -144,7 +143,7 @@ def construct(key: str, node: Any, mistakes: tuple[type[Exception], ...] = (Valu
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    plain = allowlist.built(node, at or key)
+    plain = built(node, at or key)
     try:
         return instantiate(plain, **kwargs)
     except InstantiationException as error:

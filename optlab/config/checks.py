@@ -31,7 +31,7 @@ def validate(cfg: DictConfig) -> None:
     for name in (*top_level_keys(), *GROUPS):  # `~scheduler`, `~data`, `~curvature`
         gone = name not in cfg or OmegaConf.is_missing(cfg, name) or name == "data" and "source" not in cfg.data
         if gone and name != "surface":
-            allowed = options(name) or [top_level_keys()[name]["rule"].allowed] if name in top_level_keys() else []
+            allowed = options(name) or ([top_level_keys()[name]["rule"].allowed] if name in top_level_keys() else [])
             hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
             raise UsageError(f"no value for '{name}': it cannot be removed{hint}")
     for name, meta in top_level_keys().items():

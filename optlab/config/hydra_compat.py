@@ -1,7 +1,9 @@
-"""Every use optlab makes of Hydra's private APIs, in one place.
+"""Every use optlab makes of Hydra's private APIs, in one place: optlab/ and hydra_plugins/
+reach them only through the names below.
 
-Checked against hydra-core 1.3.2 to 1.3.8 (pyproject pins `hydra-core>=1.3,<1.4`); a Hydra
-release that moves one of these names breaks here, and only here.
+Written for hydra-core 1.3 (pyproject pins `hydra-core>=1.3,<1.4`; the suite runs on the 1.3
+release pip installs, 1.3.8 at the time of writing). A Hydra release that moves one of these
+names breaks here, and the suite's tests of sweeps, tune and resume say so.
 
 - `Callbacks`, `BasicSweeper`, `BasicLauncher`, `ConfigLoaderImpl`, `get_overrides_dirname` live
   in `hydra._internal`: optlab's sweeper builds on the basic sweeper's parsing, its launcher
@@ -11,8 +13,9 @@ release that moves one of these names breaks here, and only here.
 - `HydraConfig.instance()` is set and restored directly: a config is resolved as in its job
   before the job starts (`as_job`), and the tune command's config comes back after each trial.
 - `JobReturn._return_value` reads a failed job's exception without raising it.
-- `ConfigLoaderImpl._apply_overrides_to_config` applies a sweep job's overrides to a composed
-  config (optlab's sweeper composes each job once, hydra_plugins/optlab_sweeper).
+- `ConfigLoaderImpl._apply_overrides_to_config`, the loader's `repository` and
+  `load_sweep_config`, and `BasicSweeper._parse_config`: optlab's sweeper composes each job
+  once and hands the launcher the configs it composed (hydra_plugins/optlab_sweeper).
 """
 
 from __future__ import annotations
@@ -83,6 +86,37 @@ def save_job_files(config: DictConfig, folder: str = ".hydra") -> None:
     save_config(OmegaConf.masked_copy(config, "hydra"), "hydra.yaml", target)
     save_config(config.hydra.overrides.task, "overrides.yaml", target)
     logging.FileHandler(Path(output_dir) / f"{config.hydra.job.name}.log").close()  # created, as Hydra's log would be
+
+
+def current_config() -> DictConfig | None:
+    """The config HydraConfig holds now (the running command's), to put back later."""
+    return HydraConfig.instance().cfg
+
+
+def apply_overrides(overrides: list, cfg: DictConfig) -> None:
+    """Set parsed `key=value` overrides on a composed config as Hydra does after composing."""
+    __getattr__("ConfigLoaderImpl")._apply_overrides_to_config(overrides, cfg)
+
+
+def group_exists(loader, name: str) -> bool:
+    """Whether `name` is a config group (so `name=x` picks an option rather than sets a value)."""
+    return loader.repository.group_exists(name)
+
+
+def sweeper_arguments(sweeper) -> list[str]:
+    """The sweep's own `hydra.sweeper.params`, as override strings."""
+    return sweeper._parse_config()
+
+
+def reuse_composed(loader, compose) -> None:
+    """Have the launcher get each job's config from `compose(master, job)` (optlab's sweeper
+    hands over the configs it composed and checked)."""
+    loader.load_sweep_config = compose
+
+
+def job_return(result, **fields) -> JobReturn:
+    """A finished job's JobReturn, as run_job would make it, returning `result`."""
+    return JobReturn(_return_value=result, **fields)
 
 
 def returned(result: JobReturn):

@@ -35,7 +35,7 @@ def describe(error: Exception, args: list[str]) -> str:
                 return f"'{key}' cannot be removed: every run needs it (see: optlab train --help)"
         parent, _, name = path.rpartition(".")
         known = [str(k) for k in (cause.parent_node or {}) if k not in ("_target_", "hydra")]
-        hint = suggest(name, known)
+        hint = suggest(name, known, f"{parent}." if parent else "")
         where = f"'{parent}'" if parent else "the top level"
         return (
             f"unknown key '{path}': {show(value)}{hint} "

@@ -14,10 +14,8 @@ from omegaconf import DictConfig
 
 @dataclass
 class Command:
-    name: str = "train"  # train, tune or lr-find
     words: list[str] = field(default_factory=list)  # the command line as Hydra gets it: optlab train -m ...
     resume: Path | None = None  # `resume=<folder>`: the run to continue
-    allow_changes: bool = False  # `resume.allow_changes=true`
     search: list[str] = field(default_factory=list)  # `optlab tune`'s search expressions (jobs/tune/space.py)
     started: bool = False  # a job has begun: an error from now on is no composition error
     readied: Path | None = None  # a single run's folder, once its job began

@@ -11,18 +11,9 @@ from omegaconf import DictConfig, open_dict, read_write
 from optlab.analysis.summary import summarize
 from optlab.config import hydra_compat
 from optlab.config.checks import validate
-from optlab.errors import UsageError
+from optlab.errors import Refused, UsageError
 from optlab.store.files import unwritable
 from optlab.store.folder import check_resumable, prepare, take_back
-
-
-class Refused(BaseException):
-    """An error in a Hydra callback, which Hydra would turn into a warning before going on:
-    this passes through to the CLI, which prints a user's mistake in one line."""
-
-    def __init__(self, error: Exception):
-        super().__init__(str(error))
-        self.error = error
 
 
 class Guard(Callback):

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from optlab.errors import UsageError
 from optlab.jobs.command import Command
-from optlab.naming import command
+from optlab.naming import command, relative
 from optlab.training import data as dataset
 from optlab.training.range_test import range_test, write
 
@@ -32,6 +32,6 @@ def run(cfg: DictConfig, run_dir: Path, asked: Command | None = None) -> dict:
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("optimizer.lr=", "lr_find."))]
     blew = f", blew up at {result.blowup_lr:.3g}" if result.blowup_lr else ", no blow-up up to lr_find.max_lr"
     log.info("suggested lr %.4g (steepest descent of the smoothed loss%s)", result.suggested_lr, blew)
-    log.info("written: %s", ", ".join(str(run_dir / f"lr_find.{x}") for x in ("csv", "json", "png")))
+    log.info("written: %s", ", ".join(str(relative(run_dir / f"lr_find.{x}")) for x in ("csv", "json", "png")))
     log.info("train with it: %s", command("optlab", "train", *overrides, f"optimizer.lr={result.suggested_lr!r}"))
     return result.record()

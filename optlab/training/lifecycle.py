@@ -17,6 +17,7 @@ from optlab import curvature, noise
 from optlab.config.identity import config_hash
 from optlab.errors import UsageError, reason
 from optlab.metrics import lower_is_better
+from optlab.naming import relative
 from optlab.store.files import atomic_write, load_checkpoint, write_json
 from optlab.store.logs import hparams
 from optlab.training import data as dataset
@@ -49,7 +50,7 @@ def start(engine: Engine, runs: list[Run], resume: bool) -> None:
             # two lines of torch's text say which tensor does not fit
             raise UsageError(f"resume: cannot continue from {folder / 'last.pt'}: {reason(error, lines=2)}") from None
         engine.initial[k] = load_checkpoint(folder / "init.pt", engine.device)
-        run.logger.info("resumed %s after epoch %d (step %d)", run.dir, saved["epoch"], saved["step"])
+        run.logger.info("resumed %s after epoch %d (step %d)", relative(run.dir), saved["epoch"], saved["step"])
 
 
 def finish(run: Run, model: torch.nn.Module, data: dataset.Data, initial: dict, stopped_by: int | None,
@@ -121,7 +122,10 @@ def closing_line(metrics: dict, history: list[dict], epoch: int, chosen_by: str 
         f"{f'best epoch {epoch} ({chosen_by})' if chosen_by else f'last epoch {epoch}'}: "
         f"val {score} {row['val_acc']:.4f}, test {score} {metrics['test_acc']:.4f}")
     ran = metrics["epochs_run"]
-    epochs = f"{ran} epochs" if len(history) >= ran else f"{len(history)} epochs and part of epoch {ran}"
+    def count(n: int) -> str:
+        return f"{n} epoch{'s' * (n != 1)}"
+
+    epochs = count(ran) if len(history) >= ran else f"{count(len(history))} and part of epoch {ran}"
     return (f"{metrics['status']} · {tested} · {epochs} in {metrics['wall_time_s']:.1f} s "
             f"({metrics['train_samples_per_s']:,.0f} samples/s)")
 

@@ -102,7 +102,7 @@ BAD_INPUT = [
     (["surface=quadratic", "surface.kappa=0.5"], "invalid value for 'surface.kappa': 0.5 (allowed: a number >= 1)"),
     (["optimizer=rprop", "optimizer.etas=[1.2,0.5]"], "invalid value for 'optimizer.etas': [1.2, 0.5]"),
     (["epochz=3"], "unknown key 'epochz': 3; did you mean 'epochs'?"),
-    (["optimizer.lrr=0.1"], "unknown key 'optimizer.lrr': 0.1; did you mean 'lr'?"),
+    (["optimizer.lrr=0.1"], "unknown key 'optimizer.lrr': 0.1; did you mean 'optimizer.lr'?"),
     (["model.activation=swish"], "invalid value for 'model.activation': 'swish' (allowed: relu, tanh"),
     (["optimizer=adam", "optimizer.betas=[0.9,1.5]"], "invalid value for 'optimizer.betas': [0.9, 1.5]"),
     (["device=tpu"], "invalid value for 'device': 'tpu' (allowed: auto, cpu, cuda, cuda:N or mps)"),

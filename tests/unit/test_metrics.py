@@ -9,7 +9,7 @@ from optlab import metrics
 def test_every_loss_time_and_distance_is_minimized_every_accuracy_maximized(name):
     if "acc" in name:
         assert not metrics.lower_is_better(name)
-    if any(word in name for word in ("loss", "time", "distance", "to_target", "gap")):
+    if any(word in name for word in ("loss", "time", "distance", "to_target", "gap", "lambda", "sharp", "condition")):
         assert metrics.lower_is_better(name) and metrics.direction(name) == "minimize"
 
 
@@ -21,6 +21,7 @@ def test_a_trials_score_so_far_by_hand():
     assert metrics.so_far("best_val_loss", history) == 0.6
     assert metrics.so_far("final_val_acc", history) == 0.6  # the last epoch
     assert metrics.so_far("final_train_loss", history) == 0.7
+    assert metrics.so_far("best_val_acc", history, minimize=True) == 0.5  # a search told to minimize it
 
 
 def test_the_lists_are_views_of_the_table():

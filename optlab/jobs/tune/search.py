@@ -10,13 +10,13 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 # Optuna's private heartbeat module (checked against Optuna 4.9-5.1): its RDBStorage's heartbeat, for a journal
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
+from optlab.config.hydra_compat import current_config
 from optlab.errors import UsageError
 from optlab.jobs.command import Command
 from optlab.jobs.tune import space
@@ -64,7 +64,7 @@ def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
     study.sampler = sampler(cfg.tune.sampler, cfg.tune.seed + worker)
     study.pruner = pruner(cfg.tune.pruner, cfg.epochs)
     distributions = {p.key: p.distribution for p in params}
-    own = HydraConfig.instance().cfg  # the tune command's: each trial's run_job sets its own
+    own = current_config()  # the tune command's: each trial's run_job sets its own
     log.info("study %s: %s %s over %s, up to %d trials (%s sampler, %s pruner)", relative(study_dir),
              study.direction.name.lower(), cfg.tune.metric, " ".join(p.override(p.text) for p in params),
              trials, cfg.tune.sampler, cfg.tune.pruner)
@@ -134,7 +134,11 @@ def optuna_plots(study, out: Path) -> list[Path]:
 
     pyplot()  # the file-only backend, before Optuna imports pyplot
     written = []
+    reported = any(t.intermediate_values for t in study.get_trials(deepcopy=False))  # pruning reports them
     for name in ("optimization_history", "param_importances", "parallel_coordinate", "intermediate_values"):
+        if name == "intermediate_values" and not reported:
+            log.info("optuna_intermediate_values.png: not drawn (no trial reported a value per epoch)")
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna's matplotlib plots are "experimental"

@@ -24,8 +24,7 @@ from optuna.trial import TrialState
 from optlab import metrics
 from optlab.config.checks import validate
 from optlab.config.hydra_compat import as_job
-from optlab.errors import ConfigError, UsageError, reason
-from optlab.jobs.hydra_callbacks import Refused
+from optlab.errors import ConfigError, Refused, UsageError, reason
 from optlab.jobs.tune import space
 from optlab.naming import relative
 from optlab.store.files import atomic_write, locked, refuse_links, stamped

@@ -80,7 +80,8 @@ class Pruning(Callback):
     def on_epoch_end(self, run, epoch: int, row: dict) -> str | None:
         if epoch >= self.epochs:
             return None
-        self.trial.report(so_far(self.metric, run.history), epoch)
+        minimize = self.trial.study.direction.name == "MINIMIZE"  # the study's, which `tune.direction` may set
+        self.trial.report(so_far(self.metric, run.history, minimize), epoch)
         if not self.trial.should_prune():
             return None
         run.logger.info("pruned at epoch %d: the search stops this trial", epoch)
