@@ -144,4 +144,3 @@ def distinct_units(model: nn.Module) -> list[int]:
 def _direction(size: int, device: torch.device) -> torch.Tensor:
     """A fixed random direction (its own seed: the training streams are untouched), made once."""
     return torch.randn(size, generator=torch.Generator().manual_seed(0)).to(device)
-

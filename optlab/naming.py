@@ -58,7 +58,6 @@ def job_dir(overrides: Any, seed: Any, *instead: str) -> str:
     return f"{overrides_name(overrides, drop=('seed', 'experiment')) or 'defaults'}/seed={seed}"
 
 
-
 def relative(path: Path) -> Path:
     """`path` from the working directory when it lies below it, as a user would type it."""
     try:

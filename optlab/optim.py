@@ -36,7 +36,6 @@ UNSUITED = {
 }
 
 
-
 def decay_groups(model: torch.nn.Module, exclude: Iterable[str]) -> tuple[list, list]:
     """(decayed, exempt) parameters: `exclude` may name `bias` (biases of affine layers) and
     `norm` (every parameter of a normalization layer)."""

@@ -1,3 +1,6 @@
+"""The optlab sweeper's config: Hydra's basic sweeper's keys (max_batch_size, params), stored
+as `hydra/sweeper=optlab`, which conf/config.yaml picks."""
+
 from dataclasses import dataclass
 from typing import Dict, Optional
 

@@ -1,3 +1,6 @@
+"""The vectorized launcher's config, stored as `hydra/launcher=vectorized`; its keys for a group
+are the run's own (`vectorize.max_members`)."""
+
 from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore

@@ -49,8 +49,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-
-
 @contextlib.contextmanager
 def as_job(cfg: DictConfig):
     """Within it, `${hydra:...}` in a job's config (`hydra` node included) resolves as in the

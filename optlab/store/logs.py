@@ -41,8 +41,6 @@ def masked_crc32c(data: bytes) -> int:
 record_writer.masked_crc32c = masked_crc32c
 
 
-
-
 def progress(items: Iterable[int], desc: str = "train", unit: str = "epoch") -> Iterable[int]:
     """A progress bar on a terminal; plain lines (from `RunLog.epoch`) otherwise."""
     if not sys.stdout.isatty():

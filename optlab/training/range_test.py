@@ -23,8 +23,6 @@ from optlab.training import rng
 log = logging.getLogger("optlab")
 
 
-
-
 @dataclass
 class Result:
     lrs: list[float]

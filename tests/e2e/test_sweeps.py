@@ -357,7 +357,6 @@ def test_a_sweep_hint_names_its_folder_for_bash_and_hydra(folder):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
 
-
     given = ["optlab", "train", "-m", "seed=0,1", "data.path=/a b", "hydra.sweep.dir=old"]
     words = shlex.split(sweep_again(given, Path(folder)))
     assert words[:-1] == ["optlab", "train", "-m", "seed=0,1", "data.path=/a b"]

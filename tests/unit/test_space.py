@@ -104,7 +104,6 @@ def test_a_rule_two_keys_break_together_is_found_before_any_trial():
     from hydra.core.global_hydra import GlobalHydra
 
 
-
     register()
     GlobalHydra.instance().clear()
     params = space.parse({"data.val_fraction": "interval(0.3,0.6)", "data.test_fraction": "interval(0.3,0.6)"})

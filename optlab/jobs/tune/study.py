@@ -315,4 +315,3 @@ def direction(cfg: DictConfig) -> str:
     if cfg.tune.direction != "auto":
         return cfg.tune.direction
     return metrics.direction(cfg.tune.metric)
-

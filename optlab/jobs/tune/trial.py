@@ -29,8 +29,6 @@ from optlab.training.callbacks import Callback
 log = logging.getLogger("optlab")
 
 
-
-
 def sampler(name: str, seed: int):
     """The study's sampler; `grid` is served from the queue (`queue_grid`): any sampler would do."""
     import optuna
@@ -156,8 +154,3 @@ def restore(own: DictConfig) -> None:
 
     set_hydra_config(own)
     configure_log(own.hydra.job_logging, own.hydra.verbose)
-
-
-
-
-
