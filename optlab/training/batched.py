@@ -22,16 +22,19 @@ from collections.abc import Mapping
 
 import torch
 
-SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad)
+SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad,
+             torch.optim.Adamax, torch.optim.Adadelta, torch.optim.Rprop)
 
 
 # rule family of each class (AdamW is Adam with decoupled_weight_decay=True), and its [K, N] buffers
 _FAMILY = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adam",
-           torch.optim.RMSprop: "rmsprop", torch.optim.Adagrad: "adagrad"}
+           torch.optim.RMSprop: "rmsprop", torch.optim.Adagrad: "adagrad", torch.optim.Adamax: "adamax",
+           torch.optim.Adadelta: "adadelta", torch.optim.Rprop: "rprop"}
 
 
 _BUFFERS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"),
-            "rmsprop": ("square_avg", "momentum_buffer", "grad_avg"), "adagrad": ("sum",)}
+            "rmsprop": ("square_avg", "momentum_buffer", "grad_avg"), "adagrad": ("sum",),
+            "adamax": ("exp_avg", "exp_inf"), "adadelta": ("square_avg", "acc_delta"), "rprop": ("prev", "step_size")}
 
 
 # flags that would need another buffer or another shape of rule
@@ -74,7 +77,7 @@ def unsupported(optimizer_cfg: Mapping) -> str | None:
 def _hypers(family: str, group: Mapping) -> dict[str, float]:
     """One param group's hyperparameters in the form the rule uses (Python floats, so derived
     values like 1 - beta are rounded exactly as torch rounds them)."""
-    lr, wd = float(group["lr"]), float(group["weight_decay"])
+    lr, wd = float(group["lr"]), float(group.get("weight_decay", 0.0))  # Rprop has none
     if family == "sgd":
         mom = float(group["momentum"])
         return {"neg_lr": -lr, "wd": wd, "mom": mom, "one_minus_damp": 1 - float(group["dampening"]),
@@ -91,11 +94,20 @@ def _hypers(family: str, group: Mapping) -> dict[str, float]:
                 "eps": float(group["eps"]),
                 "mom": float(group["momentum"]), "has_mom": float(group["momentum"] > 0),
                 "centered": float(bool(group["centered"]))}
+    if family == "rprop":
+        (eta_minus, eta_plus), (step_min, step_max) = (map(float, group[k]) for k in ("etas", "step_sizes"))
+        return {"lr": lr, "eta_minus": eta_minus, "eta_plus": eta_plus, "step_min": step_min, "step_max": step_max}
+    if family == "adadelta":
+        rho = float(group["rho"])
+        return {"neg_lr": -lr, "rho": rho, "one_minus_rho": 1 - rho, "eps": float(group["eps"]), "wd": wd}
+    if family == "adamax":
+        b1, b2 = (float(b) for b in group["betas"])
+        return {"lr": lr, "beta1": b1, "beta2": b2, "one_minus_beta1": 1 - b1, "eps": float(group["eps"]), "wd": wd}
     return {"lr": lr, "lr_decay": float(group["lr_decay"]), "wd": wd, "eps": float(group["eps"])}
 
 
 class BatchedOptimizer:
-    r"""The update rules of SGD, Adam/AdamW, RMSprop and Adagrad on [K, N] rows, matching
+    r"""The update rules of SGD, Adam/AdamW, RMSprop, Adagrad, Adamax, Adadelta and Rprop on [K, N] rows, matching
     torch.optim (single-tensor path) member by member (bitwise, on CPU in torch 2.13). Per element, with
     g = grad and p = params:
 
@@ -108,6 +120,10 @@ class BatchedOptimizer:
               mom > 0: b ← mom·b + g/a, p ← p − lr·b; else p ← p − lr·g/a
     Adagrad:  g ← g + wd·p;  s ← s + g² (s₀ = initial_accumulator_value);
               p ← p − lr/(1 + (t−1)·lr_decay) · g/(√s + ε)
+    Adamax:   g ← g + wd·p;  m ← lerp(m, g, 1−β₁);  u ← max(β₂u, |g| + ε);  p ← p − lr/(1−β₁ᵗ) · m/u
+    Rprop:    s ← sign(g·g_prev);  Δ ← clamp(Δ·(η₊ if s > 0, η₋ if s < 0, else 1), Δmin, Δmax) (Δ₀ = lr);
+              g ← 0 where s < 0;  p ← p − sign(g)·Δ;  g_prev ← g
+    Adadelta: g ← g + wd·p;  v ← ρv + (1−ρ)g²;  d ← √(a + ε)/√(v + ε) · g;  a ← ρa + (1−ρ)d²;  p ← p − lr·d
 
     The step-dependent factors (bias corrections, Adagrad's decayed lr) are computed in float64
     on the device from the per-member step counts, as torch computes them in Python floats.
@@ -277,6 +293,33 @@ class BatchedOptimizer:
         neg_clr = self._per_step(lambda t, lr, decay: -(lr / (1 + (t - 1) * decay)), "lr", "lr_decay")
         return {"param": torch.addcdiv(p, g * neg_clr, total.sqrt().add_(h["eps"]), out=into), "sum": total}
 
+    def _adamax(self, p, g, h, s, into=None):
+        if self.any["wd"]:
+            g = g.addcmul(p, h["wd"])
+        exp_avg = s["exp_avg"].lerp(g, h["one_minus_beta1"])
+        exp_inf = torch.maximum(s["exp_inf"] * h["beta2"], g.abs().add_(h["eps"]))
+        neg_clr = self._per_step(lambda t, lr, b1: -(lr / (1 - b1**t)), "lr", "beta1")
+        return {"param": torch.addcdiv(p, exp_avg * neg_clr, exp_inf, out=into), "exp_avg": exp_avg,
+                "exp_inf": exp_inf}
+
+    def _rprop(self, p, g, h, s, into=None):
+        step_size = torch.where(self.steps == 0, h["lr"], s["step_size"])  # torch starts Δ at the lr of step 1
+        sign = g.mul(s["prev"]).sign()
+        factor = torch.where(sign > 0, h["eta_plus"], torch.where(sign < 0, h["eta_minus"], 1.0))
+        step_size = (step_size * factor).clamp_(min=h["step_min"], max=h["step_max"])
+        g = torch.where(factor == h["eta_minus"], 0.0, g)  # a sign change: no step, and no sign to compare next
+        return {"param": torch.addcmul(p, g.sign(), step_size, value=-1, out=into), "prev": g,
+                "step_size": step_size}
+
+    def _adadelta(self, p, g, h, s, into=None):
+        if self.any["wd"]:
+            g = g.addcmul(p, h["wd"])
+        square_avg = (s["square_avg"] * h["rho"]).addcmul_(g * h["one_minus_rho"], g)
+        delta = s["acc_delta"].add(h["eps"]).sqrt_().div_(square_avg.add(h["eps"]).sqrt_()).mul_(g)
+        acc_delta = (s["acc_delta"] * h["rho"]).addcmul_(delta * h["one_minus_rho"], delta)
+        return {"param": torch.addcmul(p, delta, h["neg_lr"], out=into), "square_avg": square_avg,
+                "acc_delta": acc_delta}
+
     # -- checkpoints ------------------------------------------------------------------------------
 
     def _slots(self):
@@ -298,6 +341,12 @@ class BatchedOptimizer:
             return []
         if self.family == "adam":
             return ["step", "exp_avg", "exp_avg_sq"]
+        if self.family == "adamax":
+            return ["step", "exp_avg", "exp_inf"]
+        if self.family == "adadelta":
+            return ["step", "square_avg", "acc_delta"]
+        if self.family == "rprop":
+            return ["step", "prev", "step_size"]
         return (["step", "square_avg"] + ["momentum_buffer"] * (group["momentum"] > 0)
                 + ["grad_avg"] * bool(group["centered"]))
 

@@ -40,6 +40,21 @@ SETTINGS = {
         dict(lr=0.05, eps=1e-6),
         dict(lr=0.2, lr_decay=0.1, initial_accumulator_value=0.5, weight_decay=0.05),
     ],
+    torch.optim.Adamax: [
+        dict(lr=2e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2),
+        dict(lr=5e-3, betas=(0.8, 0.99), eps=1e-6),
+        dict(lr=1e-2, betas=(0.5, 0.9), eps=1e-4, weight_decay=0.1),
+    ],
+    torch.optim.Adadelta: [
+        dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=1e-2),
+        dict(lr=0.5, rho=0.95, eps=1e-5),
+        dict(lr=2.0, rho=0.8, eps=1e-4, weight_decay=0.1),
+    ],
+    torch.optim.Rprop: [
+        dict(lr=1e-2),
+        dict(lr=5e-3, etas=(0.3, 1.5), step_sizes=(1e-4, 0.02)),
+        dict(lr=2e-2, etas=(0.6, 1.1), step_sizes=(1e-3, 5.0)),
+    ],
 }
 CLASSES = pytest.mark.parametrize("cls", SUPPORTED, ids=lambda c: c.__name__)
 
@@ -239,14 +254,15 @@ def test_schedulers_are_followed(case):
 def test_unsupported():
     assert unsupported({"_target_": "torch.optim.SGD", "lr": 0.1, "nesterov": True, "momentum": 0.9}) is None
     assert unsupported({"_target_": "torch.optim.AdamW", "amsgrad": False}) is None
-    assert unsupported({"_target_": "torch.optim.Rprop"}) == "torch.optim.Rprop has no batched rule"
+    assert unsupported({"_target_": "torch.optim.Rprop"}) is None
+    assert unsupported({"_target_": "torch.optim.NAdam"}) == "torch.optim.NAdam has no batched rule"
     assert unsupported({"_target_": "optlab.optim.QuickProp"}) == "optlab.optim.QuickProp has no batched rule"
     assert unsupported({"_target_": "no.such.Thing"}) == "no.such.Thing has no batched rule"
     assert unsupported({"_target_": "torch.optim.Adam", "amsgrad": True}) == "amsgrad=true"
     assert unsupported({"_target_": "torch.optim.SGD", "maximize": True}) == "maximize=true"
     p = [nn.Parameter(torch.zeros(2))]
-    with pytest.raises(ValueError, match="Rprop has no batched rule"):
-        BatchedOptimizer(torch.zeros(1, 2), [torch.optim.Rprop(p)], [p])
+    with pytest.raises(ValueError, match="NAdam has no batched rule"):
+        BatchedOptimizer(torch.zeros(1, 2), [torch.optim.NAdam(p)], [p])
     with pytest.raises(ValueError, match="amsgrad=true"):
         BatchedOptimizer(torch.zeros(1, 2), [torch.optim.Adam(p, amsgrad=True)], [p])
     q = [nn.Parameter(torch.zeros(2))]
