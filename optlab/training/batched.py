@@ -23,18 +23,20 @@ from collections.abc import Mapping
 import torch
 
 SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad,
-             torch.optim.Adamax, torch.optim.Adadelta, torch.optim.Rprop)
+             torch.optim.Adamax, torch.optim.Adadelta, torch.optim.Rprop, torch.optim.RAdam)
 
 
 # rule family of each class (AdamW is Adam with decoupled_weight_decay=True), and its [K, N] buffers
 _FAMILY = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adam",
            torch.optim.RMSprop: "rmsprop", torch.optim.Adagrad: "adagrad", torch.optim.Adamax: "adamax",
-           torch.optim.Adadelta: "adadelta", torch.optim.Rprop: "rprop"}
+           torch.optim.Adadelta: "adadelta", torch.optim.Rprop: "rprop",
+           torch.optim.RAdam: "radam"}
 
 
 _BUFFERS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"),
             "rmsprop": ("square_avg", "momentum_buffer", "grad_avg"), "adagrad": ("sum",),
-            "adamax": ("exp_avg", "exp_inf"), "adadelta": ("square_avg", "acc_delta"), "rprop": ("prev", "step_size")}
+            "adamax": ("exp_avg", "exp_inf"), "adadelta": ("square_avg", "acc_delta"), "rprop": ("prev", "step_size"),
+            "radam": ("exp_avg", "exp_avg_sq")}
 
 
 # flags that would need another buffer or another shape of rule
@@ -82,7 +84,7 @@ def _hypers(family: str, group: Mapping) -> dict[str, float]:
         mom = float(group["momentum"])
         return {"neg_lr": -lr, "wd": wd, "mom": mom, "one_minus_damp": 1 - float(group["dampening"]),
                 "nesterov": float(bool(group["nesterov"])), "has_mom": float(mom != 0)}
-    if family == "adam":
+    if family in ("adam", "radam"):
         b1, b2 = (float(b) for b in group["betas"])
         decoupled = bool(group.get("decoupled_weight_decay", False))
         return {"lr": lr, "beta1": b1, "beta2": b2, "one_minus_beta1": 1 - b1, "one_minus_beta2": 1 - b2,
@@ -106,8 +108,18 @@ def _hypers(family: str, group: Mapping) -> dict[str, float]:
     return {"lr": lr, "lr_decay": float(group["lr_decay"]), "wd": wd, "eps": float(group["eps"])}
 
 
+def _rho(t: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """RAdam's length of the approximated simple moving average after t steps."""
+    return (2 / (1 - b2) - 1) - 2 * t * (b2**t) / (1 - b2**t)
+
+
+def _rectification(t: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    rho_inf, rho_t = 2 / (1 - b2) - 1, _rho(t, b2)
+    return ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+
+
 class BatchedOptimizer:
-    r"""The update rules of SGD, Adam/AdamW, RMSprop, Adagrad, Adamax, Adadelta and Rprop on [K, N] rows, matching
+    r"""The update rules of SGD, Adam/AdamW, RMSprop, Adagrad, Adamax, Adadelta, Rprop and RAdam on [K, N] rows, matching
     torch.optim (single-tensor path) member by member (bitwise, on CPU in torch 2.13). Per element, with
     g = grad and p = params:
 
@@ -123,6 +135,8 @@ class BatchedOptimizer:
     Adamax:   g ← g + wd·p;  m ← lerp(m, g, 1−β₁);  u ← max(β₂u, |g| + ε);  p ← p − lr/(1−β₁ᵗ) · m/u
     Rprop:    s ← sign(g·g_prev);  Δ ← clamp(Δ·(η₊ if s > 0, η₋ if s < 0, else 1), Δmin, Δmax) (Δ₀ = lr);
               g ← 0 where s < 0;  p ← p − sign(g)·Δ;  g_prev ← g
+    RAdam:    as Adam's moments (and its two decays); ρ∞ = 2/(1−β₂) − 1, ρₜ = ρ∞ − 2tβ₂ᵗ/(1−β₂ᵗ);
+              p ← p − lr·m/(1−β₁ᵗ) · (r·√(1−β₂ᵗ)/(√v + ε) if ρₜ > 5 else 1), r the rectification
     Adadelta: g ← g + wd·p;  v ← ρv + (1−ρ)g²;  d ← √(a + ε)/√(v + ε) · g;  a ← ρa + (1−ρ)d²;  p ← p − lr·d
 
     The step-dependent factors (bias corrections, Adagrad's decayed lr) are computed in float64
@@ -311,6 +325,22 @@ class BatchedOptimizer:
         return {"param": torch.addcmul(p, g.sign(), step_size, value=-1, out=into), "prev": g,
                 "step_size": step_size}
 
+    def _radam(self, p, g, h, s, into=None):
+        if self.any["decay"]:
+            p = p * h["decay"]  # decoupled_weight_decay=true
+        if self.any["wd"]:
+            g = g.addcmul(p, h["wd"])
+        exp_avg = s["exp_avg"].lerp(g, h["one_minus_beta1"])
+        exp_avg_sq = s["exp_avg_sq"] * h["beta2"]
+        exp_avg_sq.addcmul_(g * h["one_minus_beta2"], g)
+        corrected = exp_avg / self._per_step(lambda t, b1: 1 - b1**t, "beta1") * h["lr"]
+        rectified = self._per_step(lambda t, b2: _rho(t, b2) > 5, "beta2") != 0  # the variance is tractable
+        rect = self._per_step(_rectification, "beta2")  # NaN where not rectified: never selected
+        adaptive = exp_avg_sq.sqrt().add_(h["eps"]).reciprocal() * self._per_step(lambda t, b2: (1 - b2**t) ** 0.5,
+                                                                                 "beta2")
+        update = torch.where(rectified, corrected * adaptive * rect, corrected)
+        return {"param": torch.sub(p, update, out=into), "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
     def _adadelta(self, p, g, h, s, into=None):
         if self.any["wd"]:
             g = g.addcmul(p, h["wd"])
@@ -339,7 +369,7 @@ class BatchedOptimizer:
             return ["step", "sum"]
         if not started:
             return []
-        if self.family == "adam":
+        if self.family in ("adam", "radam"):
             return ["step", "exp_avg", "exp_avg_sq"]
         if self.family == "adamax":
             return ["step", "exp_avg", "exp_inf"]

@@ -37,6 +37,7 @@ CASES = {
                 [[], ["seed=1", "optimizer.lr=0.05", "init=xavier_uniform"]]),
     "adamax": (["optimizer=adamax"], [[], ["seed=1", "optimizer.betas=[0.8,0.99]", "optimizer.weight_decay=0.001"]]),
     "rprop": (["optimizer=rprop"], [[], ["seed=1", "optimizer.etas=[0.3,1.5]", "optimizer.lr=0.005"]]),
+    "radam": (["optimizer=radam"], [[], ["seed=1", "optimizer.betas=[0.8,0.99]", "optimizer.weight_decay=0.001"]]),
     "adadelta": (["optimizer=adadelta"], [[], ["seed=1", "optimizer.rho=0.8", "optimizer.lr=0.5"]]),
     "linear": (["model=linear", "optimizer=momentum"], [[], ["seed=1", "optimizer.momentum=0.5"]]),
 }

@@ -55,6 +55,11 @@ SETTINGS = {
         dict(lr=5e-3, etas=(0.3, 1.5), step_sizes=(1e-4, 0.02)),
         dict(lr=2e-2, etas=(0.6, 1.1), step_sizes=(1e-3, 5.0)),
     ],
+    torch.optim.RAdam: [
+        dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2),
+        dict(lr=3e-3, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.1, decoupled_weight_decay=True),
+        dict(lr=2e-2, betas=(0.5, 0.8), eps=1e-4),
+    ],
 }
 CLASSES = pytest.mark.parametrize("cls", SUPPORTED, ids=lambda c: c.__name__)
 
@@ -256,6 +261,7 @@ def test_unsupported():
     assert unsupported({"_target_": "torch.optim.AdamW", "amsgrad": False}) is None
     assert unsupported({"_target_": "torch.optim.Rprop"}) is None
     assert unsupported({"_target_": "torch.optim.NAdam"}) == "torch.optim.NAdam has no batched rule"
+    assert unsupported({"_target_": "torch.optim.RAdam"}) is None
     assert unsupported({"_target_": "optlab.optim.QuickProp"}) == "optlab.optim.QuickProp has no batched rule"
     assert unsupported({"_target_": "no.such.Thing"}) == "no.such.Thing has no batched rule"
     assert unsupported({"_target_": "torch.optim.Adam", "amsgrad": True}) == "amsgrad=true"
