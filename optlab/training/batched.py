@@ -69,9 +69,10 @@ def unsupported(optimizer_cfg: Mapping) -> str | None:
 
 
 class BatchedOptimizer:
-    r"""The update rules of SGD, Adam/AdamW, RMSprop, Adagrad, Adamax, Adadelta, Rprop and RAdam on [K, N] rows, matching
-    torch.optim (single-tensor path) member by member (bitwise, on CPU in torch 2.13). Per element, with
-    g = grad and p = params:
+    r"""The update rules of SGD, Adam/AdamW, RMSprop, Adagrad, Adamax, Adadelta, Rprop, RAdam and
+    NAdam (optlab/training/update_rules.py) on [K, N] rows, matching torch.optim (single-tensor
+    path) member by member (bitwise, on CPU in torch 2.13). Per element, with g = grad and
+    p = params:
 
     SGD:      g ← g + wd·p;  b ← g (first step) else mom·b + (1−dampening)·g;
               d ← g + mom·b (nesterov) else b, or g when mom = 0;  p ← p − lr·d
@@ -85,6 +86,7 @@ class BatchedOptimizer:
     Adamax:   g ← g + wd·p;  m ← lerp(m, g, 1−β₁);  u ← max(β₂u, |g| + ε);  p ← p − lr/(1−β₁ᵗ) · m/u
     Rprop:    s ← sign(g·g_prev);  Δ ← clamp(Δ·(η₊ if s > 0, η₋ if s < 0, else 1), Δmin, Δmax) (Δ₀ = lr);
               g ← 0 where s < 0;  p ← p − sign(g)·Δ;  g_prev ← g
+    NAdam:    see `nadam` in optlab/training/update_rules.py
     RAdam:    as Adam's moments (and its two decays); ρ∞ = 2/(1−β₂) − 1, ρₜ = ρ∞ − 2tβ₂ᵗ/(1−β₂ᵗ);
               p ← p − lr·m/(1−β₁ᵗ) · (r·√(1−β₂ᵗ)/(√v + ε) if ρₜ > 5 else 1), r the rectification
     Adadelta: g ← g + wd·p;  v ← ρv + (1−ρ)g²;  d ← √(a + ε)/√(v + ε) · g;  a ← ρa + (1−ρ)d²;  p ← p − lr·d
@@ -169,12 +171,13 @@ class BatchedOptimizer:
             out = torch.where(mask, compact[:, g : g + 1], out)
         return out
 
-    def per_step(self, fn, *names: str) -> torch.Tensor:
-        """A step-dependent factor fn(steps, *hyperparameters) in float64, cast and expanded."""
+    def per_step(self, fn, *names: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A step-dependent factor fn(steps, *hyperparameters) in float64, cast (to the
+        parameters' dtype, or `dtype`) and expanded."""
         compact = [self._c64[n][0] for n in names]
         uniform = all(self._c64[n][1] for n in names)
         t = self.steps + 1
-        return self._expand(fn(t, *compact).to(self.flat.dtype), uniform)
+        return self._expand(fn(t, *compact).to(dtype or self.flat.dtype), uniform)
 
     # -- the step ---------------------------------------------------------------------------------
 
@@ -221,12 +224,13 @@ class BatchedOptimizer:
                 continue
             state, n = {}, p.numel()
             for key in keys:
-                if key == "step":
+                if key in ("step", "mu_product"):  # a number per parameter (NAdam's product of its momenta)
                     fused = bool(group.get("fused"))
                     wide = torch.get_default_dtype() == torch.float64 and not fused
                     dtype = torch.float64 if wide else torch.float32  # as torch's _get_scalar_dtype
                     on_device = fused or group.get("capturable", False)
-                    state[key] = torch.tensor(steps[k], dtype=dtype, device=p.device if on_device else None)
+                    value = steps[k] if key == "step" else float(self.state[key][k, offset])
+                    state[key] = torch.tensor(value, dtype=dtype, device=p.device if on_device else None)
                 else:
                     row = self.state[key][k, offset : offset + n]
                     state[key] = row.view_as(p).to(device=p.device, dtype=p.dtype, copy=True)
@@ -249,8 +253,10 @@ class BatchedOptimizer:
                 value = state.get(name)
                 if value is None and name == "sum":
                     value = torch.full_like(p, float(group["initial_accumulator_value"]))
+                if value is None and name == "mu_product":
+                    value = torch.ones_like(p)
                 if value is not None:
-                    pieces.append((k, offset, value.detach().reshape(-1)))
+                    pieces.append((k, offset, value.detach().reshape(-1).expand(p.numel())))
         # buffers no member holds yet start as zeros when a rule first asks for them
         self.state = _Cache(lambda name: torch.zeros(K, N, **like))
         for name, pieces in found.items():

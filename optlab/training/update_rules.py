@@ -13,20 +13,21 @@ from collections.abc import Mapping
 import torch
 
 SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad,
-             torch.optim.Adamax, torch.optim.Adadelta, torch.optim.Rprop, torch.optim.RAdam)
+             torch.optim.Adamax, torch.optim.Adadelta, torch.optim.Rprop, torch.optim.RAdam,
+             torch.optim.NAdam)
 
 
 # rule family of each class (AdamW is Adam with decoupled_weight_decay=True), and its [K, N] buffers
 FAMILY = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adam",
            torch.optim.RMSprop: "rmsprop", torch.optim.Adagrad: "adagrad", torch.optim.Adamax: "adamax",
            torch.optim.Adadelta: "adadelta", torch.optim.Rprop: "rprop",
-           torch.optim.RAdam: "radam"}
+           torch.optim.RAdam: "radam", torch.optim.NAdam: "nadam"}
 
 
 BUFFERS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"),
             "rmsprop": ("square_avg", "momentum_buffer", "grad_avg"), "adagrad": ("sum",),
             "adamax": ("exp_avg", "exp_inf"), "adadelta": ("square_avg", "acc_delta"), "rprop": ("prev", "step_size"),
-            "radam": ("exp_avg", "exp_avg_sq")}
+            "radam": ("exp_avg", "exp_avg_sq"), "nadam": ("exp_avg", "exp_avg_sq", "mu_product")}
 
 
 def hypers(family: str, group: Mapping) -> dict[str, float]:
@@ -37,12 +38,13 @@ def hypers(family: str, group: Mapping) -> dict[str, float]:
         mom = float(group["momentum"])
         return {"neg_lr": -lr, "wd": wd, "mom": mom, "one_minus_damp": 1 - float(group["dampening"]),
                 "nesterov": float(bool(group["nesterov"])), "has_mom": float(mom != 0)}
-    if family in ("adam", "radam"):
+    if family in ("adam", "radam", "nadam"):
         b1, b2 = (float(b) for b in group["betas"])
         decoupled = bool(group.get("decoupled_weight_decay", False))
         return {"lr": lr, "beta1": b1, "beta2": b2, "one_minus_beta1": 1 - b1, "one_minus_beta2": 1 - b2,
                 "eps": float(group["eps"]), "wd": 0.0 if decoupled else wd,
-                "decay": 1 - lr * wd if decoupled else 1.0}
+                "decay": 1 - lr * wd if decoupled else 1.0,
+                "momentum_decay": float(group.get("momentum_decay", 0.0))}
     if family == "rmsprop":
         alpha = float(group["alpha"])
         return {"neg_lr": -lr, "wd": wd, "alpha": alpha, "one_minus_alpha": 1 - alpha,
@@ -81,6 +83,8 @@ def state_keys(family: str, group: Mapping, started: bool) -> list[str]:
         return []
     if family in ("adam", "radam"):
         return ["step", "exp_avg", "exp_avg_sq"]
+    if family == "nadam":
+        return ["step", "mu_product", "exp_avg", "exp_avg_sq"]
     if family == "adamax":
         return ["step", "exp_avg", "exp_inf"]
     if family == "adadelta":
@@ -201,5 +205,31 @@ def adadelta(opt, p, g, h, s, into=None):
             "acc_delta": acc_delta}
 
 
+def nadam(opt, p, g, h, s, into=None):
+    """NAdam (Dozat 2016): Adam's moments with Nesterov momentum scheduled by μₜ = β₁(1 − ½·0.96^(t·ψ)):
+    p ← p − lr(1−μₜ)/(1−Πμ)·g/d − lr·μₜ₊₁/(1−Πμ·μₜ₊₁)·m/d, d = √(v/(1−β₂ᵗ)) + ε. Πμ is kept in
+    float32, as torch keeps it; the factors are computed in float64 from it, as torch's Python floats."""
+    if opt.any["decay"]:
+        p = p * h["decay"]  # decoupled_weight_decay=true
+    if opt.any["wd"]:
+        g = g.addcmul(p, h["wd"])
+    f64 = torch.float64
+    mu = opt.per_step(lambda t, b1, psi: b1 * (1.0 - 0.5 * (0.96 ** (t * psi))), "beta1", "momentum_decay", dtype=f64)
+    mu_next = opt.per_step(lambda t, b1, psi: b1 * (1.0 - 0.5 * (0.96 ** ((t + 1) * psi))), "beta1", "momentum_decay",
+                           dtype=f64)
+    lr = opt.per_step(lambda t, lr: lr, "lr", dtype=f64)
+    mu_product = s["mu_product"] * mu.to(s["mu_product"].dtype)
+    exp_avg = s["exp_avg"].lerp(g, h["one_minus_beta1"])
+    exp_avg_sq = s["exp_avg_sq"] * h["beta2"]
+    exp_avg_sq.addcmul_(g * h["one_minus_beta2"], g)
+    denom = (exp_avg_sq / opt.per_step(lambda t, b2: 1 - b2**t, "beta2")).sqrt_().add_(h["eps"])
+    product = mu_product.to(f64)
+    on_grad = (-lr * (1.0 - mu) / (1.0 - product)).to(p.dtype)
+    on_avg = ((-lr * mu_next) / (1.0 - product * mu_next)).to(p.dtype)
+    p = torch.addcdiv(p, g * on_grad, denom)
+    return {"param": torch.addcdiv(p, exp_avg * on_avg, denom, out=into), "exp_avg": exp_avg,
+            "exp_avg_sq": exp_avg_sq, "mu_product": mu_product}
+
+
 RULES = {"sgd": sgd, "adam": adam, "rmsprop": rmsprop, "adagrad": adagrad, "adamax": adamax, "rprop": rprop,
-         "radam": radam, "adadelta": adadelta}
+         "radam": radam, "adadelta": adadelta, "nadam": nadam}

@@ -60,6 +60,11 @@ SETTINGS = {
         dict(lr=3e-3, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.1, decoupled_weight_decay=True),
         dict(lr=2e-2, betas=(0.5, 0.8), eps=1e-4),
     ],
+    torch.optim.NAdam: [
+        dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, momentum_decay=4e-3),
+        dict(lr=3e-3, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.1, decoupled_weight_decay=True),
+        dict(lr=1e-2, betas=(0.5, 0.8), eps=1e-4, momentum_decay=1e-2),
+    ],
 }
 CLASSES = pytest.mark.parametrize("cls", SUPPORTED, ids=lambda c: c.__name__)
 
@@ -260,15 +265,16 @@ def test_unsupported():
     assert unsupported({"_target_": "torch.optim.SGD", "lr": 0.1, "nesterov": True, "momentum": 0.9}) is None
     assert unsupported({"_target_": "torch.optim.AdamW", "amsgrad": False}) is None
     assert unsupported({"_target_": "torch.optim.Rprop"}) is None
-    assert unsupported({"_target_": "torch.optim.NAdam"}) == "torch.optim.NAdam has no batched rule"
+    assert unsupported({"_target_": "torch.optim.NAdam"}) is None
+    assert unsupported({"_target_": "torch.optim.LBFGS"}) == "torch.optim.LBFGS has no batched rule"
     assert unsupported({"_target_": "torch.optim.RAdam"}) is None
     assert unsupported({"_target_": "optlab.optim.QuickProp"}) == "optlab.optim.QuickProp has no batched rule"
     assert unsupported({"_target_": "no.such.Thing"}) == "no.such.Thing has no batched rule"
     assert unsupported({"_target_": "torch.optim.Adam", "amsgrad": True}) == "amsgrad=true"
     assert unsupported({"_target_": "torch.optim.SGD", "maximize": True}) == "maximize=true"
     p = [nn.Parameter(torch.zeros(2))]
-    with pytest.raises(ValueError, match="NAdam has no batched rule"):
-        BatchedOptimizer(torch.zeros(1, 2), [torch.optim.NAdam(p)], [p])
+    with pytest.raises(ValueError, match="LBFGS has no batched rule"):
+        BatchedOptimizer(torch.zeros(1, 2), [torch.optim.LBFGS(p)], [p])
     with pytest.raises(ValueError, match="amsgrad=true"):
         BatchedOptimizer(torch.zeros(1, 2), [torch.optim.Adam(p, amsgrad=True)], [p])
     q = [nn.Parameter(torch.zeros(2))]
