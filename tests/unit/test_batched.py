@@ -239,6 +239,16 @@ SCHEDULED = {
         opt, step_size=3, gamma=(0.5, 0.8, 0.3)[k])),
     "adagrad-steplr": (torch.optim.Adagrad, lambda opt, k: torch.optim.lr_scheduler.StepLR(
         opt, step_size=4, gamma=(0.5, 2.0, 0.1)[k])),
+    "adamax-onecycle": (torch.optim.Adamax, lambda opt, k: torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=1e-2 * (k + 1), total_steps=STEPS, cycle_momentum=True, base_momentum=0.5 + 0.1 * k)),
+    "nadam-onecycle": (torch.optim.NAdam, lambda opt, k: torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=1e-2 * (k + 1), total_steps=STEPS, cycle_momentum=True, base_momentum=0.5 + 0.1 * k)),
+    "radam-steplr": (torch.optim.RAdam, lambda opt, k: torch.optim.lr_scheduler.StepLR(
+        opt, step_size=3, gamma=(0.5, 0.8, 0.3)[k])),
+    "adadelta-steplr": (torch.optim.Adadelta, lambda opt, k: torch.optim.lr_scheduler.StepLR(
+        opt, step_size=4, gamma=(0.5, 2.0, 0.1)[k])),
+    "rprop-steplr": (torch.optim.Rprop, lambda opt, k: torch.optim.lr_scheduler.StepLR(
+        opt, step_size=2, gamma=(0.5, 0.8, 0.3)[k])),
 }
 
 
