@@ -69,8 +69,8 @@ def unsupported(optimizer_cfg: Mapping) -> str | None:
 
 
 class BatchedOptimizer:
-    r"""The update rules of SGD, Adam/AdamW, RMSprop, Adagrad, Adamax, Adadelta, Rprop, RAdam and
-    NAdam (optlab/training/update_rules.py) on [K, N] rows, matching torch.optim (single-tensor
+    r"""The update rules of SGD, Adam/AdamW, RMSprop, Adagrad, Adamax, Adadelta, Rprop, RAdam,
+    NAdam and QuickProp (optlab/training/update_rules.py) on [K, N] rows, matching torch.optim (single-tensor
     path) member by member (bitwise, on CPU in torch 2.13). Per element, with g = grad and
     p = params:
 
@@ -247,7 +247,8 @@ class BatchedOptimizer:
             state = m.state.get(p, {})
             if "step" in state:
                 steps[k] = float(state["step"])
-            elif "momentum_buffer" in state:  # SGD keeps no count; a buffer means it has stepped
+            elif "momentum_buffer" in state or "prev_step" in state:  # SGD, QuickProp keep no count: a buffer
+                # means it has stepped
                 steps[k] = max(steps[k], 1.0)
             for name, pieces in found.items():
                 value = state.get(name)

@@ -12,22 +12,26 @@ from collections.abc import Mapping
 
 import torch
 
+from optlab.optim import QuickProp
+
 SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad,
              torch.optim.Adamax, torch.optim.Adadelta, torch.optim.Rprop, torch.optim.RAdam,
-             torch.optim.NAdam)
+             torch.optim.NAdam, QuickProp)
 
 
 # rule family of each class (AdamW is Adam with decoupled_weight_decay=True), and its [K, N] buffers
 FAMILY = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adam",
            torch.optim.RMSprop: "rmsprop", torch.optim.Adagrad: "adagrad", torch.optim.Adamax: "adamax",
            torch.optim.Adadelta: "adadelta", torch.optim.Rprop: "rprop",
-           torch.optim.RAdam: "radam", torch.optim.NAdam: "nadam"}
+           torch.optim.RAdam: "radam", torch.optim.NAdam: "nadam",
+          QuickProp: "quickprop"}
 
 
 BUFFERS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"),
             "rmsprop": ("square_avg", "momentum_buffer", "grad_avg"), "adagrad": ("sum",),
             "adamax": ("exp_avg", "exp_inf"), "adadelta": ("square_avg", "acc_delta"), "rprop": ("prev", "step_size"),
-            "radam": ("exp_avg", "exp_avg_sq"), "nadam": ("exp_avg", "exp_avg_sq", "mu_product")}
+            "radam": ("exp_avg", "exp_avg_sq"), "nadam": ("exp_avg", "exp_avg_sq", "mu_product"),
+            "quickprop": ("prev_step", "prev_slope")}
 
 
 def hypers(family: str, group: Mapping) -> dict[str, float]:
@@ -51,6 +55,9 @@ def hypers(family: str, group: Mapping) -> dict[str, float]:
                 "eps": float(group["eps"]),
                 "mom": float(group["momentum"]), "has_mom": float(group["momentum"] > 0),
                 "centered": float(bool(group["centered"]))}
+    if family == "quickprop":
+        mu = float(group["mu"])
+        return {"neg_lr": -lr, "mu": mu, "shrink": mu / (1 + mu), "decay": float(group["decay"])}
     if family == "rprop":
         (eta_minus, eta_plus), (step_min, step_max) = (map(float, group[k]) for k in ("etas", "step_sizes"))
         return {"lr": lr, "eta_minus": eta_minus, "eta_plus": eta_plus, "step_min": step_min, "step_max": step_max}
@@ -85,6 +92,8 @@ def state_keys(family: str, group: Mapping, started: bool) -> list[str]:
         return ["step", "exp_avg", "exp_avg_sq"]
     if family == "nadam":
         return ["step", "mu_product", "exp_avg", "exp_avg_sq"]
+    if family == "quickprop":
+        return ["prev_step", "prev_slope"]
     if family == "adamax":
         return ["step", "exp_avg", "exp_inf"]
     if family == "adadelta":
@@ -231,5 +240,21 @@ def nadam(opt, p, g, h, s, into=None):
             "exp_avg_sq": exp_avg_sq, "mu_product": mu_product}
 
 
+def quickprop(opt, p, g, h, s, into=None):
+    """optlab's QuickProp (optlab/optim.py), the same arithmetic on [K, N] rows."""
+    slope = g + h["decay"] * p
+    d, prev = s["prev_step"], s["prev_slope"]
+    descent = h["neg_lr"] * slope
+    gradient_term = torch.where(d * slope < 0, descent, 0.0)
+    denominator = prev - slope
+    secant = d * slope / torch.where(denominator == 0, 1.0, denominator)
+    secant = torch.where(denominator == 0, 0.0, secant)
+    capped = d * (h["shrink"] * prev - slope) > 0
+    step = gradient_term + torch.where(capped, h["mu"] * d, secant)
+    step = torch.where(d == 0, descent, step)
+    return {"param": torch.add(p, step, out=into), "prev_step": step, "prev_slope": slope}
+
+
 RULES = {"sgd": sgd, "adam": adam, "rmsprop": rmsprop, "adagrad": adagrad, "adamax": adamax, "rprop": rprop,
-         "radam": radam, "adadelta": adadelta, "nadam": nadam}
+         "radam": radam, "adadelta": adadelta, "nadam": nadam,
+         "quickprop": quickprop}

@@ -37,6 +37,7 @@ CASES = {
                 [[], ["seed=1", "optimizer.lr=0.05", "init=xavier_uniform"]]),
     "adamax": (["optimizer=adamax"], [[], ["seed=1", "optimizer.betas=[0.8,0.99]", "optimizer.weight_decay=0.001"]]),
     "rprop": (["optimizer=rprop"], [[], ["seed=1", "optimizer.etas=[0.3,1.5]", "optimizer.lr=0.005"]]),
+    "quickprop": (["optimizer=quickprop"], [[], ["seed=1", "optimizer.mu=1.5", "optimizer.decay=0.001"]]),
     "nadam": (["optimizer=nadam"], [[], ["seed=1", "optimizer.momentum_decay=0.01", "optimizer.lr=0.003"]]),
     "radam": (["optimizer=radam"], [[], ["seed=1", "optimizer.betas=[0.8,0.99]", "optimizer.weight_decay=0.001"]]),
     "adadelta": (["optimizer=adadelta"], [[], ["seed=1", "optimizer.rho=0.8", "optimizer.lr=0.5"]]),
@@ -95,14 +96,14 @@ def test_members_have_their_own_dropout_rate(tmp_path):
     assert json.loads((tmp_path / "half" / "metrics.json").read_text())["best_val_acc"] > 0.7  # it learns
 
 
-SWEEP = ["-m", "optimizer=sgd,quickprop", "seed=0,1", "epochs=3", "model.hidden=[16]", "hydra/launcher=vectorized"]
+SWEEP = ["-m", "optimizer=sgd,lbfgs", "seed=0,1", "epochs=3", "model.hidden=[16]", "hydra/launcher=vectorized"]
 
 
 @pytest.mark.slow
 def test_a_sweep_mixing_stacked_and_single_runs_writes_ordinary_run_folders(tmp_path):
     result = optlab("train", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "training 2 runs as one stacked model" in result.stdout  # sgd's seeds; quickprop alone
+    assert "training 2 runs as one stacked model" in result.stdout  # sgd's seeds; lbfgs alone
     runs = sorted(p.parent for p in (tmp_path / "sweep").glob("**/metrics.json"))
     assert len(runs) == 4
     for run in runs:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
+from optlab.optim import QuickProp
 from optlab.training.batched import SUPPORTED, BatchedOptimizer, unsupported
 
 K, STEPS = 3, 20
@@ -64,6 +65,11 @@ SETTINGS = {
         dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, momentum_decay=4e-3),
         dict(lr=3e-3, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.1, decoupled_weight_decay=True),
         dict(lr=1e-2, betas=(0.5, 0.8), eps=1e-4, momentum_decay=1e-2),
+    ],
+    QuickProp: [
+        dict(lr=1e-2, mu=1.75, decay=1e-4),
+        dict(lr=5e-3, mu=1.5),
+        dict(lr=2e-2, mu=2.0, decay=1e-2),
     ],
 }
 CLASSES = pytest.mark.parametrize("cls", SUPPORTED, ids=lambda c: c.__name__)
@@ -278,7 +284,8 @@ def test_unsupported():
     assert unsupported({"_target_": "torch.optim.NAdam"}) is None
     assert unsupported({"_target_": "torch.optim.LBFGS"}) == "torch.optim.LBFGS has no batched rule"
     assert unsupported({"_target_": "torch.optim.RAdam"}) is None
-    assert unsupported({"_target_": "optlab.optim.QuickProp"}) == "optlab.optim.QuickProp has no batched rule"
+    assert unsupported({"_target_": "optlab.optim.QuickProp"}) is None
+    assert unsupported({"_target_": "optlab.optim.Newton"}) == "optlab.optim.Newton has no batched rule"
     assert unsupported({"_target_": "no.such.Thing"}) == "no.such.Thing has no batched rule"
     assert unsupported({"_target_": "torch.optim.Adam", "amsgrad": True}) == "amsgrad=true"
     assert unsupported({"_target_": "torch.optim.SGD", "maximize": True}) == "maximize=true"
