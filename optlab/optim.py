@@ -132,17 +132,25 @@ class QuickProp(Optimizer):
                     state["prev_step"] = torch.zeros_like(p)
                     state["prev_slope"] = torch.zeros_like(p)
                 d, prev = state["prev_step"], state["prev_slope"]
-                gradient_term = torch.where(d * slope < 0, -eps * slope, 0.0)
-                denominator = prev - slope
-                secant = d * slope / torch.where(denominator == 0, 1.0, denominator)
-                secant = torch.where(denominator == 0, 0.0, secant)
-                capped = d * (shrink * prev - slope) > 0
-                step = gradient_term + torch.where(capped, mu * d, secant)
-                step = torch.where(d == 0, -eps * slope, step)
+                step = quickprop_step(slope, d, prev, -eps, mu, shrink)
                 p.add_(step)
                 d.copy_(step)
                 prev.copy_(slope)
         return loss
+
+
+def quickprop_step(slope, d, prev, neg_lr, mu, shrink):
+    """QuickProp's Δw_t (the rule in `QuickProp`'s docstring) from the slope S_t, the previous step
+    Δw_{t-1} and slope S_{t-1}; `neg_lr` = −ε, `shrink` = μ/(1+μ). The numbers may be floats or
+    tensors that broadcast (a vectorized group's per-member rows, optlab/training/update_rules.py)."""
+    descent = neg_lr * slope
+    gradient_term = torch.where(d * slope < 0, descent, 0.0)
+    denominator = prev - slope
+    secant = d * slope / torch.where(denominator == 0, 1.0, denominator)
+    secant = torch.where(denominator == 0, 0.0, secant)
+    capped = d * (shrink * prev - slope) > 0
+    step = gradient_term + torch.where(capped, mu * d, secant)
+    return torch.where(d == 0, descent, step)
 
 
 class Newton(Optimizer):

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Sequence
 
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, open_dict, read_write
 
-from optlab.config.hydra_compat import as_job, job_return, save_config
+from optlab.config.hydra_compat import as_job, job_return, save_job_files
 from optlab.errors import UsageError, usage_error
 from optlab.jobs import command
 from optlab.jobs.dispatch import failed, stop_interrupted, sweep_again
@@ -108,11 +108,7 @@ def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool
     folders = []
     for cfg, task in zip(configs, tasks):
         folder = Path(job_folder(cfg)).absolute()
-        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
-            cfg.hydra.runtime.output_dir = str(folder)
-        for name, node in (("config", task), ("hydra", OmegaConf.masked_copy(cfg, "hydra")),
-                           ("overrides", cfg.hydra.overrides.task)):
-            save_config(node, f"{name}.yaml", folder / ".hydra")
+        save_job_files(cfg, folder)
         folders.append(folder)
     names = [os.path.relpath(folder, configs[0].hydra.sweep.dir) for folder in folders]
     log.info("training %d runs as one stacked model%s: %s", len(configs), " (resumed)" * resume, ", ".join(names))

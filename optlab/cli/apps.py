@@ -129,6 +129,7 @@ def run_app(name: str, args: list[str]) -> int:
     import hydra
 
     from optlab.config.resolvers import register
+    from optlab.naming import relative
 
     register()
     app, prog = APPS[name], f"optlab {name}"
@@ -149,15 +150,9 @@ def run_app(name: str, args: list[str]) -> int:
     if code == 0 and command.failed:
         failed = command.failed
         print(f"{prog}: {len(failed)} run{'s' * (len(failed) > 1)} of the {app.of} failed (the lines above say "
-              f"why): {', '.join(str(_relative(f)) for f in failed)}", file=sys.stderr)
+              f"why): {', '.join(str(relative(Path(f))) for f in failed)}", file=sys.stderr)
         return 1
     return code
-
-
-def _relative(folder: str) -> Path:
-    from optlab.naming import relative
-
-    return relative(Path(folder))
 
 
 def _guarded(prog: str, args: list[str], command: Command, app: Callable[[], object]) -> int:

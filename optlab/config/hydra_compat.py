@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
-import os
 from pathlib import Path
 
 from hydra.core import utils
@@ -53,12 +51,12 @@ def __getattr__(name: str):
 def as_job(cfg: DictConfig):
     """Within it, `${hydra:...}` in a job's config (`hydra` node included) resolves as in the
     job itself; Hydra sets that up only as the job starts."""
-    previous = HydraConfig.instance().cfg
+    previous = current_config()
     HydraConfig.instance().set_config(cfg)
     try:
         yield cfg
     finally:
-        HydraConfig.instance().cfg = previous
+        set_hydra_config(previous)
 
 
 def set_hydra_config(cfg: DictConfig) -> None:
@@ -71,19 +69,16 @@ def save_config(node, filename: str, folder: Path) -> None:
     utils._save_config(node, filename, folder)
 
 
-def save_job_files(config: DictConfig, folder: str = ".hydra") -> None:
-    """Write a single run's `.hydra/` (config.yaml, hydra.yaml, overrides.yaml) as Hydra's
-    run_job writes them, and open its log file once, so that a folder that cannot take them
-    fails here, where the Guard can take the attempt back, and not inside Hydra."""
-    output_dir = os.path.abspath(str(config.hydra.run.dir))
+def save_job_files(config: DictConfig, output_dir: Path) -> None:
+    """Write a job's `.hydra/` (config.yaml, hydra.yaml, overrides.yaml) into `output_dir` as
+    Hydra's run_job writes them, its `hydra.runtime.output_dir` set first as run_job sets it: the
+    Guard writes a single run's this way, the vectorized launcher each member's."""
     with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
-        config.hydra.runtime.output_dir = output_dir  # as run_job sets it before writing
+        config.hydra.runtime.output_dir = str(output_dir)
     task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    target = Path(output_dir) / folder
-    save_config(task, "config.yaml", target)
-    save_config(OmegaConf.masked_copy(config, "hydra"), "hydra.yaml", target)
-    save_config(config.hydra.overrides.task, "overrides.yaml", target)
-    logging.FileHandler(Path(output_dir) / f"{config.hydra.job.name}.log").close()  # created, as Hydra's log would be
+    for name, node in (("config", task), ("hydra", OmegaConf.masked_copy(config, "hydra")),
+                       ("overrides", config.hydra.overrides.task)):
+        save_config(node, f"{name}.yaml", output_dir / ".hydra")
 
 
 def current_config() -> DictConfig | None:

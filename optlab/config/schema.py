@@ -559,23 +559,23 @@ def options(group: str) -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
 
 
+def _help_lines(keys: dict[str, tuple[str, Rule]]) -> str:
+    """`  name  help (allowed)`, one line a key, the names in one column (`--help`)."""
+    width = max(map(len, keys), default=0)
+    return "\n".join(f"  {name:<{width}}  {help} ({rule.allowed})" for name, (help, rule) in keys.items())
+
+
 def group_keys_help(cfg) -> str:
     """Every key the config's chosen options have, with its help and what it allows (`optlab
     train optimizer=adam --help` lists optimizer.betas; sgd's lists optimizer.momentum)."""
     from omegaconf import OmegaConf
 
-    present = [p for p in GROUP_KEYS if OmegaConf.select(cfg, p, default=_ABSENT, throw_on_missing=False) is not _ABSENT]
-    width = max(map(len, present), default=0)
-    return "\n".join(f"  {path:<{width}}  {GROUP_KEYS[path].help} ({GROUP_KEYS[path].rule.allowed})"
-                     for path in present)
+    return _help_lines({path: (key.help, key.rule) for path, key in GROUP_KEYS.items()
+                        if OmegaConf.select(cfg, path, default=_ABSENT, throw_on_missing=False) is not _ABSENT})
 
 
 _ABSENT = object()
 
 
 def keys_help() -> str:
-    width = max(map(len, top_level_keys()))
-    return "\n".join(
-        f"  {name:<{width}}  {meta['help']} ({meta['rule'].allowed})"
-        for name, meta in top_level_keys().items()
-    )
+    return _help_lines({name: (meta["help"], meta["rule"]) for name, meta in top_level_keys().items()})

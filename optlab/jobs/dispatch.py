@@ -65,10 +65,10 @@ def sweep_again(words: list[str], sweep_dir: Path) -> str:
     return command(*words, override("hydra.sweep.dir", relative(sweep_dir)))
 
 
-def unready(error: OSError) -> UsageError:
-    """Hydra could not make a single run's folder or open its log (the Guard wrote `.hydra/`
-    and opened the log once before, and took back what it could not write): say which file."""
-    return UsageError(f"cannot write {error.filename or 'the run folder'}: {error.strerror or error}")
+def unready(error: OSError, where: Path | str = "the run folder") -> UsageError:
+    """A run's folder that could not be made or written (a full disk, a file in the way, no
+    permission), in one line naming the file, else `where`."""
+    return UsageError(f"cannot write {error.filename or where}: {error.strerror or error}")
 
 
 def stopped_at_once(asked: Command) -> str:

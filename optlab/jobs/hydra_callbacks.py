@@ -3,6 +3,8 @@ run's folder before Hydra writes into it; the sweep callback writes a sweep's su
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -11,7 +13,8 @@ from omegaconf import DictConfig, open_dict, read_write
 from optlab.analysis.summary import summarize
 from optlab.config import hydra_compat
 from optlab.config.checks import validate
-from optlab.errors import Refused, UsageError
+from optlab.errors import Refused
+from optlab.jobs.dispatch import unready
 from optlab.store.files import unwritable
 from optlab.store.folder import check_resumable, prepare, take_back
 
@@ -35,15 +38,16 @@ class Guard(Callback):
                 run_dir = Path(config.hydra.run.dir)
                 action = prepare(run_dir, config, self.resume)
                 changes = action == "resume" and check_resumable(run_dir, config, self.allow_changes)
-                if action == "train" or changes:
-                    hydra_compat.save_job_files(config)
+                if action == "train" or changes:  # written here, where a folder that cannot take them is taken back
+                    output_dir = Path(os.path.abspath(str(config.hydra.run.dir)))
+                    hydra_compat.save_job_files(config, output_dir)
+                    logging.FileHandler(output_dir / f"{config.hydra.job.name}.log").close()  # Hydra's log, opened once
         except Exception as error:  # Hydra would only warn, and run the job unchecked
             if run_dir is not None:
                 take_back(run_dir)  # what this attempt wrote goes, an earlier attempt comes back
             where = run_dir or "the run folder"
-            if isinstance(error, OSError) and unwritable(error, where) is None:  # not a folder, a file in the way
-                error = UsageError(f"cannot write {error.filename or where}: {error.strerror or error}")
-            raise Refused(unwritable(error, where) or error) from error
+            mistake = unwritable(error, where) or (unready(error, where) if isinstance(error, OSError) else error)
+            raise Refused(mistake) from error
         with read_write(config.hydra), open_dict(config.hydra):  # written here, not again by Hydra
             config.hydra.output_subdir = None
 

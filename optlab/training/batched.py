@@ -171,6 +171,11 @@ class BatchedOptimizer:
             out = torch.where(mask, compact[:, g : g + 1], out)
         return out
 
+    def exact(self, name: str) -> torch.Tensor:
+        """A hyperparameter in float64, expanded: a rule that computes its factors as torch does
+        in Python floats (NAdam) reads it so."""
+        return self._expand(*self._c64[name])
+
     def per_step(self, fn, *names: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """A step-dependent factor fn(steps, *hyperparameters) in float64, cast (to the
         parameters' dtype, or `dtype`) and expanded."""

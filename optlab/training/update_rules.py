@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
-from optlab.optim import QuickProp
+from optlab.optim import QuickProp, quickprop_step
 
 SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad,
              torch.optim.Adamax, torch.optim.Adadelta, torch.optim.Rprop, torch.optim.RAdam,
@@ -104,9 +104,32 @@ def state_keys(family: str, group: Mapping, started: bool) -> list[str]:
             + ["grad_avg"] * bool(group["centered"]))
 
 
-def sgd(opt, p, g, h, s, into=None):
+def _decayed(opt, p, g, h):
+    """Weight decay as torch applies it before a rule's own arithmetic: decoupled, p·(1 − lr·wd)
+    (AdamW, `decoupled_weight_decay`; 1 for the other members), then L2, g + wd·p (0 for
+    decoupled members)."""
+    if opt.any.get("decay", False):
+        p = p * h["decay"]
     if opt.any["wd"]:
         g = g.addcmul(p, h["wd"])
+    return p, g
+
+
+def _moments(g, h, s):
+    """Adam's running averages of g and g² (Adam, RAdam, NAdam)."""
+    exp_avg = s["exp_avg"].lerp(g, h["one_minus_beta1"])
+    exp_avg_sq = s["exp_avg_sq"] * h["beta2"]
+    exp_avg_sq.addcmul_(g * h["one_minus_beta2"], g)
+    return exp_avg, exp_avg_sq
+
+
+def _neg_step(opt):
+    """−lr/(1 − β₁ᵗ): the bias-corrected step of Adam and Adamax."""
+    return opt.per_step(lambda t, lr, b1: -(lr / (1 - b1**t)), "lr", "beta1")
+
+
+def sgd(opt, p, g, h, s, into=None):
+    p, g = _decayed(opt, p, g, h)
     out = {}
     if opt.any["has_mom"]:
         first = opt.steps == 0  # torch starts the buffer as a copy of g
@@ -122,14 +145,9 @@ def sgd(opt, p, g, h, s, into=None):
 
 
 def adam(opt, p, g, h, s, into=None):
-    if opt.any["decay"]:
-        p = p * h["decay"]  # AdamW's decoupled decay (1.0 for Adam members)
-    if opt.any["wd"]:
-        g = g.addcmul(p, h["wd"])  # Adam's L2 decay (0 for AdamW members)
-    exp_avg = s["exp_avg"].lerp(g, h["one_minus_beta1"])
-    exp_avg_sq = s["exp_avg_sq"] * h["beta2"]
-    exp_avg_sq.addcmul_(g * h["one_minus_beta2"], g)
-    neg_step = opt.per_step(lambda t, lr, b1: -(lr / (1 - b1**t)), "lr", "beta1")
+    p, g = _decayed(opt, p, g, h)
+    exp_avg, exp_avg_sq = _moments(g, h, s)
+    neg_step = _neg_step(opt)
     bc2_sqrt = opt.per_step(lambda t, b2: (1 - b2**t).sqrt(), "beta2")
     denom = (exp_avg_sq.sqrt() / bc2_sqrt).add_(h["eps"])
     return {"param": torch.addcdiv(p, exp_avg * neg_step, denom, out=into), "exp_avg": exp_avg,
@@ -137,8 +155,7 @@ def adam(opt, p, g, h, s, into=None):
 
 
 def rmsprop(opt, p, g, h, s, into=None):
-    if opt.any["wd"]:
-        g = g.addcmul(p, h["wd"])
+    p, g = _decayed(opt, p, g, h)
     out = {"square_avg": s["square_avg"] * h["alpha"]}
     out["square_avg"].addcmul_(g * h["one_minus_alpha"], g)
     if opt.any["centered"]:
@@ -160,20 +177,17 @@ def rmsprop(opt, p, g, h, s, into=None):
 
 
 def adagrad(opt, p, g, h, s, into=None):
-    if opt.any["wd"]:
-        g = g.addcmul(p, h["wd"])
+    p, g = _decayed(opt, p, g, h)
     total = s["sum"].addcmul(g, g)
     neg_clr = opt.per_step(lambda t, lr, decay: -(lr / (1 + (t - 1) * decay)), "lr", "lr_decay")
     return {"param": torch.addcdiv(p, g * neg_clr, total.sqrt().add_(h["eps"]), out=into), "sum": total}
 
 
 def adamax(opt, p, g, h, s, into=None):
-    if opt.any["wd"]:
-        g = g.addcmul(p, h["wd"])
+    p, g = _decayed(opt, p, g, h)
     exp_avg = s["exp_avg"].lerp(g, h["one_minus_beta1"])
     exp_inf = torch.maximum(s["exp_inf"] * h["beta2"], g.abs().add_(h["eps"]))
-    neg_clr = opt.per_step(lambda t, lr, b1: -(lr / (1 - b1**t)), "lr", "beta1")
-    return {"param": torch.addcdiv(p, exp_avg * neg_clr, exp_inf, out=into), "exp_avg": exp_avg,
+    return {"param": torch.addcdiv(p, exp_avg * _neg_step(opt), exp_inf, out=into), "exp_avg": exp_avg,
             "exp_inf": exp_inf}
 
 
@@ -188,13 +202,8 @@ def rprop(opt, p, g, h, s, into=None):
 
 
 def radam(opt, p, g, h, s, into=None):
-    if opt.any["decay"]:
-        p = p * h["decay"]  # decoupled_weight_decay=true
-    if opt.any["wd"]:
-        g = g.addcmul(p, h["wd"])
-    exp_avg = s["exp_avg"].lerp(g, h["one_minus_beta1"])
-    exp_avg_sq = s["exp_avg_sq"] * h["beta2"]
-    exp_avg_sq.addcmul_(g * h["one_minus_beta2"], g)
+    p, g = _decayed(opt, p, g, h)
+    exp_avg, exp_avg_sq = _moments(g, h, s)
     corrected = exp_avg / opt.per_step(lambda t, b1: 1 - b1**t, "beta1") * h["lr"]
     rectified = opt.per_step(lambda t, b2: rho(t, b2) > 5, "beta2") != 0  # the variance is tractable
     rect = opt.per_step(rectification, "beta2")  # NaN where not rectified: never selected
@@ -205,8 +214,7 @@ def radam(opt, p, g, h, s, into=None):
 
 
 def adadelta(opt, p, g, h, s, into=None):
-    if opt.any["wd"]:
-        g = g.addcmul(p, h["wd"])
+    p, g = _decayed(opt, p, g, h)
     square_avg = (s["square_avg"] * h["rho"]).addcmul_(g * h["one_minus_rho"], g)
     delta = s["acc_delta"].add(h["eps"]).sqrt_().div_(square_avg.add(h["eps"]).sqrt_()).mul_(g)
     acc_delta = (s["acc_delta"] * h["rho"]).addcmul_(delta * h["one_minus_rho"], delta)
@@ -218,19 +226,14 @@ def nadam(opt, p, g, h, s, into=None):
     """NAdam (Dozat 2016): Adam's moments with Nesterov momentum scheduled by μₜ = β₁(1 − ½·0.96^(t·ψ)):
     p ← p − lr(1−μₜ)/(1−Πμ)·g/d − lr·μₜ₊₁/(1−Πμ·μₜ₊₁)·m/d, d = √(v/(1−β₂ᵗ)) + ε. Πμ is kept in
     float32, as torch keeps it; the factors are computed in float64 from it, as torch's Python floats."""
-    if opt.any["decay"]:
-        p = p * h["decay"]  # decoupled_weight_decay=true
-    if opt.any["wd"]:
-        g = g.addcmul(p, h["wd"])
+    p, g = _decayed(opt, p, g, h)
     f64 = torch.float64
     mu = opt.per_step(lambda t, b1, psi: b1 * (1.0 - 0.5 * (0.96 ** (t * psi))), "beta1", "momentum_decay", dtype=f64)
     mu_next = opt.per_step(lambda t, b1, psi: b1 * (1.0 - 0.5 * (0.96 ** ((t + 1) * psi))), "beta1", "momentum_decay",
                            dtype=f64)
-    lr = opt.per_step(lambda t, lr: lr, "lr", dtype=f64)
+    lr = opt.exact("lr")
     mu_product = s["mu_product"] * mu.to(s["mu_product"].dtype)
-    exp_avg = s["exp_avg"].lerp(g, h["one_minus_beta1"])
-    exp_avg_sq = s["exp_avg_sq"] * h["beta2"]
-    exp_avg_sq.addcmul_(g * h["one_minus_beta2"], g)
+    exp_avg, exp_avg_sq = _moments(g, h, s)
     denom = (exp_avg_sq / opt.per_step(lambda t, b2: 1 - b2**t, "beta2")).sqrt_().add_(h["eps"])
     product = mu_product.to(f64)
     on_grad = (-lr * (1.0 - mu) / (1.0 - product)).to(p.dtype)
@@ -243,15 +246,7 @@ def nadam(opt, p, g, h, s, into=None):
 def quickprop(opt, p, g, h, s, into=None):
     """optlab's QuickProp (optlab/optim.py), the same arithmetic on [K, N] rows."""
     slope = g + h["decay"] * p
-    d, prev = s["prev_step"], s["prev_slope"]
-    descent = h["neg_lr"] * slope
-    gradient_term = torch.where(d * slope < 0, descent, 0.0)
-    denominator = prev - slope
-    secant = d * slope / torch.where(denominator == 0, 1.0, denominator)
-    secant = torch.where(denominator == 0, 0.0, secant)
-    capped = d * (h["shrink"] * prev - slope) > 0
-    step = gradient_term + torch.where(capped, h["mu"] * d, secant)
-    step = torch.where(d == 0, descent, step)
+    step = quickprop_step(slope, s["prev_step"], s["prev_slope"], h["neg_lr"], h["mu"], h["shrink"])
     return {"param": torch.add(p, step, out=into), "prev_step": step, "prev_slope": slope}
 
 

@@ -171,3 +171,29 @@ def test_help_lists_each_chosen_options_keys_with_the_schemas_own_words(capfd):
     assert "optimizer.momentum " not in out  # adam has none; sgd's help lists it
     code, out, _ = call(capfd, "train", "optimizer=sgd", "--help")
     assert "optimizer.momentum " in out and "optimizer.betas " not in out
+
+
+def test_each_apps_help_leaves_out_the_groups_it_refuses(capfd):
+    from helpers import call
+
+    groups = {}
+    for app in ("train", "tune", "lr-find"):
+        code, out, _ = call(capfd, app, "--help")
+        listed = out.split("== Config groups (group=option) ==")[1].split("==")[0]
+        groups[app] = {line.split(":")[0] for line in listed.splitlines() if ":" in line}
+        assert code == 0
+    assert {"experiment", "surface"} <= groups["train"] and "search" not in groups["train"]
+    assert "search" in groups["tune"] and "experiment" not in groups["tune"]
+    assert not {"experiment", "search", "surface"} & groups["lr-find"] and "optimizer" in groups["lr-find"]
+
+
+@pytest.mark.parametrize("args, said", [
+    (["compare", "--metric", "nope", "."], "optlab compare: argument --metric: invalid choice: 'nope'"),
+    (["landscape"], "optlab landscape: the following arguments are required: RUN"),
+    (["train", "resume="], "optlab train: resume: give the folder of the run to continue"),
+])
+def test_a_commands_own_mistake_is_one_line(capfd, args, said):
+    from helpers import call
+
+    code, out, err = call(capfd, *args)
+    assert code == 2 and err.startswith(said) and err.count("\n") == 1 and "usage:" not in err
