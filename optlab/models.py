@@ -10,6 +10,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from optlab.config.allowlist import construct
@@ -19,6 +20,46 @@ from optlab.errors import UsageError
 
 def _features(input_shape: Sequence[int] | int) -> int:
     return input_shape if isinstance(input_shape, int) else math.prod(input_shape)
+
+
+class Dropout(nn.Module):
+    """Zero each element (`channels`: each channel of an image, as Dropout2d) with probability
+    `p` in training and scale the rest by 1/(1 − p), as nn.Dropout does, with masks drawn from
+    `generator`: the run's own stream (optlab/training/rng.py `masks`), so that a run's masks
+    depend on its seed alone and a member of a stacked group draws the very masks its run alone
+    would. Without a generator it draws from torch's global stream. A stacked model draws the
+    masks itself and hands each layer its `mask` (optlab/training/stacking.py)."""
+
+    def __init__(self, p: float, channels: bool = False):
+        super().__init__()
+        self.p, self.channels = p, channels
+        self.generator: torch.Generator | None = None
+        self.mask: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, channels={self.channels}"
+
+    def mask_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        return (*x.shape[:2], *(1,) * (x.dim() - 2)) if self.channels else tuple(x.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        if self.mask is not None:
+            return x * self.mask
+        return x * draw_mask(self.mask_shape(x), self.p, self.generator, x.device, x.dtype)
+
+
+def draw_mask(shape: Sequence[int], p: float, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
+    """A dropout mask: 0 with probability p, else 1/(1 − p)."""
+    return (torch.rand(shape, generator=generator, device=device) >= p).to(dtype) / (1 - p)
+
+
+def draw_masks_from(model: nn.Module, generator: torch.Generator) -> None:
+    """Every dropout layer of `model` draws its masks from `generator`."""
+    for module in model.modules():
+        if isinstance(module, Dropout):
+            module.generator = generator
 
 
 def _hidden(layers: dict, prefix: str, index: int, affine: nn.Module, norm: nn.Module | None,
@@ -53,7 +94,7 @@ class MLP(nn.Sequential):
         width = _features(input_shape)
         for i, size in enumerate(hidden, start=1):
             _hidden(layers, "fc", i, nn.Linear(width, size), nn.BatchNorm1d(size) if batchnorm else None,
-                    activation, nn.Dropout(dropout) if dropout > 0 else None)
+                    activation, Dropout(dropout) if dropout > 0 else None)
             width = size
         layers["head"] = nn.Linear(width, num_classes)
         super().__init__(OrderedDict(layers))
@@ -88,13 +129,13 @@ class CNN(nn.Sequential):
                     nn.BatchNorm2d(size) if batchnorm else None, activation, None)
             layers[f"pool{i}"] = nn.MaxPool2d(2)
             if dropout > 0:
-                layers[f"drop{i}"] = nn.Dropout2d(dropout)
+                layers[f"drop{i}"] = Dropout(dropout, channels=True)
             depth, height, width = size, max(1, height // 2), max(1, width // 2)
         layers["flatten"] = nn.Flatten()
         features = depth * height * width
         for j, size in enumerate(hidden, start=len(channels) + 1):
             _hidden(layers, "fc", j, nn.Linear(features, size), nn.BatchNorm1d(size) if batchnorm else None,
-                    activation, nn.Dropout(dropout) if dropout > 0 else None)
+                    activation, Dropout(dropout) if dropout > 0 else None)
             features = size
         layers["head"] = nn.Linear(features, num_classes)
         super().__init__(OrderedDict(layers))

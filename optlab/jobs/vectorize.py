@@ -51,8 +51,6 @@ def cannot_stack(cfg: DictConfig) -> str | None:
     """Why a job must train alone, or None."""
     if cfg.get("surface") is not None:
         return "a surface run"
-    if cfg.model._target_ != "optlab.models.MLP":
-        return f"model {cfg.model._target_} (mlp and linear stack)"
     if cfg.precision != "fp32" or cfg.compile:
         return "precision or compile set"
     if not cfg.data.get("in_memory", True):

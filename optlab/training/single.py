@@ -33,6 +33,8 @@ class Single:
         n = len(data.train)
         self.batch_size, self.min_batch = minibatch.batching(cfg, n)
         self.model = models.build(cfg, data).to(device)
+        self.masks = rng.masks(cfg.seed, device)
+        models.draw_masks_from(self.model, self.masks)
         initialize(self.model, cfg.init, data.train, self.batch_size)
         self.initial = [snapshot(self.model.state_dict())]  # where training starts: the landscape's line begins here
         self.forward = torch.compile(self.model) if cfg.compile else self.model  # same parameters, fused kernels
@@ -145,7 +147,7 @@ class Single:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng.state(self.order),
+            "rng": rng.state(self.order, self.masks),
         }
 
     def load(self, k: int, saved: dict) -> None:
@@ -153,7 +155,7 @@ class Single:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
-        rng.load(saved["rng"], self.order)
+        rng.load(saved["rng"], self.order, self.masks)
         self.step = saved["step"]
 
 

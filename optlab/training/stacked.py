@@ -10,7 +10,6 @@ from functools import partial
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from optlab import models, schedules
 from optlab.init import initialize
@@ -20,110 +19,7 @@ from optlab.training import minibatch, rng
 from optlab.training.batched import BatchedOptimizer
 from optlab.training.callbacks import StepProbe, snapshot
 from optlab.training.record import Epoch
-
-
-class Linear(torch.autograd.Function):
-    """x·wᵀ + b for K members at once: [K, B, in] (or one [B, in] for all) → [K, B, out], in
-    the orientation nn.Linear computes it. Written by hand for its backward: ∂w = gyᵀ·x comes
-    out contiguous [K, out, in], as torch's linear computes it, where autograd's baddbmm gives
-    the transpose of xᵀ·gy, whose copy into `flat.grad` is a slow transposing one."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, w)
-        if x.dim() == 2:
-            return torch.matmul(x, w.transpose(1, 2)) + b[:, None]
-        return torch.baddbmm(b[:, None], x, w.transpose(1, 2))
-
-    @staticmethod
-    def backward(ctx, gy: torch.Tensor):
-        x, w = ctx.saved_tensors
-        gx = torch.matmul(gy, w) if ctx.needs_input_grad[0] else None
-        return gx, torch.matmul(gy.transpose(1, 2), x), gy.sum(1)
-
-
-class StackedMLP(nn.Module):
-    """K MLPs of one shape as one module. Member k's parameters are row k of one tensor `flat`
-    [K, N] (in `parameters()` order), so that the optimizer state, the update and the per-step
-    norms are [K, N] too and each costs a few whole-tensor kernels. Each layer's parameters
-    are leaves that view `flat` ([K, *shape]), whose gradients `backward` copies into
-    `flat.grad` (a view sliced from a leaf `flat` inside the graph would cost a [K, N]
-    zero-fill per parameter in backward). Each linear layer is one batched matmul; batch norm
-    keeps statistics per member; dropout has a rate per member.
-
-    Inputs are [K, B, ...] (each member its own batch) or [B, ...] (one batch for all)."""
-
-    def __init__(self, members: list[nn.Sequential], dropouts: list[float], input_dims: int):
-        super().__init__()
-        k, self.input_dims = len(members), input_dims  # input_dims: one example's, plus the batch's
-        self.flat = torch.stack([parameters_to_vector(m.parameters()) for m in members]).detach()
-        self.flat.grad = torch.zeros_like(self.flat)
-        self.weights, self.grad_views, offset = {}, [], 0
-        for name, p in members[0].named_parameters():
-            self.weights[name] = nn.Parameter(self.flat[:, offset:offset + p.numel()].view(k, *p.shape))
-            self.grad_views.append(self.flat.grad[:, offset:offset + p.numel()].view(k, *p.shape))
-            offset += p.numel()
-        drop = max(dropouts) > 0
-        self.layers: list[tuple[str, str, nn.Module | None]] = []
-        for name, layer in members[0].named_children():
-            if isinstance(layer, nn.Linear):
-                self.layers.append(("linear", name, None))
-            elif isinstance(layer, nn.BatchNorm1d):
-                self.layers.append(("norm", name, layer))
-                for buffer in ("running_mean", "running_var", "num_batches_tracked"):
-                    stacked = torch.stack([getattr(m, name).get_buffer(buffer) for m in members])
-                    self.register_buffer(f"{name}_{buffer}", stacked.clone())
-            elif name.startswith("act"):
-                self.layers.append(("act", name, layer))
-                if drop:
-                    self.layers.append(("drop", name, None))
-        self.p = torch.tensor(dropouts, dtype=self.flat.dtype, device=self.flat.device).view(k, 1, 1)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        """flat.grad ← ∂loss/∂θ: each layer's gradient copied once into its slice (autograd's
-        own accumulation would first copy the transposed weight gradients to fresh tensors)."""
-        for view, grad in zip(self.grad_views, torch.autograd.grad(loss, list(self.weights.values()))):
-            view.copy_(grad)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shared = x.dim() == self.input_dims  # one batch for every member
-        x = x.flatten(1) if shared else x.flatten(2)
-        for kind, name, layer in self.layers:
-            if kind == "linear":  # every member at once
-                x = Linear.apply(x, self.weights[f"{name}.weight"], self.weights[f"{name}.bias"])
-            elif kind == "norm":
-                x = self.batch_norm(x, name, layer)
-            elif kind == "act":
-                x = layer(x)
-            elif self.training:  # dropout at each member's rate
-                x = x * (torch.rand_like(x) >= self.p) / (1 - self.p)
-        return x
-
-    def batch_norm(self, x: torch.Tensor, name: str, layer: nn.BatchNorm1d) -> torch.Tensor:
-        """BatchNorm1d per member: statistics over each member's own batch (dim 1)."""
-        mean, var = getattr(self, f"{name}_running_mean"), getattr(self, f"{name}_running_var")
-        if self.training:
-            n = x.shape[1]
-            batch_mean, batch_var = x.mean(1), x.var(1, unbiased=False)
-            with torch.no_grad():  # as torch updates them: momentum, the unbiased variance
-                mean.lerp_(batch_mean, layer.momentum)
-                var.lerp_(batch_var * n / (n - 1), layer.momentum)
-                getattr(self, f"{name}_num_batches_tracked").add_(1)
-            mean, var = batch_mean, batch_var
-        scale = self.weights[f"{name}.weight"] * torch.rsqrt(var + layer.eps)
-        return (x - mean[:, None]) * scale[:, None] + self.weights[f"{name}.bias"][:, None]
-
-    def load_member(self, k: int, model: nn.Module) -> None:
-        with torch.no_grad():
-            self.flat[k] = parameters_to_vector(model.parameters())
-            for name, buffer in model.named_buffers():
-                getattr(self, name.replace(".", "_"))[k] = buffer
-
-    def store_member(self, k: int, model: nn.Module) -> None:
-        with torch.no_grad():
-            vector_to_parameters(self.flat[k], model.parameters())
-            for name, buffer in model.named_buffers():
-                buffer.copy_(getattr(self, name.replace(".", "_"))[k])
+from optlab.training.stacking import StackedModel
 
 
 class Stacked:
@@ -141,10 +37,12 @@ class Stacked:
         self.batch_size, self.min_batch = minibatch.batching(cfg, n)
         steps = minibatch.count_batches(n, self.batch_size, self.min_batch)
         self.members, self.optimizers, self.schedulers, self.per_step, self.orders, self.initial = [], [], [], [], [], []
-        decoupled, l2 = [], []
+        self.masks, decoupled, l2 = [], [], []
         for member in cfgs:  # each as a single run builds it, under its own seed
             self.orders.append(rng.seed(member.seed))
             model = models.build(member, data).to(device)
+            self.masks.append(rng.masks(member.seed, device))
+            models.draw_masks_from(model, self.masks[-1])
             initialize(model, member.init, data.train, self.batch_size)
             self.initial.append(snapshot(model.state_dict()))
             optimizer, w, coefficient = build_optimizer(member, model)
@@ -156,7 +54,7 @@ class Stacked:
             self.per_step.append(per_step)
             decoupled.append(w)
             l2.append(coefficient)
-        self.net = StackedMLP(self.members, [m.dropout for m in cfgs], 1 + len(data.input_shape))
+        self.net = StackedModel(self.members, [m.dropout for m in cfgs], self.masks, 1 + len(data.input_shape))
         self.optimizer = BatchedOptimizer(self.net.flat, self.optimizers, [list(m.parameters()) for m in self.members])
         decayed = {id(p) for p in decay_groups(self.members[0], cfg.weight_decay_exclude)[0]}
         names = [(name, id(p) in decayed) for name, p in self.members[0].named_parameters()]
@@ -204,7 +102,7 @@ class Stacked:
         losses, totals, outputs, targets, sizes, lrs, times = [], [], [], [], [], [], []
         for index in self.batches():
             x, y = self.inputs(index)
-            logits = net(x)  # [K, B, C]: one batched matmul per layer for every member
+            logits = net(x)  # [K, B, C]: each layer once for every member (a batched matmul, a grouped convolution)
             loss = self.losses(logits, y, self.shared_order)
             total = loss + 0.5 * self.l2 * sum(w.square().flatten(1).sum(1) for w in self.decayed) \
                 if self.l2 is not None else loss
@@ -294,12 +192,12 @@ class Stacked:
             "optimizer": self.optimizers[k].state_dict(),
             "scheduler": self.schedulers[k].state_dict(),
             "scaler": torch.amp.GradScaler(self.device.type, enabled=False).state_dict(),
-            "rng": rng.state(self.orders[k]),
+            "rng": rng.state(self.orders[k], self.masks[k]),
         }
 
     def load(self, k: int, saved: dict) -> None:
         self.members[k].load_state_dict(saved["model"])
         self.optimizers[k].load_state_dict(saved["optimizer"])
         self.schedulers[k].load_state_dict(saved["scheduler"])
-        rng.load(saved["rng"], self.orders[k])
+        rng.load(saved["rng"], self.orders[k], self.masks[k])
         self.step, self.stale = saved["step"], True

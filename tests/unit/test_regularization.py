@@ -14,9 +14,10 @@ from optlab.config.checks import validate
 from optlab.errors import ConfigError, UsageError
 from optlab.init import initialize, load_matching
 from optlab.jobs.train import train
-from optlab.models import MLP
+from optlab.models import MLP, Dropout
 from optlab.schedules import build
 from optlab.training.callbacks import EarlyStopping
+from optlab.training.rng import masks
 from optlab.training.single import evaluate
 
 
@@ -128,6 +129,26 @@ def test_dropout_is_random_in_training_and_off_in_evaluation():
     with_dropout.eval(), without.eval()
     assert torch.equal(with_dropout(x), with_dropout(x))
     assert torch.equal(with_dropout(x), without(x))
+
+
+def test_dropout_masks_come_from_the_runs_own_stream_and_keep_the_expected_activation():
+    """Masks are 0 or 1/(1 − p), zero with probability p; the same seed draws the same masks, the
+    global stream is untouched; a channel mask (CNN blocks) is one draw per channel."""
+    x = torch.ones(2000, 50)
+    drop = Dropout(0.3)
+    drop.generator = masks(7, torch.device("cpu"))
+    before = torch.get_rng_state()
+    out = drop(x)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert out.unique().tolist() == [0.0, pytest.approx(1 / 0.7)]
+    assert (out == 0).float().mean().item() == pytest.approx(0.3, abs=0.01)
+    assert out.mean().item() == pytest.approx(1.0, abs=0.02)
+    drop.generator = masks(7, torch.device("cpu"))
+    assert torch.equal(drop(x), out)
+    channels = Dropout(0.5, channels=True)
+    image = channels(torch.ones(8, 16, 5, 5))
+    assert torch.equal(image, image[:, :, :1, :1].expand_as(image))  # each channel whole, or none of it
+    assert torch.equal(channels.eval()(x), x)
 
 
 def test_batchnorm_evaluates_with_running_statistics():
