@@ -1,27 +1,28 @@
 """What a sweep costs end to end: optlab's launchers beside a hand-written loop, in one run.
 
-The sweep: `optimizer.lr` × `seed` (4 × 4 = 16 runs by default), 10 epochs each, on digits,
-timed from the command to the summary, with each launcher:
+Every sweep is `optimizer.lr` × `seed` on digits (or mnist5k for the CNN), timed from the
+command to the summary, everything a run writes written. Four measurements:
 
-- basic       `optlab train -m ...` (Hydra's basic launcher: one run after another)
-- joblib      `... hydra/launcher=joblib hydra.launcher.n_jobs=2` (two processes)
-- vectorized  `... hydra/launcher=vectorized` (the runs as one stacked model)
-- hand        a plain PyTorch script training the same configurations in turn in one
-              process: the same data split, model, batches and per-epoch validation, no logs
+- member   the marginal cost of one more member of a vectorized group: the vectorized sweep
+           of a tiny model (`model.hidden=[32]`, 2 epochs) at K = 16 and K = 64 runs,
+           (t64 − t16) / 48
+- mlp      16 runs of the default MLP at the default 20 epochs: vectorized beside `hand`, a
+           plain PyTorch script training the same configurations in turn in one process (the
+           same data split, model, batches and per-epoch validation, no logs)
+- basic    the same 16 runs at 10 epochs: Hydra's basic launcher (one run after another)
+           beside `hand`
+- cnn      8 runs of `model=cnn data=mnist5k`: vectorized beside basic
 
-Modes alternate, `--repeat` times; the best time of each is reported, with its ratio to the
-hand-written script, and the vectorized sweep's summed member throughput against a single
-run's (the basic sweep's runs).
+Each timing is the best of `--repeat` (alternating modes); ratios are printed beside them.
 
-    python scripts/bench_sweep.py                    # the default MLP, [256, 256]
-    python scripts/bench_sweep.py --hidden 64        # a smaller model: a larger stacked gain
-    python scripts/bench_sweep.py --seeds 16 --modes basic,vectorized,hand   # K = 64
+    python scripts/bench_sweep.py                       # all four
+    python scripts/bench_sweep.py --only member,mlp     # some of them
+    python scripts/bench_sweep.py --device cuda --seeds 16   # on a GPU: K = 64 MLPs
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -33,18 +34,12 @@ from pathlib import Path
 from provenance import stamp
 
 LRS = (0.01, 0.03, 0.1, 0.3)
+LAUNCHERS = {"basic": [], "vectorized": ["hydra/launcher=vectorized"]}
 
 
-def sweep_args(args, out: Path) -> list[str]:
-    return ["-m", f"optimizer.lr={','.join(map(str, LRS))}", f"seed=range({args.seeds})", f"epochs={args.epochs}",
-            f"model.hidden=[{','.join(map(str, args.hidden))}]", f"device={args.device}", f"hydra.sweep.dir={out}"]
-
-
-LAUNCHERS = {
-    "basic": [],
-    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-    "vectorized": ["hydra/launcher=vectorized"],
-}
+def sweep(seeds: int, epochs: int, device: str, *extra: str) -> list[str]:
+    return ["-m", f"optimizer.lr={','.join(map(str, LRS))}", f"seed=range({seeds})", f"epochs={epochs}",
+            f"device={device}", *extra]
 
 
 def timed(command: list[str], cwd: Path) -> float:
@@ -55,58 +50,85 @@ def timed(command: list[str], cwd: Path) -> float:
     return time.perf_counter() - started
 
 
-def throughput(folder: Path) -> list[float]:
-    """Each run's train_samples_per_s in a sweep folder."""
-    return [json.loads(p.read_text())["train_samples_per_s"] for p in folder.glob("**/metrics.json")]
+class Bench:
+    """Runs commands in a scratch folder, keeps each mode's best time."""
+
+    def __init__(self, repeat: int):
+        self.repeat, self.work = repeat, Path(tempfile.mkdtemp(prefix="bench_sweep_"))
+
+    def best(self, commands: dict[str, list[str]]) -> dict[str, float]:
+        best = {name: float("inf") for name in commands}
+        for round in range(self.repeat):
+            for name, command in commands.items():
+                out = self.work / f"{name.replace('=', '')}-{round}"
+                seconds = timed([*command, f"hydra.sweep.dir={out}"] if "-m" in command else command, self.work)
+                best[name] = min(best[name], seconds)
+                shutil.rmtree(out, ignore_errors=True)
+                print(f"    round {round + 1} {name:<14} {seconds:7.2f} s", flush=True)
+        return best
+
+
+def optlab(args: list[str], launcher: str) -> list[str]:
+    return [sys.executable, "-m", "optlab", "train", *args, *LAUNCHERS[launcher]]
+
+
+def hand_command(seeds: int, epochs: int, device: str) -> list[str]:
+    return [sys.executable, __file__, "--hand", f"--seeds={seeds}", f"--epochs={epochs}", f"--device={device}"]
+
+
+def member(bench: Bench, device: str) -> None:
+    tiny = ["model.hidden=[32]"]
+    t = bench.best({f"K={4 * s}": optlab(sweep(s, 2, device, *tiny), "vectorized") for s in (4, 16)})
+    cost = (t["K=64"] - t["K=16"]) / 48
+    print(f"  member: one more member of a vectorized group costs {cost * 1e3:.1f} ms "
+          f"(K=16 {t['K=16']:.2f} s, K=64 {t['K=64']:.2f} s; model.hidden=[32], 2 epochs)")
+
+
+def mlp(bench: Bench, device: str, seeds: int) -> None:
+    t = bench.best({"vectorized": optlab(sweep(seeds, 20, device), "vectorized"),
+                    "hand": hand_command(seeds, 20, device)})
+    print(f"  mlp: {4 * seeds} runs × 20 epochs, vectorized {t['vectorized']:.2f} s = "
+          f"{t['vectorized'] / t['hand']:.2f}× the hand-written script's {t['hand']:.2f} s")
+
+
+def basic(bench: Bench, device: str, seeds: int) -> None:
+    t = bench.best({"basic": optlab(sweep(seeds, 10, device), "basic"), "hand": hand_command(seeds, 10, device)})
+    print(f"  basic: {4 * seeds} runs × 10 epochs, basic launcher {t['basic']:.2f} s = "
+          f"{t['basic'] / t['hand']:.2f}× the hand-written script's {t['hand']:.2f} s")
+
+
+def cnn(bench: Bench, device: str, seeds: int, epochs: int) -> None:
+    args = sweep(seeds // 2, epochs, device, "model=cnn", "data=mnist5k")
+    t = bench.best({"vectorized": optlab(args, "vectorized"), "basic": optlab(args, "basic")})
+    print(f"  cnn: {2 * seeds} runs of model=cnn data=mnist5k × {epochs} epochs, vectorized {t['vectorized']:.2f} s "
+          f"= {t['vectorized'] / t['basic']:.2f}× the basic launcher's {t['basic']:.2f} s")
 
 
 def main() -> None:
     print(stamp())  # the machine, torch version, commit and date these figures come from
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--hidden", type=int, nargs="*", default=[256, 256])
+    parser.add_argument("--seeds", type=int, default=4, help="seeds per learning rate (4: 16 runs)")
+    parser.add_argument("--cnn-epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=20, help=argparse.SUPPRESS)  # the hand-written child's
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--modes", default="basic,joblib,vectorized,hand")
+    parser.add_argument("--only", default="member,mlp,basic,cnn")
     parser.add_argument("--hand", action="store_true", help=argparse.SUPPRESS)  # the hand-written child
     args = parser.parse_args()
     if args.hand:
         return hand(args)
-    modes = args.modes.split(",")
-    work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
-    best: dict[str, float] = {}
-    rates: dict[str, list[float]] = {}
-    for round in range(args.repeat):
-        for mode in modes:
-            out = work / f"{mode}-{round}"
-            if mode == "hand":
-                command = [sys.executable, __file__, "--hand", f"--seeds={args.seeds}", f"--epochs={args.epochs}",
-                           f"--device={args.device}", "--hidden", *map(str, args.hidden)]
-            else:
-                command = [sys.executable, "-m", "optlab", "train", *sweep_args(args, out), *LAUNCHERS[mode]]
-            seconds = timed(command, work)
-            best[mode] = min(best.get(mode, float("inf")), seconds)
-            if mode != "hand":
-                rates[mode] = throughput(out)
-                shutil.rmtree(out)
-            print(f"  round {round + 1} {mode:<10} {seconds:6.2f} s", flush=True)
-    shutil.rmtree(work, ignore_errors=True)
-    runs = len(LRS) * args.seeds
-    print(f"\n{runs} runs × {args.epochs} epochs, model.hidden={args.hidden}, device={args.device}, "
-          f"best of {args.repeat} ({os.cpu_count()} cores)")
-    for mode in modes:
-        ratio = f"  {best[mode] / best['hand']:.2f}× the hand-written script" if "hand" in best else ""
-        print(f"  {mode:<10} {best[mode]:6.2f} s{ratio}")
-    if "vectorized" in rates and "basic" in rates:
-        single = sum(rates["basic"]) / len(rates["basic"])
-        total = sum(rates["vectorized"])
-        print(f"  vectorized: summed member throughput {total:,.0f} samples/s = {total / single:.1f}× "
-              f"a single run's {single:,.0f} samples/s")
+    bench = Bench(args.repeat)
+    print(f"best of {args.repeat}, {os.cpu_count()} cores, device={args.device}")
+    for name in args.only.split(","):
+        print(f"{name}:", flush=True)
+        {"member": lambda: member(bench, args.device), "mlp": lambda: mlp(bench, args.device, args.seeds),
+         "basic": lambda: basic(bench, args.device, args.seeds),
+         "cnn": lambda: cnn(bench, args.device, args.seeds, args.cnn_epochs)}[name]()
+    shutil.rmtree(bench.work, ignore_errors=True)
 
 
 def hand(args) -> None:
-    """The hand-written script: digits split 60/20/20 and standardized, the same MLP, SGD,
+    """The hand-written script: digits split 60/20/20 and standardized, the default MLP, SGD,
     batches of 64 in a seeded order, validation after every epoch; nothing logged."""
     import torch
     from sklearn.datasets import load_digits
@@ -124,7 +146,7 @@ def hand(args) -> None:
     for lr in LRS:
         for seed in range(args.seeds):
             torch.manual_seed(seed)
-            widths = [x.shape[1], *args.hidden]
+            widths = [x.shape[1], 256, 256]
             layers = [m for a, b in zip(widths, widths[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
             model = nn.Sequential(*layers, nn.Linear(widths[-1], 10)).to(device)
             optimizer = torch.optim.SGD(model.parameters(), lr=lr)

@@ -89,8 +89,10 @@ def resumes_after(run_dir: Path) -> int | None:
 
 
 def task_config(cfg: DictConfig) -> DictConfig:
-    """The job's own config, without Hydra's node (what a task function receives)."""
-    task = copy.deepcopy(cfg)
+    """The job's own config, without Hydra's node (what a task function receives): copied as
+    run_job copies it, but for the `hydra` node, which the copy only drops (half the copy's cost)."""
+    hydra = cfg._get_node("hydra")
+    task = copy.deepcopy(cfg, {id(hydra): hydra})
     with read_write(task), open_dict(task):
         del task["hydra"]
     return task

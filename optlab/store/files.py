@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import functools
 import io
 import itertools
 import json
@@ -117,14 +118,34 @@ def load_yaml(path: Path, what: str = "") -> Any:
     from omegaconf import OmegaConf
 
     try:
-        text = path.read_text()
-        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
-            raise UsageError(f"{what}refused {path}: it holds a YAML alias (*name), which a run's files never do")
-        return OmegaConf.create(text) if text.strip() else OmegaConf.create()
+        data = yaml.load(path.read_text(), Loader=_yaml_loader())  # as OmegaConf.create(text) reads it
+        return OmegaConf.create({} if data is None else {data: None} if isinstance(data, str) else data)
+    except _Alias:
+        raise UsageError(f"{what}refused {path}: it holds a YAML alias (*name), which a run's files never do") from None
     except UsageError:
         raise
     except Exception as error:
         raise UsageError(f"{what}cannot read {path}: {reason(error)}") from None
+
+
+@functools.cache
+def _yaml_loader():
+    """OmegaConf's YAML loader (its floats, its refusal of duplicate keys) that refuses an alias
+    as it meets one, in the one pass that reads the file."""
+    import yaml
+    from omegaconf._utils import get_yaml_loader
+
+    class Loader(get_yaml_loader()):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise _Alias
+            return super().compose_node(parent, index)
+
+    return Loader
+
+
+class _Alias(Exception):
+    """A YAML alias met while reading a run's file."""
 
 
 def read_json(path: Path) -> dict:
