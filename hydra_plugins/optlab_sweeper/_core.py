@@ -14,8 +14,9 @@ from optlab.config.hydra_compat import (
     group_exists,
 )
 
-# launchers that compose each job in this process, from the sweeper's config loader
-IN_PROCESS = ("BasicLauncher", "VectorizedLauncher")
+# launchers that compose each job in this process, from the sweeper's config loader (the
+# vectorized cluster launchers too: they group the jobs here, then send each group away)
+IN_PROCESS = ("BasicLauncher", "VectorizedLauncher", "VectorizedSlurmLauncher", "VectorizedLocalLauncher")
 
 
 def compose_grid(loader, master: DictConfig, grid: Sequence[Sequence[str]]) -> List[DictConfig]:

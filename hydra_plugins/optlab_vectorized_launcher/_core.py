@@ -5,6 +5,10 @@ Jobs whose configs differ only in what a member may have of its own (optlab/jobs
 together, up to `vectorize.max_members` at a time; every other job runs as Hydra's basic
 launcher runs it. Each member's folder gets what Hydra writes for a job (`.hydra/`,
 `train.log`) and what a single run writes, so summaries, resume and re-runs treat it as one.
+
+A group, or a job alone, is a `Unit`: `launch` makes them and hands them to a runner, which
+runs each with `run_unit`. In this process that is `in_turn`; the cluster launchers
+(_submitit.py) send each unit as one submitit job, whose worker calls the same `run_unit`.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ import logging
 import os
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
 from omegaconf import DictConfig, open_dict, read_write
 
-from optlab.config.hydra_compat import as_job, job_return, save_job_files
+from optlab.config.hydra_compat import as_job, job_return, returned, save_job_files
 from optlab.errors import UsageError, usage_error
 from optlab.jobs import command
 from optlab.jobs.dispatch import failed, stop_interrupted, sweep_again
@@ -30,12 +34,41 @@ from optlab.store.folder import plan
 log = logging.getLogger("optlab")
 
 
-def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+class Unit(NamedTuple):
+    """Jobs that run as one: a group trained as one stacked model, or one job alone."""
+
+    jobs: list[int]  # their indices in the launch, in order
+    configs: list[DictConfig]  # each job's config, `hydra` node included
+    tasks: list[DictConfig]  # each job's own config (what a task function receives)
+    resume: bool  # the group goes on from its members' last.pt (as the sweeper planned them)
+
+
+Runner = Callable[[object, list[Unit]], Iterable[list[JobReturn]]]
+
+
+def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+           runner: Runner | None = None) -> list[JobReturn]:
+    """Run a sweep's jobs: grouped, each unit run by `runner` (by default `in_turn`, here), which
+    yields each unit's results in the units' order; the results in the jobs' order. A unit
+    that a signal stopped ends the command, saying how to finish the sweep."""
     asked = command.of(launcher.task_function)
     asked.started = True  # an error from here on is a job's, not the command line's
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    units = make_units(launcher, job_overrides, initial_job_idx, asked.planned)
+    returns: list[JobReturn | None] = [None] * sum(len(unit.jobs) for unit in units)
+    for unit, results in zip(units, (runner or in_turn)(launcher, units)):
+        for i, result in zip(unit.jobs, results):
+            returns[i] = result
+        stop_if_interrupted(results, asked.words, sweep_dir)
+    return returns
+
+
+def make_units(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+               planned: dict[str, str]) -> list[Unit]:
+    """Each job's config (numbered from `initial_job_idx`), grouped as `groups` says."""
     configs = []
     for idx, overrides in enumerate(job_overrides, initial_job_idx):
         cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
@@ -43,19 +76,34 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             cfg.hydra.job.id = cfg.hydra.job.num = idx
         configs.append(cfg)
     tasks = [task_config(cfg) for cfg in configs]
-    returns: list[JobReturn | None] = [None] * len(configs)
-    alone = partial(run_job, hydra_context=launcher.hydra_context, task_function=launcher.task_function,
-                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-    for group, action in groups(configs, tasks, asked.planned):
-        if len(group) == 1:  # as the basic launcher runs it
-            returns[group[0]] = alone(config=configs[group[0]])
-        else:
-            results = train_group([configs[i] for i in group], [tasks[i] for i in group], action == "resume", alone,
-                                  asked.words)
-            for i, result in zip(group, results):
-                returns[i] = result
+    return [Unit(jobs, [configs[i] for i in jobs], [tasks[i] for i in jobs], action == "resume")
+            for jobs, action in groups(configs, tasks, planned)]
+
+
+def in_turn(launcher, units: list[Unit]) -> Iterable[list[JobReturn]]:
+    """Run each unit in this process, one after another (lazily: `launch` stops the sweep
+    after a unit that a signal stopped, before the next starts)."""
+    for unit in units:
+        yield run_unit(unit, launcher.hydra_context, launcher.task_function)
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-    return returns
+
+
+def run_unit(unit: Unit, hydra_context, task_function) -> list[JobReturn]:
+    """A job alone as the basic launcher runs it; a group trained as one stacked model."""
+    alone = partial(run_job, hydra_context=hydra_context, task_function=task_function,
+                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    if len(unit.configs) == 1:
+        return [alone(config=unit.configs[0])]
+    return train_group(unit.configs, unit.tasks, unit.resume, alone)
+
+
+def stop_if_interrupted(results: list[JobReturn], words: list[str], sweep_dir: Path) -> None:
+    """End the command if a signal stopped these jobs, as a single run ends: saying how to go on."""
+    stopped = [value for value in map(returned, results)
+               if isinstance(value, dict) and value.get("status") == "interrupted"]
+    if stopped:
+        stop_interrupted(stopped[0], f"optlab train: interrupted after epoch {stopped[0]['epochs_run']}; "
+                                     f"finish the sweep with: {sweep_again(words, sweep_dir)}")
 
 
 def groups(configs: list[DictConfig], tasks: list[DictConfig], planned: dict[str, str]) -> list[tuple[list[int], str]]:
@@ -98,8 +146,7 @@ def task_config(cfg: DictConfig) -> DictConfig:
     return task
 
 
-def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool, alone,
-                words: list[str]) -> list[JobReturn]:
+def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool, alone) -> list[JobReturn]:
     """Ready each member's folder as Hydra readies a job's (`.hydra/` and `train.log`; Hydra's
     job callbacks and `env_set` are not run for members), train the group, and return each
     member's result as Hydra's run_job would. If a member's config is a mistake that only shows
@@ -130,10 +177,10 @@ def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool
         if result["status"] != "failed":
             log.info("  %s: %s, test acc %.4f (the weights of epoch %s), %.0f samples/s", name, result["status"],
                      result["test_acc"], result["best_epoch"], result["train_samples_per_s"])
-    interrupted = [m for m in metrics if m["status"] == "interrupted"]
-    if interrupted:
-        stop_interrupted(interrupted[0], f"optlab train: interrupted after epoch {interrupted[0]['epochs_run']}; "
-                              f"finish the sweep with: {sweep_again(words, Path(configs[0].hydra.sweep.dir))}")
-    return [job_return(result, overrides=list(cfg.hydra.overrides.task), cfg=task, hydra_cfg=cfg,
-                       working_dir=os.getcwd(), task_name=cfg.hydra.job.name, status=JobStatus.COMPLETED)
-            for cfg, task, result in zip(configs, tasks, metrics)]
+    return [as_returned(cfg, task, result) for cfg, task, result in zip(configs, tasks, metrics)]
+
+
+def as_returned(cfg: DictConfig, task: DictConfig, result, status: JobStatus = JobStatus.COMPLETED) -> JobReturn:
+    """The JobReturn of a job that returned `result` (or failed with it), as Hydra's run_job would make it."""
+    return job_return(result, overrides=list(cfg.hydra.overrides.task), cfg=task, hydra_cfg=cfg,
+                      working_dir=os.getcwd(), task_name=cfg.hydra.job.name, status=status)

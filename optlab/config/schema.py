@@ -466,7 +466,8 @@ GROUP_KEYS: dict[str, Key] = {
     ),
     "vectorize.max_members": Key(
         POSITIVE_INT,
-        "hydra/launcher=vectorized: the most runs in one stacked model (memory grows with it)",
+        "hydra/launcher=vectorized, vectorized_submitit_*: the most runs in one stacked model, or one job "
+        "(memory grows with it)",
     ),
     "noise.every": Key(NON_NEGATIVE_INT, "measure the gradient noise scale B_simple every N epochs (0: never)"),
     "noise.final": Key(
