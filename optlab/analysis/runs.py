@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from optlab.config import allowlist
 from optlab.config.identity import flatten
 from optlab.errors import UsageError
-from optlab.store.files import load_yaml
+from optlab.store.files import read_yaml
 from optlab.store.folder import read_metrics
 
 
@@ -95,19 +95,24 @@ def _load(path: Path) -> RunFolder | None:
     files = {name: path / ".hydra" / f"{name}.yaml" for name in ("config", "overrides")}
     if not all(file.is_file() for file in files.values()):  # a half-made folder (no .hydra): not a run to compare
         return None
-    config, overrides = (load_yaml(file) for file in files.values())  # a damaged one stops the summary
-    if not isinstance(config, DictConfig):
+    config, overrides = (read_yaml(file) for file in files.values())  # a damaged one stops the summary
+    if not isinstance(config, dict):
         raise UsageError(f"cannot read {files['config']}: it is not a run's config")
-    overrides = OmegaConf.to_container(overrides)  # `${...}` as typed
     if not isinstance(overrides, list):
         raise UsageError(f"cannot read {files['overrides']}: not a list of key=value overrides")
+    if "${" in json.dumps(config):  # interpolations: resolved as OmegaConf resolves them (a run's has none)
+        config = _resolved(OmegaConf.create(config), files["config"])
     allowlist.check_file(config, files["config"])  # a shared folder's config is data, never code
-    pairs = (str(o).partition("=") for o in overrides)
+    pairs = (str(o).partition("=") for o in overrides)  # `${...}` as typed
+    return RunFolder(path, metrics, {k.lstrip("+~"): v for k, _, v in pairs}, flatten(config))
+
+
+def _resolved(config: DictConfig, file: Path) -> dict:
+    allowlist.check_file(config, file)  # before anything resolves
     try:
-        plain = OmegaConf.to_container(config, resolve=True)
+        return OmegaConf.to_container(config, resolve=True)
     except Exception:  # an interpolation that only Hydra could resolve
-        plain = OmegaConf.to_container(config)
-    return RunFolder(path, metrics, {k.lstrip("+~"): v for k, _, v in pairs}, flatten(plain))
+        return OmegaConf.to_container(config)
 
 
 def group_runs(runs: list[RunFolder]) -> list[Group]:

@@ -82,7 +82,36 @@ def save_job_files(config: DictConfig, output_dir: Path) -> None:
 
 
 def _yaml(node) -> str:
-    """`OmegaConf.to_yaml`'s text of a container (what Hydra's `_save_config` writes)."""
+    """`OmegaConf.to_yaml`'s text of a container (what Hydra's `_save_config` writes). A mapping's
+    text is its entries' texts one after another, and an entry's text depends on the entry
+    alone, so each entry (and each entry of a mapping inside) is emitted once and remembered: a
+    sweep's jobs share most of theirs (Hydra's help, logging and launcher nodes; most of the
+    config), and PyYAML's emitter is a job's largest cost in a stacked group."""
+    if not isinstance(node, dict) or not node:
+        return _dump(node)
+    return "".join(_entry(key, value) for key, value in node.items())
+
+
+def _entry(key, value) -> str:
+    if not isinstance(value, dict) or not value:
+        return _remembered((key, value))
+    head = _remembered((key, {})).partition(":")[0] + ":\n"  # the key's line; the entries follow, indented
+    return head + "".join(_remembered((key, {inner: v})).partition("\n")[2] for inner, v in value.items())
+
+
+_TEXTS: dict[str, str] = {}
+
+
+def _remembered(entry: tuple) -> str:
+    key = repr(entry)
+    if key not in _TEXTS:
+        if len(_TEXTS) > 4096:  # a bound: jobs' own entries (overrides, runtime) are never met again
+            _TEXTS.clear()
+        _TEXTS[key] = _dump(dict([entry]))
+    return _TEXTS[key]
+
+
+def _dump(node) -> str:
     import yaml
     from omegaconf._utils import get_omega_conf_dumper
 

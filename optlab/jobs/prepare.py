@@ -41,11 +41,11 @@ def prepare_sweep(configs: list[DictConfig], planned: dict[str, str]) -> list[in
     folders: dict[Path, DictConfig] = {}
     for cfg in configs:
         with as_job(cfg):
+            folder = job_folder(cfg)
             if is_run(cfg):
                 validate(cfg)
                 user_file(cfg.data)  # read first thing by a single run; a sweep's every job, before any starts
-                read_metrics(job_folder(cfg))  # a damaged record stops the sweep before any folder changes
-            folder = job_folder(cfg)
+                read_metrics(folder)  # a damaged record stops the sweep before any folder changes
         if folder in folders:
             named = (" ".join(c.hydra.overrides.task) or "(no overrides)" for c in (folders[folder], cfg))
             raise UsageError("the sweep's jobs {!r} and {!r} would share the folder {} (each job needs its own: "
@@ -53,10 +53,10 @@ def prepare_sweep(configs: list[DictConfig], planned: dict[str, str]) -> list[in
                              .format(*named, folder))
         folders[folder] = cfg
     todo = []
-    for i, cfg in enumerate(configs):
+    for i, (folder, cfg) in enumerate(folders.items()):
         if is_run(cfg):
             with as_job(cfg):
-                action = planned[str(job_folder(cfg))] = prepare(job_folder(cfg), cfg)
+                action = planned[str(folder)] = prepare(folder, cfg)
             if action == "skip":
                 continue
         todo.append(i)

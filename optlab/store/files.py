@@ -110,20 +110,28 @@ def refuse_links(folder: Path, itself: bool = True, own: tuple[str, ...] = ()) -
 
 
 def load_yaml(path: Path, what: str = "") -> Any:
-    """A YAML file a run wrote (`.hydra/config.yaml`, `overrides.yaml`), or a one-line
-    UsageError naming it when it is missing or does not parse. An alias (`*name`) is refused
-    before anything is built: nested ones make a few hundred bytes expand past any memory, and
-    optlab writes none."""
-    import yaml
+    """A YAML file a run wrote (`.hydra/config.yaml`, `overrides.yaml`) as OmegaConf reads it,
+    or a one-line UsageError naming it (see `read_yaml`)."""
     from omegaconf import OmegaConf
 
+    data = read_yaml(path, what)
     try:
-        data = yaml.load(path.read_text(), Loader=_yaml_loader())  # as OmegaConf.create(text) reads it
         return OmegaConf.create({} if data is None else {data: None} if isinstance(data, str) else data)
+    except Exception as error:
+        raise UsageError(f"{what}cannot read {path}: {reason(error)}") from None
+
+
+def read_yaml(path: Path, what: str = "") -> Any:
+    """A YAML file's plain data, read by OmegaConf's rules (`OmegaConf.create(text)` makes its
+    config of this), or a one-line UsageError naming it when it is missing or does not parse.
+    An alias (`*name`) is refused before anything is built: nested ones make a few hundred bytes
+    expand past any memory, and optlab writes none."""
+    import yaml
+
+    try:
+        return yaml.load(path.read_text(), Loader=_yaml_loader())
     except _Alias:
         raise UsageError(f"{what}refused {path}: it holds a YAML alias (*name), which a run's files never do") from None
-    except UsageError:
-        raise
     except Exception as error:
         raise UsageError(f"{what}cannot read {path}: {reason(error)}") from None
 

@@ -117,3 +117,24 @@ def test_every_experiment_preset_and_every_value_it_sweeps_composes_and_passes_i
                 with open_dict(cfg):
                     del cfg["hydra"]  # the job's config, as the run sees it
                 validate(cfg)
+
+
+@pytest.mark.parametrize("overrides", [[], ["optimizer=adam", "model.hidden=[32,16]", "scheduler=step"],
+                                       ["hydra.job.name='a: b ü'", "+extra={a:{},b:[]}"]])
+def test_a_jobs_hydra_files_are_the_text_hydra_writes(tmp_path, overrides):
+    """optlab writes a job's .hydra/ itself (entry by entry, remembered across a sweep's jobs):
+    byte for byte what Hydra's own run_job writes, twice in a row."""
+    from hydra.core.utils import _save_config
+    from omegaconf import OmegaConf
+
+    from optlab.config.hydra_compat import save_job_files
+
+    cfg = make_config(*overrides, return_hydra_config=True)
+    for _ in range(2):
+        save_job_files(cfg, tmp_path / "optlab")
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    for name, node in (("config", task), ("hydra", OmegaConf.masked_copy(cfg, "hydra")),
+                       ("overrides", cfg.hydra.overrides.task)):
+        _save_config(node, f"{name}.yaml", tmp_path / "hydra")
+        assert (tmp_path / "optlab" / ".hydra" / f"{name}.yaml").read_bytes() == \
+               (tmp_path / "hydra" / f"{name}.yaml").read_bytes()
