@@ -27,9 +27,9 @@ def targets(target) -> dict:
 
 def config_hash(cfg: DictConfig) -> str:
     """SHA-1 of the resolved config, less what does not change a run's record (`rerun`,
-    `summary`, `vectorize`, `tune`) and the nodes of features it does not use, so that adding a
+    `threads`, `summary`, `vectorize`, `tune`) and the nodes of features it does not use, so that adding a
     feature leaves earlier runs' hashes as they were."""
-    kept = [k for k in cfg if k not in ("rerun", "summary", "vectorize", "hydra", "tune") and _used(cfg, k)]
+    kept = [k for k in cfg if k not in ("rerun", "threads", "summary", "vectorize", "hydra", "tune") and _used(cfg, k)]
     plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, kept), resolve=True)
     return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -51,7 +51,7 @@ def _used(cfg: DictConfig, key: str) -> bool:
 
 def config_changes(saved: DictConfig, cfg: DictConfig) -> list[str]:
     """`key: old → new` for every value that differs between two configs."""
-    ignore = ("rerun", "summary.metric", "summary.x", "vectorize.max_members")
+    ignore = ("rerun", "threads", "summary.metric", "summary.x", "vectorize.max_members")
     # a feature's node the run does not use (a run saved before the feature existed has none)
     old, new = (flatten(OmegaConf.to_container(OmegaConf.masked_copy(c, [k for k in c if _used(c, k)])))
                 for c in (saved, cfg))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -91,7 +90,8 @@ def stopped_at_once(asked: Command) -> str:
 
 
 def set_threads() -> int | None:
-    """Under the joblib launcher, give each of its parallel jobs an equal share of the cores.
+    """Under the joblib launcher, give each of its parallel jobs an equal share of the cores
+    (optlab/training/threads.py chooses within it).
 
     Each job is its own process, and torch in each would use every core: two jobs of two
     threads on two cores run several times slower than one job at a time.
@@ -101,14 +101,12 @@ def set_threads() -> int | None:
     launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
     if launcher is None or "joblib" not in str(launcher.get("_target_", "")).lower():
         return None
-    import torch
+    from optlab.training import threads
 
-    cores = os.cpu_count() or 1
     jobs = launcher.get("n_jobs") or 1
-    jobs = cores + 1 + jobs if jobs < 0 else jobs  # joblib: -1 = every core, -2 = all but one
-    threads = max(1, cores // max(1, min(jobs, cores)))
-    torch.set_num_threads(threads)
+    jobs = threads.cores() + 1 + jobs if jobs < 0 else jobs  # joblib: -1 = every core, -2 = all but one
+    share = threads.share(jobs)
     logging.getLogger("optlab").info(
-        "joblib launcher: up to %d jobs at once on %d cores, %d torch threads per job", jobs, cores, threads
+        "joblib launcher: up to %d jobs at once on %d cores, at most %d torch threads per job", jobs, threads.cores(), share
     )
-    return threads
+    return share

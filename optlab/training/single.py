@@ -17,7 +17,7 @@ from optlab.errors import ConfigError
 from optlab.init import initialize
 from optlab.optim import FULL_BATCH, build_optimizer, decay_groups, needs_closure
 from optlab.training import data as dataset
-from optlab.training import minibatch, rng
+from optlab.training import minibatch, rng, threads
 from optlab.training.callbacks import StepProbe, snapshot
 from optlab.training.record import Epoch
 
@@ -55,6 +55,8 @@ class Single:
                 "Use batch_size=full.",
                 method.rsplit(".", 1)[-1], cfg.batch_size, FULL_BATCH[method],
             )
+        example = data.train.get(torch.arange(min(self.batch_size, n), device=data.train.y.device))[0]
+        threads.choose(cfg.get("threads", "auto"), self.model, example)  # after torch.optim's first import: ~10 ms
         self.closure_based = needs_closure(self.optimizer)
         if self.closure_based and cfg.precision == "fp16":
             raise ConfigError("precision", "fp16", "fp32 or bf16 with a closure-based optimizer "

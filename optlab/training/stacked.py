@@ -15,7 +15,7 @@ from optlab import models, schedules
 from optlab.init import initialize
 from optlab.optim import build_optimizer, decay_groups
 from optlab.training import data as dataset
-from optlab.training import minibatch, rng
+from optlab.training import minibatch, rng, threads
 from optlab.training.batched import BatchedOptimizer
 from optlab.training.callbacks import StepProbe, snapshot
 from optlab.training.record import Epoch
@@ -54,6 +54,8 @@ class Stacked:
             self.per_step.append(per_step)
             decoupled.append(w)
             l2.append(coefficient)
+        example = data.train.get(torch.arange(min(self.batch_size, n), device=data.train.y.device))[0]
+        threads.choose(cfg.get("threads", "auto"), self.members[0], example, copies=self.k)
         self.net = StackedModel(self.members, [m.dropout for m in cfgs], self.masks, 1 + len(data.input_shape))
         self.optimizer = BatchedOptimizer(self.net.flat, self.optimizers, [list(m.parameters()) for m in self.members])
         decayed = {id(p) for p in decay_groups(self.members[0], cfg.weight_decay_exclude)[0]}

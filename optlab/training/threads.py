@@ -1,0 +1,86 @@
+"""How many CPU threads torch uses for a run's kernels (`threads`).
+
+torch's default, a thread per core, is slowest twice over for what optlab mostly trains: a
+small model's kernels are too short to split (the threads spend the step waking each other),
+and on a busy machine (a laptop, a shared node, a sweep's other jobs) the threads spin against
+the other processes and a run slows tenfold. `threads=auto` picks, once per run:
+
+- one thread when a training step is under `SMALL` floating-point operations;
+- else the cores this job may use (its share of the machine under the joblib launcher, which
+  `share` sets) less those busy with other processes, and at least one.
+
+What the measurement shows (scripts/bench_threads.py, docs/benchmarks.md): on 2 quiet cores
+an MLP of [128, 128] on digits (10 MFLOP a step at batch 64) trains faster on one thread than on
+two (97,000 against 70,000 samples/s), the default [256, 256] (32 MFLOP) faster on two (78,000
+against 63,000); with one other process busy, one thread is fastest for every size, two
+threads 1.8 to 2.7 times slower.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+log = logging.getLogger("optlab")
+
+SMALL = 2e7  # FLOPs of a training step (forward and backward) below which one thread is fastest
+
+_share: int | None = None  # the cores of this job (None: every core this process may run on)
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def share(jobs: int) -> int:
+    """`jobs` processes run at once (the joblib launcher): each job's share of the cores."""
+    global _share
+    _share = max(1, cores() // max(1, min(jobs, cores())))
+    return _share
+
+
+def choose(setting: str | int, model: torch.nn.Module, batch: torch.Tensor, copies: int = 1) -> int:
+    """Set and return torch's thread count for training `copies` of `model` on batches like
+    `batch` (a stacked group: one per member), as `setting` (`threads`) asks."""
+    if setting != "auto":
+        threads = int(setting)
+        why = "as set"
+    else:
+        flops = copies * step_flops(model, batch)
+        mine, others = _share or cores(), busy_elsewhere()
+        threads = 1 if flops < SMALL else max(1, mine - others)
+        why = f"auto: {flops / 1e6:,.0f} MFLOP a step, {mine} cores for this job, {others} busy elsewhere"
+    torch.set_num_threads(threads)
+    log.debug("threads: %d (%s)", threads, why)
+    return threads
+
+
+def step_flops(model: torch.nn.Module, batch: torch.Tensor) -> float:
+    """A training step's floating-point operations: 3 × a forward pass's (backward costs about
+    two), counted by torch's FlopCounterMode on meta tensors (nothing is computed)."""
+    if batch.device.type != "cpu":
+        return float("inf")  # a GPU run's CPU threads only feed the device
+    twin = copy.deepcopy(model).to("meta")  # the same layers, no numbers
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        twin(torch.empty(batch.shape, dtype=batch.dtype, device="meta"))
+    return 3.0 * counter.get_total_flops()
+
+
+def busy_elsewhere(samples: int = 5) -> int:
+    """Cores that other processes keep busy now: runnable tasks in /proc/loadavg besides this
+    one, the fewest of a few readings 2 ms apart (Linux; 0 elsewhere)."""
+    try:
+        counts = []
+        for _ in range(samples):
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)
+            time.sleep(0.002)
+        return max(0, min(counts))
+    except (OSError, ValueError, IndexError):
+        return 0
