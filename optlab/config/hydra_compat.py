@@ -78,10 +78,10 @@ def save_job_files(config: DictConfig, output_dir: Path) -> None:
     folder = output_dir / ".hydra"
     folder.mkdir(parents=True, exist_ok=True)
     for name, node in (("config", task), ("hydra", hydra), ("overrides", hydra["hydra"]["overrides"]["task"])):
-        (folder / f"{name}.yaml").write_text(_yaml(node), encoding="utf-8")
+        (folder / f"{name}.yaml").write_text(yaml_text(node), encoding="utf-8")
 
 
-def _yaml(node) -> str:
+def yaml_text(node) -> str:
     """`OmegaConf.to_yaml`'s text of a container (what Hydra's `_save_config` writes). A mapping's
     text is its entries' texts one after another, and an entry's text depends on the entry
     alone, so each entry (and each entry of a mapping inside) is emitted once and remembered: a

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def flatten(node, prefix: str = "") -> dict:
@@ -30,8 +30,13 @@ def config_hash(cfg: DictConfig) -> str:
     `threads`, `summary`, `vectorize`, `tune`) and the nodes of features it does not use, so that adding a
     feature leaves earlier runs' hashes as they were."""
     kept = [k for k in cfg if k not in ("rerun", "threads", "summary", "vectorize", "hydra", "tune") and _used(cfg, k)]
-    plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, kept), resolve=True)
+    plain = {k: _plain(cfg, k) for k in kept}  # each resolved in place: a masked copy would copy the config
     return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _plain(cfg: DictConfig, key: str):
+    node = cfg._get_node(key)
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else cfg[key]
 
 
 def _used(cfg: DictConfig, key: str) -> bool:

@@ -21,6 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
+from optlab.config.hydra_compat import yaml_text
 from optlab.config.schema import GROUPS
 from optlab.metrics import HPARAM_METRICS
 from optlab.naming import command, path_word, relative
@@ -53,7 +54,8 @@ class RunLog:
                  logger: logging.Logger = log):
         self.run_dir, self.logger = run_dir, logger
         self.writer = SummaryWriter(log_dir=str(run_dir), max_queue=1000, flush_secs=5)
-        self.writer.add_text("config", f"```\n{OmegaConf.to_yaml(cfg)}```")
+        config = yaml_text(OmegaConf.to_container(cfg, enum_to_str=True))  # OmegaConf.to_yaml's text, sooner
+        self.writer.add_text("config", f"```\n{config}```")
         self.history: list[dict] = [] if history is None else history  # a resumed run's rows so far
         self.bar: tqdm | None = None
 
