@@ -63,24 +63,31 @@ def choose(setting: str | int, model: torch.nn.Module, batch: torch.Tensor, copi
 
 def step_flops(model: torch.nn.Module, batch: torch.Tensor) -> float:
     """A training step's floating-point operations: 3 × a forward pass's (backward costs about
-    two), counted by torch's FlopCounterMode on meta tensors (nothing is computed)."""
+    two), counted by torch's FlopCounterMode on meta tensors (nothing is computed), once per
+    architecture and batch shape in a process (a sweep's runs share theirs)."""
     if batch.device.type != "cpu":
         return float("inf")  # a GPU run's CPU threads only feed the device
-    twin = copy.deepcopy(model).to("meta")  # the same layers, no numbers
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        twin(torch.empty(batch.shape, dtype=batch.dtype, device="meta"))
-    return 3.0 * counter.get_total_flops()
+    key = (repr(model), tuple(batch.shape), batch.dtype)
+    if key not in _FLOPS:
+        twin = copy.deepcopy(model).to("meta")  # the same layers, no numbers
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            twin(torch.empty(batch.shape, dtype=batch.dtype, device="meta"))
+        _FLOPS[key] = 3.0 * counter.get_total_flops()
+    return _FLOPS[key]
 
 
-def busy_elsewhere(samples: int = 5) -> int:
+_FLOPS: dict[tuple, float] = {}
+
+
+def busy_elsewhere(samples: int = 4) -> int:
     """Cores that other processes keep busy now: runnable tasks in /proc/loadavg besides this
-    one, the fewest of a few readings 2 ms apart (Linux; 0 elsewhere)."""
+    one, the fewest of a few readings 1 ms apart (Linux; 0 elsewhere)."""
     try:
         counts = []
         for _ in range(samples):
             with open("/proc/loadavg") as f:
                 counts.append(int(f.read().split()[3].split("/")[0]) - 1)
-            time.sleep(0.002)
+            time.sleep(0.001)
         return max(0, min(counts))
     except (OSError, ValueError, IndexError):
         return 0
