@@ -149,6 +149,7 @@ def main() -> None:
         f"batch_size={args.batch_size}",
         f"epochs={args.epochs}",
         f"device={args.device}",
+        f"threads={args.threads}",  # optlab's runs on the threads the plain loops use
     ]
     with initialize_config_module("optlab.conf", version_base="1.3"):
         cfg = compose("config", overrides)

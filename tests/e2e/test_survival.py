@@ -340,14 +340,15 @@ def save_on_a_full_disk(obj, f):
 
 
 def test_a_full_disk_ends_in_one_line_naming_the_file_and_takes_back_the_attempt(tmp_path, monkeypatch, capfd):
-    import hydra.core.utils
+    import pathlib
+
     from torch.utils import tensorboard
 
     run, fresh = tmp_path / "run", tmp_path / "fresh"
     small = ["model.hidden=[8]", f"hydra.run.dir={run}"]
     assert call(capfd, "train", "epochs=1", *small)[0] == 0
     finished = files_of(run)
-    for target, name, fake, what in [(hydra.core.utils, "_save_config", no_space, run),  # Hydra writing .hydra/
+    for target, name, fake, what in [(pathlib.Path, "write_text", no_space, run),  # the job's .hydra/, as Hydra writes it
                                      (torch, "save", save_on_a_full_disk, run / "checkpoints" / "init.pt")]:
         with monkeypatch.context() as patch:
             patch.setattr(target, name, fake)
