@@ -80,14 +80,28 @@ _FLOPS: dict[tuple, float] = {}
 
 
 def busy_elsewhere(samples: int = 4) -> int:
-    """Cores that other processes keep busy now: runnable tasks in /proc/loadavg besides this
-    one, the fewest of a few readings 1 ms apart (Linux; 0 elsewhere)."""
+    """Cores that other processes keep busy now: runnable tasks in /proc/loadavg less this
+    process's own running threads (torch's pool may still spin from the last kernel), the fewest
+    of a few readings 1 ms apart (Linux; 0 elsewhere)."""
     try:
         counts = []
         for _ in range(samples):
             with open("/proc/loadavg") as f:
-                counts.append(int(f.read().split()[3].split("/")[0]) - 1)
+                running = int(f.read().split()[3].split("/")[0])
+            counts.append(running - _running_here())
             time.sleep(0.001)
         return max(0, min(counts))
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _running_here() -> int:
+    """This process's threads that are running or runnable (state R in /proc/self/task/*/stat)."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                count += f.read().rpartition(")")[2].split()[0] == "R"
+        except OSError:  # the thread ended meanwhile
+            continue
+    return count
