@@ -1,5 +1,5 @@
 """Threads on a quiet and on a busy machine: `optlab train` with `threads=auto` beside one
-thread and a thread per core, for models of three sizes, in one run.
+thread and a thread per core, for models of four sizes, in one run.
 
 Busy: `--competitors` processes (default: one) spin on the CPU for as long as the run takes,
 as a laptop's or a shared node's other work does. The figure is the run's own training
@@ -23,6 +23,7 @@ from pathlib import Path
 from provenance import stamp
 
 MODELS = {
+    "mlp [128,128]": ["epochs=10", "model.hidden=[128,128]"],
     "mlp [256,256] (default)": ["epochs=10"],
     "mlp [1024,1024]": ["epochs=3", "model.hidden=[1024,1024]"],
     "cnn on mnist5k": ["epochs=1", "model=cnn", "data=mnist5k"],
