@@ -3,17 +3,16 @@
 torch's default, a thread per core, is slowest twice over for what optlab mostly trains: a
 small model's kernels are too short to split (the threads spend the step waking each other),
 and on a busy machine (a laptop, a shared node, a sweep's other jobs) the threads spin against
-the other processes and a run slows tenfold. `threads=auto` picks, once per run:
+the other processes and a run slows several times. `threads=auto` picks, once per run:
 
 - one thread when a training step is under `SMALL` floating-point operations;
 - else the cores this job may use (its share of the machine under the joblib launcher, which
   `share` sets) less those busy with other processes, and at least one.
 
-What the measurement shows (scripts/bench_threads.py, docs/benchmarks.md): on 2 quiet cores
-an MLP of [128, 128] on digits (10 MFLOP a step at batch 64) trains faster on one thread than on
-two (97,000 against 70,000 samples/s), the default [256, 256] (32 MFLOP) faster on two (78,000
-against 63,000); with one other process busy, one thread is fastest for every size, two
-threads 1.8 to 2.7 times slower.
+What the measurement shows (scripts/bench_threads.py, docs/benchmarks.md): on 2 cores beside
+one busy process, one thread trains 2 to 4.5 times faster than two, for every size; on a quiet
+machine two threads are as fast or faster for a step of 32 MFLOP and more (the default MLP, the
+CNN), and one and two are even below 20.
 """
 
 from __future__ import annotations
