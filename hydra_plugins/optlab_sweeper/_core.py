@@ -1,7 +1,7 @@
 """The optlab sweeper's logic: each job of a grid composed once, from a shared defaults list
 where its overrides allow (Hydra composes every job anew, ~0.08 s each)."""
 
-import copy
+import pickle
 from typing import List, Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -22,8 +22,9 @@ IN_PROCESS = ("BasicLauncher", "VectorizedLauncher", "VectorizedSlurmLauncher", 
 def compose_grid(loader, master: DictConfig, grid: Sequence[Sequence[str]]) -> List[DictConfig]:
     """Each job's config, equal to what `loader.load_sweep_config` composes for it. Jobs whose
     overrides differ only in plain values pick the same defaults list: it is composed once
-    (~0.08 s) and each job gets a copy (~5 ms) with its values set as Hydra sets them, after
-    composing."""
+    (~0.08 s), pickled once, and each job gets a copy unpickled from those bytes (~1 ms, where a
+    deep copy takes ~5 ms; the bytes never leave this process) with its values set as Hydra
+    sets them, after composing."""
     parser = OverridesParser.create(config_loader=loader)
     templates: dict = {}
     configs = []
@@ -32,10 +33,10 @@ def compose_grid(loader, master: DictConfig, grid: Sequence[Sequence[str]]) -> L
         values = [o for o in parsed if plain_value(o, loader)]
         shape = tuple(o.key_or_group if o in values else o.input_line for o in parsed)
         if shape not in templates:
-            templates[shape] = loader.load_sweep_config(master, list(job))
-            configs.append(copy.deepcopy(templates[shape]))
+            templates[shape] = pickle.dumps(loader.load_sweep_config(master, list(job)))
+            configs.append(pickle.loads(templates[shape]))
             continue
-        cfg = copy.deepcopy(templates[shape])
+        cfg = pickle.loads(templates[shape])
         apply_overrides(values, cfg)
         task = [o for o in parsed if not o.is_hydra_override()]
         cfg.hydra.overrides.task = [o.input_line for o in task]
