@@ -60,7 +60,7 @@ class Bench:
         best = {name: float("inf") for name in commands}
         for round in range(self.repeat):
             for name, command in commands.items():
-                out = self.work / f"{name.replace('=', '')}-{round}"
+                out = self.work / f"{name}-{round}"
                 seconds = timed([*command, f"hydra.sweep.dir={out}"] if "-m" in command else command, self.work)
                 best[name] = min(best[name], seconds)
                 shutil.rmtree(out, ignore_errors=True)
@@ -78,10 +78,10 @@ def hand_command(seeds: int, epochs: int, device: str) -> list[str]:
 
 def member(bench: Bench, device: str) -> None:
     tiny = ["model.hidden=[32]"]
-    t = bench.best({f"K={4 * s}": optlab(sweep(s, 2, device, *tiny), "vectorized") for s in (4, 16)})
-    cost = (t["K=64"] - t["K=16"]) / 48
+    t = bench.best({f"K{4 * s}": optlab(sweep(s, 2, device, *tiny), "vectorized") for s in (4, 16)})
+    cost = (t["K64"] - t["K16"]) / 48
     print(f"  member: one more member of a vectorized group costs {cost * 1e3:.1f} ms "
-          f"(K=16 {t['K=16']:.2f} s, K=64 {t['K=64']:.2f} s; model.hidden=[32], 2 epochs)")
+          f"(K=16 {t['K16']:.2f} s, K=64 {t['K64']:.2f} s; model.hidden=[32], 2 epochs)")
 
 
 def mlp(bench: Bench, device: str, seeds: int) -> None:

@@ -138,7 +138,7 @@ def resumes_after(run_dir: Path) -> int | None:
 
 def task_config(cfg: DictConfig) -> DictConfig:
     """The job's own config, without Hydra's node (what a task function receives): copied as
-    run_job copies it, but for the `hydra` node, which the copy only drops (half the copy's cost)."""
+    run_job copies it, but for the `hydra` node, which the copy only drops."""
     hydra = cfg._get_node("hydra")
     task = copy.deepcopy(cfg, {id(hydra): hydra})
     with read_write(task), open_dict(task):

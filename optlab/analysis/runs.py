@@ -100,15 +100,16 @@ def _load(path: Path) -> RunFolder | None:
         raise UsageError(f"cannot read {files['config']}: it is not a run's config")
     if not isinstance(overrides, list):
         raise UsageError(f"cannot read {files['overrides']}: not a list of key=value overrides")
-    if "${" in json.dumps(config):  # interpolations: resolved as OmegaConf resolves them (a run's has none)
+    if "${" in json.dumps(config, default=str):  # interpolations (a run's config has none): checked, then resolved
         config = _resolved(OmegaConf.create(config), files["config"])
-    allowlist.check_file(config, files["config"])  # a shared folder's config is data, never code
+    else:
+        allowlist.check_file(config, files["config"])  # a shared folder's config is data, never code
     pairs = (str(o).partition("=") for o in overrides)  # `${...}` as typed
     return RunFolder(path, metrics, {k.lstrip("+~"): v for k, _, v in pairs}, flatten(config))
 
 
 def _resolved(config: DictConfig, file: Path) -> dict:
-    allowlist.check_file(config, file)  # before anything resolves
+    allowlist.check_file(config, file)  # before anything resolves: as read, each value resolved
     try:
         return OmegaConf.to_container(config, resolve=True)
     except Exception:  # an interpolation that only Hydra could resolve

@@ -12,7 +12,7 @@ names breaks here, and the suite's tests of sweeps, tune and resume say so.
 - `HydraConfig.instance()` is set and restored directly: a config is resolved as in its job
   before the job starts (`as_job`), and the tune command's config comes back after each trial.
   `as_job` hands it the job's config itself, where `set_config` would deep-copy its `hydra`
-  node (~10 ms a job: a sweep's largest per-job cost).
+  node on every call (part of what scripts/bench_sweep.py measures a member to cost).
 - `_save_config`'s text is `OmegaConf.to_yaml`'s: `save_job_files` makes it from one container
   of the job's config, for its config.yaml and hydra.yaml alike.
 - `JobReturn._return_value` reads a failed job's exception without raising it.
@@ -86,7 +86,7 @@ def yaml_text(node) -> str:
     text is its entries' texts one after another, and an entry's text depends on the entry
     alone, so each entry (and each entry of a mapping inside) is emitted once and remembered: a
     sweep's jobs share most of theirs (Hydra's help, logging and launcher nodes; most of the
-    config), and PyYAML's emitter is a job's largest cost in a stacked group."""
+    config), and PyYAML's emitter is among the larger costs of a member of a stacked group."""
     if not isinstance(node, dict) or not node:
         return _dump(node)
     return "".join(_entry(key, value) for key, value in node.items())
@@ -95,8 +95,8 @@ def yaml_text(node) -> str:
 def _entry(key, value) -> str:
     if not isinstance(value, dict) or not value:
         return _remembered((key, value))
-    head = _remembered((key, {})).partition(":")[0] + ":\n"  # the key's line; the entries follow, indented
-    return head + "".join(_remembered((key, {inner: v})).partition("\n")[2] for inner, v in value.items())
+    texts = [_remembered((key, {inner: v})) for inner, v in value.items()]  # each: the key's line, one entry
+    return texts[0].partition("\n")[0] + "\n" + "".join(text.partition("\n")[2] for text in texts)
 
 
 _TEXTS: dict[str, str] = {}

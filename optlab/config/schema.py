@@ -91,6 +91,12 @@ DEVICE = Rule(
 )
 
 
+FILE_OR_FOLDER = Rule("a file or folder", lambda v: v is None or isinstance(v, str))
+
+
+COLUMN = Rule("a column name", lambda v: isinstance(v, str))
+
+
 THREADS = Rule("auto, or an integer >= 1", lambda v: v == "auto" or POSITIVE_INT.ok(v))
 
 
@@ -217,11 +223,11 @@ GROUP_KEYS: dict[str, Key] = {
     ),
     "data.source.download": Key(BOOLEAN, "fetch missing official files; follows data.download (set that instead)"),
     "data.source.path": Key(
-        Rule("a file or folder", lambda v: v is None or isinstance(v, str)),
+        FILE_OR_FOLDER,
         "the file or folder read; follows data.path (set that instead)",
     ),
     "data.source.label": Key(
-        Rule("a column name", lambda v: isinstance(v, str)),
+        COLUMN,
         "the class column of the CSV; follows data.label (set that instead)",
     ),
     "data.val_fraction": Key(
@@ -260,11 +266,11 @@ GROUP_KEYS: dict[str, Key] = {
         "fetch the official files into data.root when missing (mnist, fashion_mnist, cifar10)",
     ),
     "data.path": Key(
-        Rule("a file or folder", lambda v: v is None or isinstance(v, str)),
+        FILE_OR_FOLDER,
         "your data: an .npz file (npz), a .csv file (csv) or a folder of utterances (frames)",
     ),
     "data.label": Key(
-        Rule("a column name", lambda v: isinstance(v, str)),
+        COLUMN,
         "the column that holds the class; every other column is a feature (data=csv)",
     ),
     "data.context": Key(

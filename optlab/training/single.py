@@ -55,8 +55,7 @@ class Single:
                 "Use batch_size=full.",
                 method.rsplit(".", 1)[-1], cfg.batch_size, FULL_BATCH[method],
             )
-        example = data.train.get(torch.arange(min(self.batch_size, n), device=data.train.y.device))[0]
-        threads.choose(cfg.get("threads", "auto"), self.model, example)  # after torch.optim's first import: ~10 ms
+        threads.for_run(cfg, self.model, data.train, self.batch_size)
         self.closure_based = needs_closure(self.optimizer)
         if self.closure_based and cfg.precision == "fp16":
             raise ConfigError("precision", "fp16", "fp32 or bf16 with a closure-based optimizer "

@@ -54,8 +54,7 @@ class Stacked:
             self.per_step.append(per_step)
             decoupled.append(w)
             l2.append(coefficient)
-        example = data.train.get(torch.arange(min(self.batch_size, n), device=data.train.y.device))[0]
-        threads.choose(cfg.get("threads", "auto"), self.members[0], example, copies=self.k)
+        threads.for_run(cfg, self.members[0], data.train, self.batch_size, copies=self.k)
         self.net = StackedModel(self.members, [m.dropout for m in cfgs], self.masks, 1 + len(data.input_shape))
         self.optimizer = BatchedOptimizer(self.net.flat, self.optimizers, [list(m.parameters()) for m in self.members])
         decayed = {id(p) for p in decay_groups(self.members[0], cfg.weight_decay_exclude)[0]}

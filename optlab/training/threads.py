@@ -44,6 +44,13 @@ def share(jobs: int) -> int:
     return _share
 
 
+def for_run(cfg, model: torch.nn.Module, split, batch_size: int, copies: int = 1) -> int:
+    """`choose` for a run's model (a group's, `copies` members) on batches of its training split;
+    called once torch.optim has been imported (FlopCounterMode's first use pays no import then)."""
+    example = split.get(torch.arange(min(batch_size, len(split)), device=split.y.device))[0]
+    return choose(cfg.get("threads", "auto"), model, example, copies)
+
+
 def choose(setting: str | int, model: torch.nn.Module, batch: torch.Tensor, copies: int = 1) -> int:
     """Set and return torch's thread count for training `copies` of `model` on batches like
     `batch` (a stacked group: one per member), as `setting` (`threads`) asks."""

@@ -153,6 +153,31 @@ def test_compare_and_the_report_reader_refuse_a_crafted_surface(tmp_path):
     assert not (tmp_path / "ran").exists() and not (tmp_path / "sweep" / "summary.csv").exists()
 
 
+def test_the_sweep_reader_resolves_a_plain_interpolation_and_refuses_a_crafted_one(tmp_path):
+    """A run's config.yaml holds plain values, read as data; one with `${...}` is checked as read
+    and then resolved, as OmegaConf resolves it; any YAML type is read, never a traceback."""
+    from optlab.analysis.runs import find_runs
+
+    def folder(name: str, config: str) -> Path:
+        run = tmp_path / name / "seed=0"
+        (run / ".hydra").mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"status": "completed", "best_val_acc": 0.5}))
+        (run / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+        (run / ".hydra" / "config.yaml").write_text(config)
+        return run
+
+    folder("plain", "seed: 0\nepochs: 3\nnote: !!binary aGk=\nmodel:\n  hidden: [8]\n")
+    folder("interpolated", "seed: 0\nepochs: ${seed}\nmodel:\n  hidden: ['${epochs}']\n")
+    (plain,), (interpolated,) = (find_runs([tmp_path / name]) for name in ("plain", "interpolated"))
+    assert plain.config["epochs"] == 3 and plain.config["note"] == b"hi"
+    assert interpolated.config["epochs"] == 0 and interpolated.config["model.hidden"] == [0]
+    folder("crafted", yaml.safe_dump({"seed": 0, "extra": "${oc.create:{_target_: os.mkdir, path: '"
+                                      + str(tmp_path / "ran") + "'}}"}))
+    with pytest.raises(UsageError, match="config.yaml: refused"):
+        find_runs([tmp_path / "crafted"])
+    assert not (tmp_path / "ran").exists()
+
+
 def killed_copy(trained_run: Path, tmp_path: Path, overrides: list) -> Path:
     """A copy of a run as `kill -9` leaves it (no metrics.json), with crafted overrides."""
     run = tmp_path / "shared_run"

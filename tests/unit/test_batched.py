@@ -235,26 +235,29 @@ def test_load_resumes_like_torch(cls):
     s.check_state()
 
 
+def one_cycle(opt, k):
+    """OneCycleLR with member k's own peak rate and momentum (Adam's family: its beta1)."""
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2 * (k + 1), total_steps=STEPS, cycle_momentum=True,
+                                               base_momentum=0.5 + 0.1 * k)
+
+
+def step_lr(step_size, gammas):
+    """StepLR every `step_size` steps with member k's own factor `gammas[k]`."""
+    return lambda opt, k: torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gammas[k])
+
+
 SCHEDULED = {
     "sgd-onecycle": (torch.optim.SGD, lambda opt, k: torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=[0.1 * (k + 1), 0.05 * (k + 1)], total_steps=STEPS, cycle_momentum=True,
         base_momentum=0.8, max_momentum=0.95)),
-    "adam-onecycle": (torch.optim.Adam, lambda opt, k: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=1e-2 * (k + 1), total_steps=STEPS, cycle_momentum=True, base_momentum=0.5 + 0.1 * k)),
-    "rmsprop-steplr": (torch.optim.RMSprop, lambda opt, k: torch.optim.lr_scheduler.StepLR(
-        opt, step_size=3, gamma=(0.5, 0.8, 0.3)[k])),
-    "adagrad-steplr": (torch.optim.Adagrad, lambda opt, k: torch.optim.lr_scheduler.StepLR(
-        opt, step_size=4, gamma=(0.5, 2.0, 0.1)[k])),
-    "adamax-onecycle": (torch.optim.Adamax, lambda opt, k: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=1e-2 * (k + 1), total_steps=STEPS, cycle_momentum=True, base_momentum=0.5 + 0.1 * k)),
-    "nadam-onecycle": (torch.optim.NAdam, lambda opt, k: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=1e-2 * (k + 1), total_steps=STEPS, cycle_momentum=True, base_momentum=0.5 + 0.1 * k)),
-    "radam-steplr": (torch.optim.RAdam, lambda opt, k: torch.optim.lr_scheduler.StepLR(
-        opt, step_size=3, gamma=(0.5, 0.8, 0.3)[k])),
-    "adadelta-steplr": (torch.optim.Adadelta, lambda opt, k: torch.optim.lr_scheduler.StepLR(
-        opt, step_size=4, gamma=(0.5, 2.0, 0.1)[k])),
-    "rprop-steplr": (torch.optim.Rprop, lambda opt, k: torch.optim.lr_scheduler.StepLR(
-        opt, step_size=2, gamma=(0.5, 0.8, 0.3)[k])),
+    "adam-onecycle": (torch.optim.Adam, one_cycle),
+    "rmsprop-steplr": (torch.optim.RMSprop, step_lr(3, (0.5, 0.8, 0.3))),
+    "adagrad-steplr": (torch.optim.Adagrad, step_lr(4, (0.5, 2.0, 0.1))),
+    "adamax-onecycle": (torch.optim.Adamax, one_cycle),
+    "nadam-onecycle": (torch.optim.NAdam, one_cycle),
+    "radam-steplr": (torch.optim.RAdam, step_lr(3, (0.5, 0.8, 0.3))),
+    "adadelta-steplr": (torch.optim.Adadelta, step_lr(4, (0.5, 2.0, 0.1))),
+    "rprop-steplr": (torch.optim.Rprop, step_lr(2, (0.5, 0.8, 0.3))),
 }
 
 

@@ -138,3 +138,13 @@ def test_a_jobs_hydra_files_are_the_text_hydra_writes(tmp_path, overrides):
         _save_config(node, f"{name}.yaml", tmp_path / "hydra")
         assert (tmp_path / "optlab" / ".hydra" / f"{name}.yaml").read_bytes() == \
                (tmp_path / "hydra" / f"{name}.yaml").read_bytes()
+
+
+@pytest.mark.parametrize("node", [{"a:b": {"c": 1, "d: e": [1, "2"]}, "x": {}, "y": []},
+                                  {"hydra": {"k:1": {"z": "y: z", "w": "1e-3"}, "n": None}}, [], {}])
+def test_remembered_yaml_is_omegaconfs_text_for_awkward_keys_and_values(node):
+    from omegaconf import OmegaConf
+
+    from optlab.config.hydra_compat import yaml_text
+
+    assert yaml_text(node) == yaml_text(node) == OmegaConf.to_yaml(node)
