@@ -130,8 +130,8 @@ class Config:
     epochs: int = key(POSITIVE_INT, "passes over the training set")
     seed: int = key(NON_NEGATIVE_INT, "seeds weight init and batch order (not the data split)")
     device: str = key(DEVICE, "where to train: auto = CUDA when available, else CPU")
-    threads: Any = key(THREADS, "torch's CPU threads: auto = one for a small model or a busy machine, "
-                                "else the free cores (shared by a sweep's parallel jobs)")
+    threads: Any = key(THREADS, "torch's CPU threads: auto = one for a small model, else the cores "
+                                "(shared by a sweep's parallel jobs, at most OMP_NUM_THREADS)")
     shuffle: bool = key(BOOLEAN, "draw a new random batch order every epoch")
     steps: int = key(POSITIVE_INT, "optimizer steps on a 2-D surface (with surface=...)")
     precision: str = key(one_of("fp32", "bf16", "fp16"), "autocast to bf16 or fp16 (gradient scaling for fp16)")

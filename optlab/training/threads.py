@@ -1,16 +1,20 @@
 """How many CPU threads torch uses for a run's kernels (`threads`).
 
-torch's default, a thread per core, is slowest twice over for what optlab mostly trains: a
-small model's kernels are too short to split (the threads spend the step waking each other),
-and on a busy machine (a laptop, a shared node, a sweep's other jobs) the threads spin against
-the other processes and a run slows several times. `threads=auto` picks, once per run:
+torch's default, a thread per core, is slowest for what optlab mostly trains: a small model's
+kernels are too short to split, and its threads spend the step waking each other.
+`threads=auto` picks, once per run, from the run alone:
 
 - one thread when a training step is under `SMALL` floating-point operations;
-- else the cores this job may use (its share of the machine under the joblib launcher, which
-  `share` sets) less those busy with other processes, and at least one.
+- else the cores this job may use: its share of the machine under the joblib launcher (which
+  `share` sets), and no more than `OMP_NUM_THREADS` where that is set (torch's convention).
+
+The machine's load never enters the choice: the count decides the order kernels sum in, so a
+run whose count followed the load would differ in its last bits from the same run an hour
+later. A busy machine gets a line instead: beside other busy processes torch's threads spin
+against them and a run slows several times, and `threads=1` is the cure the user chooses.
 
 What the measurement shows (scripts/bench_threads.py, docs/benchmarks.md): on 2 cores beside
-one busy process, one thread trains 2 to 4.5 times faster than two, for every size; on a quiet
+one busy process, one thread trains 2.2 to 4.3 times faster than two, for every size; on a quiet
 machine two threads are as fast or faster for a step of 32 MFLOP and more (the default MLP, the
 CNN), and one and two are even below 20.
 """
@@ -59,12 +63,29 @@ def choose(setting: str | int, model: torch.nn.Module, batch: torch.Tensor, copi
         why = "as set"
     else:
         flops = copies * step_flops(model, batch)
-        mine, others = _share or cores(), busy_elsewhere()
-        threads = 1 if flops < SMALL else max(1, mine - others)
-        why = f"auto: {flops / 1e6:,.0f} MFLOP a step, {mine} cores for this job, {others} busy elsewhere"
+        mine = min(_share or cores(), _omp_limit() or cores())
+        threads = 1 if flops < SMALL else mine
+        why = f"auto: {flops / 1e6:,.0f} MFLOP a step, {mine} cores for this job"
+        if threads > 1 and batch.device.type == "cpu":
+            _say_if_busy(threads)
     torch.set_num_threads(threads)
     log.debug("threads: %d (%s)", threads, why)
     return threads
+
+
+def _say_if_busy(threads: int) -> None:
+    """One line when other processes keep cores busy beyond those of this sweep's other jobs:
+    there `threads=1` may train several times faster (bench_threads.py)."""
+    others = busy_elsewhere()
+    if others > cores() - (_share or cores()):
+        log.info("threads: %d of %d cores are busy with other processes; threads=1 may train several times "
+                 "faster here (its numbers differ from threads=%d's in the last bits)", others, cores(), threads)
+
+
+def _omp_limit() -> int | None:
+    """`OMP_NUM_THREADS` as a number >= 1, or None where it is unset or not one."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) >= 1 else None
 
 
 def step_flops(model: torch.nn.Module, batch: torch.Tensor) -> float:
