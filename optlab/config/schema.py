@@ -526,6 +526,15 @@ GROUP_KEYS: dict[str, Key] = {
         Rule("a folder", lambda v: isinstance(v, str) and v != ""),
         "the study's folder: name it to go on with a study, or share it between processes",
     ),
+    "tune.storage": Key(
+        Rule("null (the journal in tune.dir), or a database URL dialect://... (postgresql, mysql, sqlite)",
+             lambda v: v is None or isinstance(v, str) and re.fullmatch(r"[a-z][a-z0-9+]*://\S*", v) is not None),
+        "where the study lives: null = study.journal in tune.dir (one machine), a database URL = shared by machines",
+    ),
+    "tune.study_name": Key(
+        Rule("null, or a name", lambda v: v is None or isinstance(v, str) and v.strip() != "" and v.isprintable()),
+        "the study's name in tune.storage (null: tune.dir's folder name)",
+    ),
     "tune.params": Key(
         Rule("key: search expression, e.g. optimizer.lr: tag(log, interval(1e-4, 1))",
                         lambda v: isinstance(v, DictConfig) and all(isinstance(x, str) for x in v.values())),

@@ -1,10 +1,11 @@
 """`optlab tune`: the study's loop (ask, train, tell, until `tune.trials` are done here or by
-other processes sharing the journal), then its summary, its best trial as a command, and
-Optuna's plots."""
+other processes sharing the study, on this host or others), then its summary, its best trial
+as a command, and Optuna's plots."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import warnings
 from collections import Counter
@@ -12,21 +13,21 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-# Optuna's private heartbeat module (checked against Optuna 4.9-5.1): its RDBStorage's heartbeat, for a journal
+# Optuna's private heartbeat module (checked against Optuna 4.9-5.1): the thread `optimize` runs around a trial
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from optlab.config.hydra_compat import current_config
 from optlab.errors import UsageError
 from optlab.jobs.command import Command
-from optlab.jobs.tune import space
+from optlab.jobs.tune import space, storage
+from optlab.jobs.tune.storage import JOURNAL
 from optlab.jobs.tune.study import (
-    JOURNAL,
     alone,
     base_overrides,
     direction,
     entries,
-    load,
+    open_study,
     run_folder,
     same_study,
     take_over,
@@ -52,9 +53,9 @@ def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
     """The study: trials until `tune.trials` are done (by this process or others), then the summary."""
     params = space.parse(entries(cfg, asked.search))
     trials = cfg.tune.trials
-    with locked(study_dir):  # one process makes the study; the others load it
-        made = not (study_dir / JOURNAL).exists()
-        study = load(study_dir / JOURNAL, direction(cfg), cfg.tune.grace_s)
+    with locked(study_dir):  # one process of this host makes the study; the others load it
+        study = open_study(cfg, direction(cfg))
+        made = not study.user_attrs.get("workers")  # no process has worked on it yet
         same_study(study, cfg, params)
         take_over(study, cfg, params)
         worker = study.user_attrs.get("workers", 0)  # each process its own seed: workers spread out
@@ -68,6 +69,7 @@ def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
     log.info("study %s: %s %s over %s, up to %d trials (%s sampler, %s pruner)", relative(study_dir),
              study.direction.name.lower(), cfg.tune.metric, " ".join(p.override(p.text) for p in params),
              trials, cfg.tune.sampler, cfg.tune.pruner)
+    hosts = one_host(study, cfg, set())
     waiting = None
     while True:
         with locked(study_dir):
@@ -88,6 +90,10 @@ def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
             except UsageError:
                 if made and alone(study):  # a refused start leaves no folder, as a refused run leaves none
                     asked.discard = study_dir
+                    if cfg.tune.get("storage"):  # nor a study in the database
+                        import optuna
+
+                        optuna.delete_study(study_name=study.study_name, storage=study._storage)
                 raise
             finally:
                 restore(own)
@@ -96,10 +102,23 @@ def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
                  f"{value:.4f}" if isinstance(value, float) else value)
         if metrics["status"] == "interrupted":
             return metrics
+        hosts = one_host(study, cfg, hosts)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         log.info("no trial of the study has finished with a %s yet: nothing to summarize", cfg.tune.metric)
         return {"status": "completed"}
     return finish(study, cfg, study_dir, params)
+
+
+def one_host(study, cfg: DictConfig, seen: set[str]) -> set[str]:
+    """Say once when a study in a file journal has workers on more than one host: a journal is
+    for the processes of one machine. Returns the hosts seen so far."""
+    hosts = storage.hosts(study) | {socket.gethostname()}
+    if not cfg.tune.get("storage") and len(hosts) > 1 and len(seen) < 2:
+        log.warning("%s has workers on %d hosts (%s): a file journal is for the processes of one machine (file "
+                    "locks on a network file system are not reliable); for workers on several machines keep the "
+                    "study in a database: tune.storage=postgresql://...", storage.where(cfg), len(hosts),
+                    ", ".join(sorted(hosts)))
+    return hosts
 
 
 def finish(study, cfg: DictConfig, study_dir: Path, params: list[space.Param]) -> dict:
@@ -110,18 +129,20 @@ def finish(study, cfg: DictConfig, study_dir: Path, params: list[space.Param]) -
     best = study.best_trial
     missing = [p.key for p in params if p.key not in best.params]
     if missing:
-        raise UsageError(f"{study_dir / JOURNAL}: the best trial, {best.number}, has no value for {', '.join(missing)}")
+        raise UsageError(f"{storage.where(cfg)}: the best trial, {best.number}, has no value for {', '.join(missing)}")
     overrides = [*base_overrides(), *(p.override(best.params[p.key]) for p in params)]
     states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
     record = {"number": best.number, cfg.tune.metric: best.value, "params": best.params,
-              "run": str(relative(study_dir / run_folder(best, study_dir))),
-              "command": command("optlab", "train", *overrides), "trials": dict(states)}
+              "run": str(relative(study_dir / run_folder(best, storage.where(cfg)))),
+              "host": best.user_attrs.get("host"), "command": command("optlab", "train", *overrides),
+              "trials": dict(states)}
     write_json(study_dir / "best_trial.json", record)
     plots = optuna_plots(study, study_dir)
     log.info("best: trial %d, %s %.4f (%s)", best.number, cfg.tune.metric, best.value, record["run"])
     log.info("train it: %s", record["command"])
+    where = storage.masked(cfg.tune.storage) if cfg.tune.get("storage") else path_word(relative(study_dir / JOURNAL))
     log.info("written: best_trial.json, %s; the study: optuna-dashboard %s", ", ".join(p.name for p in plots),
-             command(path_word(relative(study_dir / JOURNAL))))
+             command(where))
     return {"status": "completed", **record}
 
 

@@ -1,5 +1,6 @@
-"""A study and the journal it lives in: made, loaded, checked against the search it was made
-for, repaired after a torn write, and guarded before Hydra writes into its folder."""
+"""A study: made or loaded where it lives (its folder's journal or a database, see
+storage.py), checked against the search it was made for, its journal repaired after a torn
+write, and guarded before Hydra writes into its folder."""
 
 from __future__ import annotations
 
@@ -8,70 +9,29 @@ import logging
 import math
 import os
 import re
-import time
+import socket
 import warnings
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
-from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
-
-# Optuna's private heartbeat module (checked against Optuna 4.9-5.1): its RDBStorage's heartbeat, for a journal
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from optlab import metrics
 from optlab.config.checks import validate
 from optlab.config.hydra_compat import as_job
 from optlab.errors import ConfigError, Refused, UsageError, reason
-from optlab.jobs.tune import space
+from optlab.jobs.tune import space, storage
+from optlab.jobs.tune.storage import JOURNAL, Journal
 from optlab.naming import relative
 from optlab.store.files import atomic_write, locked, refuse_links, stamped
 
 log = logging.getLogger("optlab")
 
 
-JOURNAL = "study.journal"
-
-
 # what processes starting a study in a new folder write there before the study exists
 STARTING = {".hydra", "tune.log", ".lock", f"{JOURNAL}.lock"}
-
-
-class Journal(JournalStorage, BaseHeartbeat):
-    """Optuna's JournalStorage with the heartbeat of its RDBStorage (`heartbeat_interval`,
-    `grace_period`, `RetryHeartbeatStaleTrialCallback`): Optuna's heartbeat thread records the
-    time in a running trial (system attr `heartbeat`) every `grace_s`/4 seconds, and
-    `optuna.storages.fail_stale_trials` fails a running trial whose heartbeat is older than
-    `grace_s` (host clocks are assumed to agree to a few seconds), whichever host ran it, and
-    queues it again with its user attrs (its `run` folder)."""
-
-    def __init__(self, path: Path, grace_s: float = 120):
-        from optuna.storages.journal import JournalFileBackend
-
-        super().__init__(JournalFileBackend(str(path)))
-        self.grace_s = grace_s
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        self.set_trial_system_attr(trial_id, "heartbeat", time.time())
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now = time.time()
-        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-                if now - t.system_attrs.get("heartbeat", t.datetime_start.timestamp()) > self.grace_s]
-
-    def get_heartbeat_interval(self) -> float:
-        return self.grace_s / 4
-
-    def get_heartbeat_stale_trial_callback(self):
-        return self.retry
-
-    def retry(self, study, trial) -> None:
-        log.warning("trial %d (%s, pid %s) has sent no heartbeat for %g s: its process is gone, and it is "
-                    "trained again", trial.number, trial.user_attrs.get("host", "another host"),
-                    trial.user_attrs.get("pid", "?"), self.grace_s)
-        RetryHeartbeatStaleTrialCallback()(study, trial)
 
 
 def load(journal: Path, direction: str | None = None, grace_s: float = 120):
@@ -81,10 +41,7 @@ def load(journal: Path, direction: str | None = None, grace_s: float = 120):
     check passed, a torn last line is moved aside (`repair`)."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat's
-    # optlab asks and tells itself, with Optuna's heartbeat thread around each trial as `optimize` has
-    warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+    _quiet()
     if not journal.exists():
         if direction is None:
             raise UsageError(f"{journal} does not exist: no study there")
@@ -102,40 +59,83 @@ def load(journal: Path, direction: str | None = None, grace_s: float = 120):
     return study
 
 
+def open_study(cfg: DictConfig, direction: str | None = None):
+    """The study `cfg` names (see storage.py): in its database when `tune.storage` is set, else
+    in its folder's journal; made there with `direction` when there is none yet."""
+    if cfg.tune.get("storage"):
+        return load_database(cfg.tune.storage, storage.name(cfg), direction, cfg.tune.grace_s)
+    return load(Path(cfg.tune.dir) / JOURNAL, direction, cfg.tune.grace_s)
+
+
+def load_database(url: str, name: str, direction: str | None = None, grace_s: float = 120):
+    """The study `name` in the database at `url`, made there with `direction` when there is none
+    yet (None when there is none and no `direction`); checked as a journal's study is."""
+    import optuna
+
+    _quiet()
+    db = storage.database(url, grace_s)
+    label = f"{storage.masked(url)} (study {name!r})"
+    try:
+        made = name not in {s.study_name for s in db.get_all_studies()}
+        if made and direction is None:
+            return None
+        # load_if_exists: another worker may make it first
+        study = optuna.create_study(study_name=name, storage=db, direction=direction, load_if_exists=True) \
+            if made else optuna.load_study(study_name=name, storage=db)
+    except Exception as error:  # the server went away, a table it cannot read
+        raise UsageError(f"{label}: {reason(error)}") from None
+    return checked(study, label)
+
+
+def _quiet() -> None:
+    """Optuna's log and warnings, as optlab uses it."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat's
+    # optlab asks and tells itself, with Optuna's heartbeat thread around each trial as `optimize` has
+    warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+
+
 def _optlab_study(journal: Path, grace_s: float):
     """The optlab study in a journal that Optuna reads, or a one-line refusal naming it."""
     import optuna
 
     try:
-        storage = Journal(journal, grace_s)
-        studies = [s.study_name for s in storage.get_all_studies()]
+        kept = Journal(journal, grace_s)
+        studies = [s.study_name for s in kept.get_all_studies()]
     except Exception as error:  # entries Optuna cannot replay
         raise UsageError(f"cannot read the study in {journal}: {reason(error)}") from None
     if studies != ["optlab"]:
         raise UsageError(f"{journal} is not an optlab study (it holds {', '.join(map(repr, studies)) or 'no study'}): "
                          "give another tune.dir")
-    study = optuna.load_study(study_name="optlab", storage=storage)
+    return checked(optuna.load_study(study_name="optlab", storage=kept), str(journal))
+
+
+def checked(study, where: str):
+    """The study, once it is an optlab study whose trials' values and folders are sound; else a
+    one-line refusal naming `where` it lives."""
     held, since = study.user_attrs.get("study"), study.user_attrs.get("since", 0)
     if not isinstance(held, dict) and (held is not None or study.get_trials(deepcopy=False)) or \
             not isinstance(since, int) or not isinstance(study.user_attrs.get("workers", 0), int):
-        raise UsageError(f"{journal} is not an optlab study (its study 'optlab' has trials and no search): "
-                         "give another tune.dir")
+        raise UsageError(f"{where} is not an optlab study (its study {study.study_name!r} has trials and no search): "
+                         f"give another tune.dir{' or tune.study_name' * (not where.endswith(JOURNAL))}")
     finished: dict[str, int] = {}  # a finished trial's folder is its record: no other trial trains there
     trials = study.get_trials(deepcopy=False)
     for trial in trials:
-        name = run_folder(trial, journal.parent)
+        name = run_folder(trial, where)
         if trial.state == TrialState.COMPLETE and not (
                 len(trial.values) == 1 and isinstance(trial.value, (int, float)) and math.isfinite(trial.value)):
-            raise UsageError(f"{journal}: trial {trial.number}'s value {trial.values!r} is not a finite number")
+            raise UsageError(f"{where}: trial {trial.number}'s value {trial.values!r} is not a finite number")
         if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
             if name is None or name in finished:
-                raise UsageError(f"{journal}: trial {trial.number} finished "
+                raise UsageError(f"{where}: trial {trial.number} finished "
                                  f"{f'in the folder of trial {finished[name]}' if name else 'in no folder'}")
             finished[name] = trial.number
     for trial in trials:
         name = trial.user_attrs.get("run")
         if trial.state == TrialState.WAITING and name in finished:
-            raise UsageError(f"{journal}: trial {trial.number} would train in the folder of finished trial "
+            raise UsageError(f"{where}: trial {trial.number} would train in the folder of finished trial "
                              f"{finished[name]} ({name})")
     return study
 
@@ -198,12 +198,13 @@ def _damaged_line(journal: Path) -> int | None:
     return None
 
 
-def run_folder(trial, study_dir: Path) -> str | None:
-    """The trial's folder name as the journal records it (`run`), refused in one line naming the
-    journal unless it is a trial's folder right inside the study's (`<number>_<settings>`)."""
+def run_folder(trial, where: str) -> str | None:
+    """The trial's folder name as the study records it (`run`), refused in one line naming
+    `where` the study lives unless it is a trial's folder right inside the study's
+    (`<number>_<settings>`)."""
     name = trial.user_attrs.get("run")
     if name is not None and not (isinstance(name, str) and re.fullmatch(r"\d+_[^/\\\x00-\x1f\x7f]+", name)):
-        raise UsageError(f"{study_dir / JOURNAL}: trial {trial.number}'s run folder {name!r} is not a trial's "
+        raise UsageError(f"{where}: trial {trial.number}'s run folder {name!r} is not a trial's "
                          "folder in the study's (<number>_<settings>)")
     return name
 
@@ -224,6 +225,9 @@ def same_study(study, cfg: DictConfig, params: list[space.Param]) -> None:
     if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)) \
             or held.get("direction") != mine["direction"]:
         differs = "; ".join(f"{k}: {held.get(k)} here, {mine[k]} now" for k in mine if held.get(k) != mine[k])
+        if cfg.tune.get("storage"):
+            raise UsageError(f"the study {storage.name(cfg)!r} in {storage.masked(cfg.tune.storage)} is another "
+                             f"search ({differs}); give another tune.study_name or tune.dir")
         raise UsageError(f"tune.dir={cfg.tune.dir} holds another study ({differs}); give another tune.dir")
 
 
@@ -272,7 +276,14 @@ class StudyGuard(Callback):
                 # tune.log, the journal, the trials' folders; Optuna locks its journal with a link
                 refuse_links(folder, itself=False, own=(f"{JOURNAL}.lock",))
                 names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
-                if JOURNAL in names:  # made under the lock: whole there (`run` checks again)
+                if config.tune.get("storage"):  # the folder holds this host's trials, the database the study
+                    study = load_database(config.tune.storage, storage.name(config), None, config.tune.grace_s)
+                    if study is not None:
+                        same_study(study, config, params)
+                    elif names - STARTING:
+                        raise UsageError(f"tune.dir={config.tune.dir} holds other files and {storage.where(config)} "
+                                         "is no study yet; give a new or empty folder")
+                elif JOURNAL in names:  # made under the lock: whole there (`run` checks again)
                     with locked(folder):
                         same_study(load(folder / JOURNAL), config, params)
                 elif names - STARTING:  # not another process making the study
@@ -284,8 +295,10 @@ class StudyGuard(Callback):
 
 def alone(study) -> bool:
     """Whether only this process has worked on the study (no other joined, no trial of another's)."""
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
     return study.user_attrs.get("workers") == 1 and all(
-        t.user_attrs.get("pid") == os.getpid() or t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        all(t.user_attrs.get(k) == v for k, v in me.items()) or t.state == TrialState.WAITING
+        for t in study.get_trials(deepcopy=False))
 
 
 def counted(trial) -> bool:

@@ -12,14 +12,12 @@ from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-
-# Optuna's private heartbeat module (checked against Optuna 4.9-5.1): its RDBStorage's heartbeat, for a journal
 from optuna.trial import TrialState
 
 from optlab.config.hydra_compat import Callbacks, returned, set_hydra_config
 from optlab.errors import UsageError
 from optlab.jobs.dispatch import failed, run
-from optlab.jobs.tune import space
+from optlab.jobs.tune import space, storage
 from optlab.jobs.tune.study import base_overrides, counted, run_folder, searched
 from optlab.metrics import so_far
 from optlab.naming import overrides_name
@@ -88,8 +86,8 @@ class Pruning(Callback):
 
 def next_trial(study, distributions: dict, trials: int):
     """A new trial if the study has fewer than `trials`, else None (called under the study's
-    lock). Trials whose process died (no heartbeat for `tune.grace_s`, see Journal) fail first,
-    and their settings are queued again."""
+    lock). Trials whose process died (no heartbeat for `tune.grace_s`, see storage.py) fail
+    first, and their settings are queued again."""
     from optuna.storages import fail_stale_trials
 
     fail_stale_trials(study)
@@ -113,7 +111,7 @@ def run_trial(trial, params: list[space.Param], cfg: DictConfig, study_dir: Path
 
     chosen = [(p, trial.params[p.key]) for p in params]
     # a trial queued again after an interruption goes on in its own folder (never a finished one's: `load`)
-    name = run_folder(trial, study_dir) or f"{trial.number:03d}_{overrides_name([p.name(v) for p, v in chosen])}"
+    name = run_folder(trial, storage.where(cfg)) or f"{trial.number:03d}_{overrides_name([p.name(v) for p, v in chosen])}"
     trial.set_user_attr("run", name)
     job = compose("config", [*base_overrides(), *(p.override(v) for p, v in chosen)], return_hydra_config=True)
     with read_write(job.hydra), open_dict(job.hydra):

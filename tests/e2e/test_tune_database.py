@@ -1,0 +1,117 @@
+"""A study in a real database (`tune.storage`): a PostgreSQL server started here (pgserver, a
+self-contained server installed with pip), workers on several hosts, one killed with kill -9,
+and every trial accounted for exactly once. A worker's host is its own name for itself
+(`socket.gethostname`, which optlab records in each trial): each worker process here is given
+another, as if it ran on another machine with its own disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import optlab
+
+# a worker that calls itself `host`: `python -c WORKER host tune ...`
+WORKER = ("import socket, sys; host = sys.argv[1]; socket.gethostname = lambda: host; "
+          "from optlab.cli.main import main; sys.exit(main(sys.argv[2:]))")
+SEARCH = ["optimizer.lr=tag(log,interval(0.01,1))", "model.hidden=[16]", "tune.pruner=none", "tune.study_name=shared"]
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory):
+    """A PostgreSQL server of its own, stopped when the module's tests are done; its URL."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def worker(host: str, folder: Path, *args: str) -> subprocess.Popen:
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([sys.executable, "-c", WORKER, host, "tune", *args], cwd=folder,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def study_of(url: str, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url)
+
+
+@pytest.mark.slow
+def test_workers_on_three_hosts_share_a_study_and_a_killed_ones_trial_is_trained_again_once(database, tmp_path):
+    from optuna.trial import TrialState
+
+    storage = f"tune.storage='{database}'"
+    args = [*SEARCH, "epochs=40", "tune.trials=6", "tune.grace_s=4", storage, "tune.dir=study"]
+    alpha = worker("alpha", tmp_path / "alpha", *args)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "alpha" / "study").glob("*/train.log")):  # alpha is training its first trial
+        assert alpha.poll() is None and time.monotonic() < deadline, alpha.stdout.read() if alpha.poll() else "slow"
+        time.sleep(0.05)
+    others = [worker(host, tmp_path / host, *args) for host in ("beta", "gamma")]
+    os.kill(alpha.pid, signal.SIGKILL)  # no goodbye: its trial stays running, with a heartbeat that stops
+    alpha.wait()
+    outputs = [p.communicate(timeout=240)[0] for p in others]
+    assert [p.returncode for p in others] == [0, 0], outputs
+
+    trials = study_of(database, "shared").get_trials(deepcopy=False)
+    killed = [t for t in trials if t.state == TrialState.FAIL]
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(killed) == 1 and killed[0].user_attrs["host"] == "alpha"
+    # nothing left running or queued; at least tune.trials finished (hosts count without a common lock: one
+    # more per host may start at the very end, as with Optuna's MaxTrialsCallback)
+    assert len(done) >= 6 and len(trials) == len(done) + 1
+    (again,) = [t for t in done if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert again.params == killed[0].params and again.user_attrs["host"] in ("beta", "gamma")
+    assert "has sent no heartbeat for 4 s: its process is gone, and it is trained again" in "".join(outputs)
+    assert {t.user_attrs["host"] for t in done} == {"beta", "gamma"}  # both shared the work
+    # each finished trial is one finished run folder, on the host that trained it, and nowhere else
+    finished = {(host, folder.parent.name) for host in ("alpha", "beta", "gamma")
+                for folder in (tmp_path / host / "study").glob("*/metrics.json")
+                if json.loads(folder.read_text())["status"] == "completed"}
+    assert finished == {(t.user_attrs["host"], t.user_attrs["run"]) for t in done}
+    assert not (tmp_path / "alpha" / "study" / killed[0].user_attrs["run"] / "metrics.json").exists()
+    best = json.loads((tmp_path / "beta" / "study" / "best_trial.json").read_text())
+    assert best["number"] == max(done, key=lambda t: t.value).number and best["host"] in ("beta", "gamma")
+
+    # another search under the study's name is refused, naming the study and hiding the password
+    (tmp_path / "delta").mkdir()
+    refused = optlab("tune", *SEARCH, "epochs=5", storage, "tune.dir=study", cwd=tmp_path / "delta")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "the study 'shared' in postgresql://postgres:***@" in refused.stderr and "is another search" in refused.stderr
+    assert not (tmp_path / "delta" / "study").exists()
+
+
+def test_a_journal_shared_by_two_hosts_says_a_database_is_for_several_machines(tmp_path):
+    args = [*SEARCH[:3], "epochs=2", "tune.dir=study"]
+    first = subprocess.run([sys.executable, "-c", WORKER, "alpha", "tune", *args, "tune.trials=1"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert first.returncode == 0 and "file journal" not in first.stdout + first.stderr, first.stderr
+    second = subprocess.run([sys.executable, "-c", WORKER, "beta", "tune", *args, "tune.trials=2"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    said = [line for line in (second.stdout + second.stderr).splitlines() if "file journal" in line]
+    assert len(said) == 1 and "has workers on 2 hosts (alpha, beta)" in said[0], said
+    assert "tune.storage=postgresql://" in said[0]
+
+
+@pytest.mark.parametrize("url, words", [
+    ("postgresql://me:secret@127.0.0.1:1/studies", "tune.storage=postgresql://me:***@127.0.0.1:1/studies: cannot "
+                                                   "open the study database: "),
+    ("mysql://me@127.0.0.1:1/studies", "its database driver is not installed (No module named 'MySQLdb')"),
+    ("studies.db", "invalid value for 'tune.storage': 'studies.db' (allowed: null (the journal in tune.dir), or a "
+                   "database URL"),
+])
+def test_a_database_that_cannot_be_opened_is_one_line_and_writes_nothing(tmp_path, url, words):
+    result = optlab("tune", "optimizer.lr=interval(0.01,0.1)", f"tune.storage={url}", "tune.dir=study", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert words in result.stderr and "secret" not in result.stderr
+    assert not (tmp_path / "study").exists()
