@@ -510,6 +510,8 @@ GROUP_KEYS: dict[str, Key] = {
     ),
     "lr_find.beta": Key(FRACTION, "weight of the exponential average that smooths the test's loss (bias-corrected)"),
     "tune.trials": Key(POSITIVE_INT, "trials in the study; running the command again adds none once reached"),
+    "tune.stack": Key(POSITIVE_INT, "trials asked for at once, trained as one stacked model where their settings "
+                                    "allow (1: one at a time)"),
     "tune.sampler": Key(
         one_of("tpe", "random", "grid", "cmaes"),
         "how Optuna proposes each trial's settings (grid: choices and ranges only)",

@@ -6,6 +6,7 @@ trains and records each member as its own run (the engine is optlab/training/sta
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from optlab.config.identity import flatten
 from optlab.training import data as dataset
 from optlab.training.batched import unsupported
+from optlab.training.callbacks import Callback
 from optlab.training.lifecycle import finish, start
 from optlab.training.loop import fit
 from optlab.training.record import Run
@@ -61,14 +63,16 @@ def cannot_stack(cfg: DictConfig) -> str | None:
 
 
 def train_group(cfgs: list[DictConfig], run_dirs: list[Path], resume: bool = False,
-                within=lambda k: nullcontext()) -> list[dict]:
+                within=lambda k: nullcontext(), callbacks: Sequence[Sequence[Callback]] = ()) -> list[dict]:
     """Train K runs as one stacked group; returns each member's metrics, as `train.train` does
-    for one. `within(k)` is a context for member k's record (its Hydra job config)."""
+    for one. `within(k)` is a context for member k's record (its Hydra job config);
+    `callbacks[k]`: more of training's callbacks for member k (a search's pruning)."""
     device = resolve_device(cfgs[0].device)
     data = dataset.load(cfgs[0].data, device)
     engine = Stacked(cfgs, data, device)
     with ExitStack() as logs:
-        runs = [Run(cfg, run_dir, partial(engine.numbers, k), logs.enter_context(member_log(run_dir, k)))
+        runs = [Run(cfg, run_dir, partial(engine.numbers, k), logs.enter_context(member_log(run_dir, k)),
+                    callbacks=callbacks[k] if callbacks else ())
                 for k, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs))]
         logs.callback(lambda: [run.log.writer.close() for run in runs if run.log])  # also if training fails
         start(engine, runs, resume)

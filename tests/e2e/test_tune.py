@@ -522,3 +522,43 @@ def test_a_study_whose_first_trial_is_refused_leaves_no_folder(tmp_path):
                     f"tune.dir={folder}", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "X[0, 1] is inf" in result.stderr and not folder.exists()
+
+
+def test_trials_asked_together_train_as_one_stacked_model_and_each_is_its_run_alone(tmp_path):
+    """tune.stack=4: four trials of a grid asked at once train as one stacked model, each an
+    ordinary run folder, each with the value it has trained alone (tune.stack=1)."""
+    args = ["optimizer.lr=choice(0.3,0.1,0.03,0.01)", "tune.sampler=grid", "tune.pruner=none",
+            "tune.metric=final_val_loss", "epochs=3", "model.hidden=[16]", "device=cpu"]
+    values = {}
+    for stack in (4, 1):
+        result = optlab("tune", *args, f"tune.stack={stack}", f"tune.dir=s{stack}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        log = (tmp_path / f"s{stack}" / "tune.log").read_text()
+        assert ("trials 0, 1, 2, 3 train as one stacked model" in log) == (stack == 4)
+        trials = study(tmp_path / f"s{stack}").get_trials()
+        values[stack] = {t.params["optimizer.lr"]: t.value for t in trials}
+        for trial in trials:
+            run = tmp_path / f"s{stack}" / trial.user_attrs["run"]
+            assert metrics(run)["final_val_loss"] == trial.value and metrics(run)["epochs_run"] == 3
+            assert f"optimizer.lr={trial.params['optimizer.lr']}" in (run / ".hydra" / "overrides.yaml").read_text()
+            assert (run / "history.csv").exists() and list(run.glob("events.out.tfevents.*"))
+    assert values[4] == pytest.approx(values[1], rel=1e-4) and len(values[4]) == 4
+
+
+def test_a_pruned_member_of_a_stack_stops_while_the_others_train_on(tmp_path):
+    """Eight trials in one stacked group, successive halving after every epoch: a pruned member
+    is frozen with its curves so far (`pruned`), the others train to the last epoch."""
+    result = optlab("tune", "optimizer.lr=choice(1.0,0.3,0.1,0.03,0.01,0.003,0.001,0.0003)", "tune.sampler=grid",
+                    "tune.stack=8", "tune.pruner=successive_halving", "epochs=4", "model.hidden=[16]", "device=cpu",
+                    "tune.dir=study", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    states = {t.user_attrs["run"]: t.state for t in study(tmp_path / "study").get_trials()}
+    ended = {run.name: metrics(run) for run in trial_folders(tmp_path / "study")}
+    assert set(ended) == set(states) and len(ended) == 8
+    pruned = {name for name, m in ended.items() if m["status"] == "pruned"}
+    assert pruned == {name for name, state in states.items() if state == TrialState.PRUNED}
+    assert 0 < len(pruned) < 8
+    for name, m in ended.items():
+        rows = list(csv.DictReader((tmp_path / "study" / name / "history.csv").open()))
+        assert len(rows) == m["epochs_run"] == (m["epochs_run"] if name in pruned else 4)
+        assert (m["epochs_run"] < 4) == (name in pruned)

@@ -63,22 +63,24 @@ def test_workers_on_three_hosts_share_a_study_and_a_killed_ones_trial_is_trained
     assert [p.returncode for p in others] == [0, 0], outputs
 
     trials = study_of(database, "shared").get_trials(deepcopy=False)
-    killed = [t for t in trials if t.state == TrialState.FAIL]
+    killed = [t for t in trials if t.state == TrialState.FAIL]  # alpha's stacked group (tune.stack=4)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(killed) == 1 and killed[0].user_attrs["host"] == "alpha"
+    assert killed and {t.user_attrs["host"] for t in killed} == {"alpha"}
     # nothing left running or queued; at least tune.trials finished (hosts count without a common lock: one
     # more per host may start at the very end, as with Optuna's MaxTrialsCallback)
-    assert len(done) >= 6 and len(trials) == len(done) + 1
-    (again,) = [t for t in done if t.system_attrs.get("failed_trial") == killed[0].number]
-    assert again.params == killed[0].params and again.user_attrs["host"] in ("beta", "gamma")
-    assert "has sent no heartbeat for 4 s: its process is gone, and it is trained again" in "".join(outputs)
+    assert len(done) >= 6 and len(trials) == len(done) + len(killed)
+    for trial in killed:  # each trained again once, elsewhere, with its settings
+        (again,) = [t for t in done if t.system_attrs.get("failed_trial") == trial.number]
+        assert again.params == trial.params and again.user_attrs["host"] in ("beta", "gamma")
+        assert not (tmp_path / "alpha" / "study" / trial.user_attrs["run"] / "metrics.json").exists()
+    said = "".join(outputs).count("has sent no heartbeat for 4 s: its process is gone, and it is trained again")
+    assert said == len(killed)
     assert {t.user_attrs["host"] for t in done} == {"beta", "gamma"}  # both shared the work
     # each finished trial is one finished run folder, on the host that trained it, and nowhere else
     finished = {(host, folder.parent.name) for host in ("alpha", "beta", "gamma")
                 for folder in (tmp_path / host / "study").glob("*/metrics.json")
                 if json.loads(folder.read_text())["status"] == "completed"}
     assert finished == {(t.user_attrs["host"], t.user_attrs["run"]) for t in done}
-    assert not (tmp_path / "alpha" / "study" / killed[0].user_attrs["run"] / "metrics.json").exists()
     best = json.loads((tmp_path / "beta" / "study" / "best_trial.json").read_text())
     assert best["number"] == max(done, key=lambda t: t.value).number and best["host"] in ("beta", "gamma")
 

@@ -9,6 +9,7 @@ import socket
 import time
 import warnings
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -37,7 +38,7 @@ from optlab.jobs.tune.trial import (
     pruner,
     queue_grid,
     restore,
-    run_trial,
+    run_trials,
     sampler,
 )
 from optlab.naming import command, override, path_word, relative
@@ -72,9 +73,9 @@ def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
     hosts = one_host(study, cfg, set())
     waiting = None
     while True:
-        with locked(study_dir):
-            trial = next_trial(study, distributions, trials)
-        if trial is None:
+        with locked(study_dir):  # up to tune.stack trials at once, trained as one stacked model where they can
+            asked_for = take(study, distributions, trials, cfg.tune.stack)
+        if not asked_for:
             running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
             if not running:
                 break
@@ -84,9 +85,11 @@ def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
             waiting = running
             time.sleep(min(WAIT_S, cfg.tune.grace_s / 4))
             continue
-        with get_heartbeat_thread(trial._trial_id, study._storage):
+        with ExitStack() as beating:  # each trial's heartbeat, as Optuna's `optimize` keeps one
+            for trial in asked_for:
+                beating.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
             try:
-                metrics = run_trial(trial, params, cfg, study_dir)
+                results = run_trials(asked_for, params, cfg, study_dir)
             except UsageError:
                 if made and alone(study):  # a refused start leaves no folder, as a refused run leaves none
                     asked.discard = study_dir
@@ -97,16 +100,26 @@ def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
                 raise
             finally:
                 restore(own)
-        value = metrics.get(cfg.tune.metric)
-        log.info("trial %d: %s, %s %s", trial.number, metrics["status"], cfg.tune.metric,
-                 f"{value:.4f}" if isinstance(value, float) else value)
-        if metrics["status"] == "interrupted":
-            return metrics
+        for trial, metrics in zip(asked_for, results):
+            value = metrics.get(cfg.tune.metric)
+            log.info("trial %d: %s, %s %s", trial.number, metrics["status"], cfg.tune.metric,
+                     f"{value:.4f}" if isinstance(value, float) else value)
+        stopped = [metrics for metrics in results if metrics["status"] == "interrupted"]
+        if stopped:
+            return stopped[0]
         hosts = one_host(study, cfg, hosts)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         log.info("no trial of the study has finished with a %s yet: nothing to summarize", cfg.tune.metric)
         return {"status": "completed"}
     return finish(study, cfg, study_dir, params)
+
+
+def take(study, distributions: dict, trials: int, stack: int) -> list:
+    """Up to `stack` new trials, while the study has fewer than `trials` (under its lock)."""
+    taken = []
+    while len(taken) < stack and (trial := next_trial(study, distributions, trials)) is not None:
+        taken.append(trial)
+    return taken
 
 
 def one_host(study, cfg: DictConfig, seen: set[str]) -> set[str]:

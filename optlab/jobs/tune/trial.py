@@ -100,14 +100,36 @@ def next_trial(study, distributions: dict, trials: int):
     return trial
 
 
-def run_trial(trial, params: list[space.Param], cfg: DictConfig, study_dir: Path) -> dict:
-    """Train one trial in its folder, as a sweep's job trains (Hydra's run_job, then
-    `run`), and tell the study how it went. A failed trial stops the study: a user's
-    mistake there would fail every trial alike."""
+def run_trials(trials: list, params: list[space.Param], cfg: DictConfig, study_dir: Path) -> list[dict]:
+    """Train trials asked together: those whose settings can stack (optlab/jobs/vectorize.py) as
+    one stacked group, each member reported, pruned and told on its own; any other alone.
+    Returns each trial's metrics, in order."""
+    from optlab.jobs.vectorize import group_key
+
+    jobs = [trial_job(trial, params, cfg, study_dir) for trial in trials]
+    together: dict[object, list[int]] = {}
+    for i, (_, _, task) in enumerate(jobs):
+        key = group_key(task) if len(trials) > 1 else None
+        together.setdefault(key if key is not None else ("alone", i), []).append(i)
+    results: dict[int, dict] = {}
+    for members in together.values():
+        actions = [prepare(jobs[i][1], jobs[i][2]) for i in members]  # `resume` after an interruption
+        chosen = [trials[i] for i in members]
+        for trial, action in zip(chosen, actions):
+            log.info("trial %d: %s%s", trial.number, " ".join(p.name(trial.params[p.key]) for p in params),
+                     f" (resumes {trial.user_attrs['run']})" * (action == "resume"))
+        if len(members) > 1 and len(set(actions)) == 1 and actions[0] == "train":
+            log.info("trials %s train as one stacked model", ", ".join(str(t.number) for t in chosen))
+            results.update(zip(members, train_stacked(chosen, [jobs[i] for i in members], cfg)))
+        else:
+            results.update((i, train_alone(trials[i], *jobs[i], cfg)) for i in members)
+    return [results[i] for i in range(len(trials))]
+
+
+def trial_job(trial, params: list[space.Param], cfg: DictConfig, study_dir: Path) -> tuple[DictConfig, Path, DictConfig]:
+    """The trial's job config (`hydra` node included) composed as a sweep's job is, its folder
+    in the study's, and its own config."""
     from hydra import compose
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.utils import JobStatus, run_job
-    from hydra.types import HydraContext
 
     chosen = [(p, trial.params[p.key]) for p in params]
     # a trial queued again after an interruption goes on in its own folder (never a finished one's: `load`)
@@ -117,27 +139,64 @@ def run_trial(trial, params: list[space.Param], cfg: DictConfig, study_dir: Path
     with read_write(job.hydra), open_dict(job.hydra):
         job.hydra.sweep.dir, job.hydra.sweep.subdir, job.hydra.job.name = str(study_dir), name, "train"
         job.hydra.job.num, job.hydra.job.id = trial.number, f"trial_{trial.number}"
-    folder, task = study_dir / name, OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
-    action = prepare(folder, task)  # `resume` after an interruption; else an earlier attempt is moved aside
-    log.info("trial %d: %s%s", trial.number, " ".join(p.name(v) for p, v in chosen),
-             f" (resumes {name})" * (action == "resume"))
+    return job, study_dir / name, OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
+
+
+def train_alone(trial, job: DictConfig, folder: Path, task: DictConfig, cfg: DictConfig) -> dict:
+    """Train one trial in its folder, as a sweep's job trains (Hydra's run_job, then `run`), and
+    tell the study how it went. A failed trial stops the study: a user's mistake there would
+    fail every trial alike."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import JobStatus, run_job
+    from hydra.types import HydraContext
+
     context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks())
     pruning = Pruning(trial, cfg.tune.metric, cfg.epochs)
     result = run_job(lambda c: run(c, folder, callbacks=(pruning,)), job,
                      "hydra.sweep.dir", "hydra.sweep.subdir", context)
     if result.status == JobStatus.FAILED:
-        trial.study.tell(trial, state=TrialState.FAIL)  # not counted: fixed, the same command trains it
-        trial.study.enqueue_trial(trial.params, user_attrs={"run": name})
-        mistake = failed(folder, task, returned(result), in_sweep=False)
-        if mistake is not None:
-            raise UsageError(f"trial {trial.number}: {mistake}")
-        raise returned(result)
-    metrics, value = result.return_value, result.return_value.get(cfg.tune.metric)
+        stop_study([trial], [(job, folder, task)], returned(result))
+    return tell(trial, result.return_value, cfg)
+
+
+def train_stacked(trials: list, jobs: list[tuple[DictConfig, Path, DictConfig]], cfg: DictConfig) -> list[dict]:
+    """Train trials as one stacked group (each member's folder readied as Hydra readies a job's),
+    each pruned by its own trial; tell the study how each went."""
+    from optlab.config.hydra_compat import as_job, save_job_files
+    from optlab.jobs.vectorize import train_group
+
+    for job, folder, _ in jobs:
+        save_job_files(job, folder.absolute())
+    try:
+        metrics = train_group([task for _, _, task in jobs], [folder.absolute() for _, folder, _ in jobs],
+                              within=lambda k: as_job(jobs[k][0]),
+                              callbacks=[[Pruning(trial, cfg.tune.metric, cfg.epochs)] for trial in trials])
+    except Exception as error:
+        stop_study(trials, jobs, error)
+    return [tell(trial, result, cfg) for trial, result in zip(trials, metrics)]
+
+
+def stop_study(trials: list, jobs: list[tuple[DictConfig, Path, DictConfig]], error: BaseException):
+    """Trials that failed: not counted (fixed, the same command trains them, each in its folder),
+    their attempts taken back or recorded; the study stops with the error."""
+    for trial in trials:
+        trial.study.tell(trial, state=TrialState.FAIL)
+        trial.study.enqueue_trial(trial.params, user_attrs={"run": trial.user_attrs["run"]})
+    mistakes = [failed(folder, task, error, in_sweep=False) for _, folder, task in jobs]
+    if mistakes[0] is not None:
+        numbers = ", ".join(str(t.number) for t in trials)
+        raise UsageError(f"trial{'s' * (len(trials) > 1)} {numbers}: {mistakes[0]}")
+    raise error
+
+
+def tell(trial, metrics: dict, cfg: DictConfig) -> dict:
+    """Tell the study how the trial's run ended; returns its metrics."""
+    value = metrics.get(cfg.tune.metric)
     if metrics["status"] == "pruned":
         trial.study.tell(trial, state=TrialState.PRUNED)
     elif metrics["status"] == "interrupted":  # not counted: the next command resumes it in its folder
         trial.study.tell(trial, state=TrialState.FAIL)
-        trial.study.enqueue_trial(trial.params, user_attrs={"run": name})
+        trial.study.enqueue_trial(trial.params, user_attrs={"run": trial.user_attrs["run"]})
     elif isinstance(value, (int, float)) and math.isfinite(value):
         trial.study.tell(trial, value)
     else:  # diverged before its first epoch ended: nothing to compare; the study goes on
