@@ -1,5 +1,5 @@
 """`python -m optlab` is `optlab`."""
 
-from optlab.cli.main import main
+from optlab.cli.main import run
 
-raise SystemExit(main())
+run()

@@ -130,39 +130,20 @@ def main() -> None:
 def hand(args) -> None:
     """The hand-written script: digits split 60/20/20 and standardized, the default MLP, SGD,
     batches of 64 in a seeded order, validation after every epoch; nothing logged."""
+    import plain
     import torch
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    from torch import nn
 
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    x, y = load_digits(return_X_y=True)
-    x_rest, _, y_rest, _ = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
-    x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=0.25, stratify=y_rest, random_state=0)
-    mean, std = x_train.mean(0), x_train.std(0)
-    std[std == 0] = 1
-    x, x_val = (torch.tensor((a - mean) / std, dtype=torch.float32, device=device) for a in (x_train, x_val))
-    y, y_val = (torch.tensor(a, device=device) for a in (y_train, y_val))
+    x, y, x_val, y_val = plain.digits(device)
     for lr in LRS:
         for seed in range(args.seeds):
             torch.manual_seed(seed)
-            widths = [x.shape[1], 256, 256]
-            layers = [m for a, b in zip(widths, widths[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
-            model = nn.Sequential(*layers, nn.Linear(widths[-1], 10)).to(device)
+            model = plain.mlp(x.shape[1], [256, 256], 10, device)
             optimizer = torch.optim.SGD(model.parameters(), lr=lr)
             order = torch.Generator().manual_seed(seed)
             for _ in range(args.epochs):
-                model.train()
-                for index in torch.randperm(len(y), generator=order).to(device).split(64):
-                    loss = nn.functional.cross_entropy(model(x[index]), y[index])
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                model.eval()
-                with torch.no_grad():
-                    out = model(x_val)
-                    print(f"{nn.functional.cross_entropy(out, y_val).item():.4f} "
-                          f"{(out.argmax(1) == y_val).float().mean().item():.4f}", file=sys.stderr)
+                plain.epoch(model, optimizer, x, y, 64, order)
+                print("%.4f %.4f" % plain.validate(model, x_val, y_val), file=sys.stderr)
 
 
 if __name__ == "__main__":

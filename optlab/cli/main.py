@@ -47,6 +47,29 @@ examples:
 """
 
 
+def run() -> None:
+    """The `optlab` command (and `python -m optlab`): `main`, then a quick exit.
+
+    Once a command is done, Python's own exit would spend 0.4 s tearing down torch's modules,
+    0.8 s with torch._dynamo (which any torch.optim constructor imports), measured on 2 CPU
+    cores: more than a small run trains. So the exit handlers run (logging's flush and close,
+    every library's atexit clean-up) and the process ends there, as `os._exit` ends it. Only
+    when no other thread is left: one would otherwise be joined first."""
+    import atexit
+    import threading
+
+    code = main()
+    if threading.active_count() > 1:
+        raise SystemExit(code)
+    atexit._run_exitfuncs()  # what `sys.exit` would run, in the same order
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe, a closed stream: nothing more can reach it
+            pass
+    os._exit(code if isinstance(code, int) else 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)

@@ -92,11 +92,7 @@ def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
                 results = run_trials(asked_for, params, cfg, study_dir)
             except UsageError:
                 if made and alone(study):  # a refused start leaves no folder, as a refused run leaves none
-                    asked.discard = study_dir
-                    if cfg.tune.get("storage"):  # nor a study in the database
-                        import optuna
-
-                        optuna.delete_study(study_name=study.study_name, storage=study._storage)
+                    forget(study, cfg, study_dir, asked)
                 raise
             finally:
                 restore(own)
@@ -112,6 +108,15 @@ def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
         log.info("no trial of the study has finished with a %s yet: nothing to summarize", cfg.tune.metric)
         return {"status": "completed"}
     return finish(study, cfg, study_dir, params)
+
+
+def forget(study, cfg: DictConfig, study_dir: Path, asked: Command) -> None:
+    """A new study whose first trials were refused: no folder is left, nor a study in a database."""
+    asked.discard = study_dir
+    if cfg.tune.get("storage"):
+        import optuna
+
+        optuna.delete_study(study_name=study.study_name, storage=study._storage)
 
 
 def take(study, distributions: dict, trials: int, stack: int) -> list:
