@@ -537,6 +537,13 @@ GROUP_KEYS: dict[str, Key] = {
         Rule("null, or a name", lambda v: v is None or isinstance(v, str) and v.strip() != "" and v.isprintable()),
         "the study's name in tune.storage (null: tune.dir's folder name)",
     ),
+    "tune.workers": Key(POSITIVE_INT, "more than 1: this command starts that many workers on the study as "
+                                      "submitit jobs (tune.cluster)"),
+    "tune.cluster": Key(one_of("local", "slurm"), "where tune.workers run: processes here, or a SLURM job array"),
+    "tune.slurm": Key(
+        Rule("key: value, e.g. gpus_per_node: 1", lambda v: isinstance(v, DictConfig)),
+        "with tune.cluster=slurm: each worker's resources (keys of submitit's SLURM executor)",
+    ),
     "tune.params": Key(
         Rule("key: search expression, e.g. optimizer.lr: tag(log, interval(1e-4, 1))",
                         lambda v: isinstance(v, DictConfig) and all(isinstance(x, str) for x in v.values())),

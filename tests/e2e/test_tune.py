@@ -562,3 +562,30 @@ def test_a_pruned_member_of_a_stack_stops_while_the_others_train_on(tmp_path):
         rows = list(csv.DictReader((tmp_path / "study" / name / "history.csv").open()))
         assert len(rows) == m["epochs_run"] == (m["epochs_run"] if name in pruned else 4)
         assert (m["epochs_run"] < 4) == (name in pruned)
+
+
+@pytest.mark.slow
+def test_the_command_starts_workers_as_submitit_jobs_that_share_the_study(tmp_path):
+    """tune.workers=2 with submitit's local executor (as Hydra's own submitit plugin is tested):
+    two worker processes train the study's trials, each a stacked group of two; this command
+    waits, then writes the summary."""
+    result = optlab("tune", "optimizer.lr=tag(log,interval(0.01,1))", "tune.trials=8", "tune.stack=2",
+                    "tune.pruner=none", "epochs=10", "model.hidden=[16]", "device=cpu", "tune.dir=study",
+                    "tune.workers=2", "tune.cluster=local", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    said = result.stdout + result.stderr
+    assert "submitit (local): 2 workers on the study" in said
+    assert said.count("): ended; its log: study/.submitit/") == 2
+    trials = study(tmp_path / "study").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # the two workers; none left for this command
+    assert all(metrics(run)["status"] == "completed" for run in trial_folders(tmp_path / "study"))
+    assert (tmp_path / "study" / "best_trial.json").exists() and (tmp_path / "study" / "summary.csv").exists()
+
+
+def test_workers_on_slurm_without_slurm_are_refused_before_anything_is_written(tmp_path):
+    result = optlab("tune", "optimizer.lr=interval(0.01,0.1)", "tune.workers=4", "tune.cluster=slurm",
+                    "tune.dir=study", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "tune.cluster=slurm: no SLURM on this machine (sbatch and srun not found)" in result.stderr
+    assert not (tmp_path / "study").exists()

@@ -53,23 +53,16 @@ WAIT_S = 5  # at most this long between two looks at the trials running elsewher
 def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
     """The study: trials until `tune.trials` are done (by this process or others), then the summary."""
     params = space.parse(entries(cfg, asked.search))
-    trials = cfg.tune.trials
-    with locked(study_dir):  # one process of this host makes the study; the others load it
-        study = open_study(cfg, direction(cfg))
-        made = not study.user_attrs.get("workers")  # no process has worked on it yet
-        same_study(study, cfg, params)
-        take_over(study, cfg, params)
-        worker = study.user_attrs.get("workers", 0)  # each process its own seed: workers spread out
-        study.set_user_attr("workers", worker + 1)
-        if cfg.tune.sampler == "grid":
-            trials = min(trials, queue_grid(study, params, cfg.tune.seed))
-    study.sampler = sampler(cfg.tune.sampler, cfg.tune.seed + worker)
-    study.pruner = pruner(cfg.tune.pruner, cfg.epochs)
+    study, made, trials = join(cfg, study_dir, params)
     distributions = {p.key: p.distribution for p in params}
     own = current_config()  # the tune command's: each trial's run_job sets its own
     log.info("study %s: %s %s over %s, up to %d trials (%s sampler, %s pruner)", relative(study_dir),
              study.direction.name.lower(), cfg.tune.metric, " ".join(p.override(p.text) for p in params),
              trials, cfg.tune.sampler, cfg.tune.pruner)
+    if cfg.tune.workers > 1:  # they train the study; this process then finishes what is left
+        from optlab.jobs.tune import workers
+
+        workers.start(cfg, [*asked.words[2:], *asked.search], study_dir, study)
     hosts = one_host(study, cfg, set())
     waiting = None
     while True:
@@ -108,6 +101,24 @@ def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
         log.info("no trial of the study has finished with a %s yet: nothing to summarize", cfg.tune.metric)
         return {"status": "completed"}
     return finish(study, cfg, study_dir, params)
+
+
+def join(cfg: DictConfig, study_dir: Path, params: list[space.Param]):
+    """The study this process works on, made if it is new, with its sampler (seeded by this
+    process's arrival: workers spread out) and pruner; whether it is new; its trials to reach."""
+    trials = cfg.tune.trials
+    with locked(study_dir):  # one process of this host makes the study; the others load it
+        study = open_study(cfg, direction(cfg))
+        made = not study.user_attrs.get("workers")  # no process has worked on it yet
+        same_study(study, cfg, params)
+        take_over(study, cfg, params)
+        worker = study.user_attrs.get("workers", 0)
+        study.set_user_attr("workers", worker + 1)
+        if cfg.tune.sampler == "grid":
+            trials = min(trials, queue_grid(study, params, cfg.tune.seed))
+    study.sampler = sampler(cfg.tune.sampler, cfg.tune.seed + worker)
+    study.pruner = pruner(cfg.tune.pruner, cfg.epochs)
+    return study, made, trials
 
 
 def forget(study, cfg: DictConfig, study_dir: Path, asked: Command) -> None:

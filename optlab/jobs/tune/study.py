@@ -272,6 +272,10 @@ class StudyGuard(Callback):
                         raise ConfigError("tune.sampler", "grid", f"tpe, random or cmaes: {loose[0].key}="
                                           f"{loose[0].text} is not a list of values (grid: choice or range)")
                 space.check(params, base_overrides())
+                if config.tune.workers > 1:
+                    from optlab.jobs.tune.workers import require
+
+                    require(config)
                 folder = Path(config.tune.dir)
                 # tune.log, the journal, the trials' folders; Optuna locks its journal with a link
                 refuse_links(folder, itself=False, own=(f"{JOURNAL}.lock",))
