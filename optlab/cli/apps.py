@@ -104,7 +104,8 @@ def _task(name: str, app: App, command: Command) -> Callable[[object], dict]:
         command.started = True
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-        command.readied = None if in_sweep else run_dir
+        command.readied = None if in_sweep or app.searches else run_dir
+        command.study_dir = run_dir if app.searches else None
         try:
             metrics = importlib.import_module(app.job).run(cfg, run_dir, command)
         except Exception as error:
@@ -155,6 +156,17 @@ def run_app(name: str, args: list[str]) -> int:
     return code
 
 
+def _study_goes_on(command: Command) -> str | None:
+    """After a Ctrl-C that stopped `optlab tune` at once (its study starting, its summary): the
+    study keeps what its trials saved (never taken back as a run that had not begun), and the
+    same command goes on with it; None for any other command."""
+    if command.study_dir is None:
+        return None
+    from optlab.jobs.tune.search import go_on
+
+    return f"stopped at once; go on with the study: {go_on([*command.words[2:], *command.search], command.study_dir)}"
+
+
 def _guarded(prog: str, args: list[str], command: Command, app: Callable[[], object]) -> int:
     """Run the Hydra `app`; every way it can end, as an exit code and at most one line."""
     from hydra.errors import HydraException
@@ -172,7 +184,7 @@ def _guarded(prog: str, args: list[str], command: Command, app: Callable[[], obj
         logging.raiseExceptions = False  # a log line a full disk cannot take is dropped, not a traceback
         app()
     except KeyboardInterrupt:  # a Ctrl-C before a run took its own handler, or the second one: no time to save
-        print(f"{prog}: {stopped_at_once(command)}", file=sys.stderr)
+        print(f"{prog}: {_study_goes_on(command) or stopped_at_once(command)}", file=sys.stderr)
         return 130
     except (Refused, UsageError, HydraException, OmegaConfBaseException) as error:
         if user_wants_traceback:

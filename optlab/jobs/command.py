@@ -19,6 +19,7 @@ class Command:
     search: list[str] = field(default_factory=list)  # `optlab tune`'s search expressions (jobs/tune/space.py)
     started: bool = False  # a job has begun: an error from now on is no composition error
     readied: Path | None = None  # a single run's folder, once its job began
+    study_dir: Path | None = None  # `optlab tune`'s study folder, once its job began (never taken back)
     sweep_dir: Path | None = None  # a sweep's folder, once the sweeper resolved it
     planned: dict[str, str] = field(default_factory=dict)  # sweep job folder → `plan`'s word for it
     failed: list[str] = field(default_factory=list)  # sweep jobs that failed, by folder

@@ -49,7 +49,8 @@ def study_of(url: str, name: str):
 def test_workers_on_three_hosts_share_a_study_and_a_killed_ones_trial_is_trained_again_once(database, tmp_path):
     from optuna.trial import TrialState
 
-    storage = f"tune.storage='{database}'"
+    url = database.replace("postgres:@", "postgres:S3cret@")  # the server trusts local logins: any password passes
+    storage = f"tune.storage='{url}'"
     args = [*SEARCH, "epochs=40", "tune.trials=6", "tune.grace_s=4", storage, "tune.dir=study"]
     alpha = worker("alpha", tmp_path / "alpha", *args)
     deadline = time.monotonic() + 120
@@ -84,11 +85,16 @@ def test_workers_on_three_hosts_share_a_study_and_a_killed_ones_trial_is_trained
     best = json.loads((tmp_path / "beta" / "study" / "best_trial.json").read_text())
     assert best["number"] == max(done, key=lambda t: t.value).number and best["host"] in ("beta", "gamma")
 
+    # the password reaches no console and no file optlab wrote (submitit's job files carry the command)
+    assert not [line for line in outputs if "S3cret" in line]
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and ".submitit" not in p.parts]
+    assert not [p for p in written if b"S3cret" in p.read_bytes()]
     # another search under the study's name is refused, naming the study and hiding the password
     (tmp_path / "delta").mkdir()
     refused = optlab("tune", *SEARCH, "epochs=5", storage, "tune.dir=study", cwd=tmp_path / "delta")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "the study 'shared' in postgresql://postgres:***@" in refused.stderr and "is another search" in refused.stderr
+    assert "S3cret" not in refused.stderr
     assert not (tmp_path / "delta" / "study").exists()
 
 
@@ -108,12 +114,50 @@ def test_a_journal_shared_by_two_hosts_says_a_database_is_for_several_machines(t
 @pytest.mark.parametrize("url, words", [
     ("postgresql://me:secret@127.0.0.1:1/studies", "tune.storage=postgresql://me:***@127.0.0.1:1/studies: cannot "
                                                    "open the study database: "),
+    ("postgresql://me:p@secret:w@rd@127.0.0.1:1/db", "tune.storage=postgresql://me:***@127.0.0.1:1/db: cannot open"),
+    ("postgresql://me@127.0.0.1:1/db?password=secret", "tune.storage=postgresql://me@127.0.0.1:1/db?password=***: "),
+    ("Postgresql://me:secret@127.0.0.1:1/db", "tune.storage=Postgresql://me:***@127.0.0.1:1/db: cannot open"),
     ("mysql://me@127.0.0.1:1/studies", "its database driver is not installed (No module named 'MySQLdb')"),
     ("studies.db", "invalid value for 'tune.storage': 'studies.db' (allowed: null (the journal in tune.dir), or a "
                    "database URL"),
 ])
 def test_a_database_that_cannot_be_opened_is_one_line_and_writes_nothing(tmp_path, url, words):
-    result = optlab("tune", "optimizer.lr=interval(0.01,0.1)", f"tune.storage={url}", "tune.dir=study", cwd=tmp_path)
+    result = optlab("tune", "optimizer.lr=interval(0.01,0.1)", f"tune.storage='{url}'", "tune.dir=study", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert words in result.stderr and "secret" not in result.stderr
     assert not (tmp_path / "study").exists()
+
+
+def test_a_check_that_refuses_leaves_the_database_without_tables_and_a_journal_folder_takes_no_database(tmp_path):
+    import sqlite3
+
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "notes.txt").write_text("mine")
+    refused = optlab("tune", "optimizer.lr=interval(0.01,0.1)", f"tune.storage=sqlite:///{tmp_path}/s.db",
+                     "tune.dir=study", cwd=tmp_path)
+    assert refused.returncode == 2 and "holds other files" in refused.stderr, refused.stderr
+    tables = sqlite3.connect(tmp_path / "s.db").execute("select name from sqlite_master").fetchall()
+    assert tables == []
+    (tmp_path / "journal").mkdir()
+    (tmp_path / "journal" / "study.journal").write_text("")
+    mixed = optlab("tune", "optimizer.lr=interval(0.01,0.1)", f"tune.storage=sqlite:///{tmp_path}/s.db",
+                   "tune.dir=journal", cwd=tmp_path)
+    assert mixed.returncode == 2 and mixed.stderr.count("\n") == 1
+    assert "tune.dir=journal holds a study in its study.journal: go on with it without tune.storage" in mixed.stderr
+
+
+def test_a_stop_at_once_keeps_the_study_and_says_how_to_go_on(tmp_path):
+    """A Ctrl-C outside a training step (a study starting, its summary) never takes the study's
+    folder back, as it would a single run that had not begun; the line to go on hides a password."""
+    from optlab.cli.apps import _study_goes_on
+    from optlab.jobs.command import Command
+
+    study = tmp_path / "study"
+    (study / "000_optimizer.lr=0.05").mkdir(parents=True)
+    (study / "study.journal").write_text("{}\n")
+    asked = Command(words=["optlab", "tune", "tune.storage=postgresql://me:S3cret@db/x", "tune.dir=elsewhere"],
+                    search=["optimizer.lr=interval(0.01,0.1)"], study_dir=study)
+    said = _study_goes_on(asked)
+    assert said.startswith("stopped at once; go on with the study: optlab tune tune.storage=")
+    assert "postgresql://me:***@db/x" in said and "S3cret" not in said and "(with the password where *** stands)" in said
+    assert (study / "study.journal").exists() and (study / "000_optimizer.lr=0.05").is_dir()

@@ -53,6 +53,8 @@ WAIT_S = 5  # at most this long between two looks at the trials running elsewher
 def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
     """The study: trials until `tune.trials` are done (by this process or others), then the summary."""
     params = space.parse(entries(cfg, asked.search))
+    if cfg.tune.get("storage") and storage.secret(cfg.tune.storage):
+        storage.hide_in(study_dir / ".hydra", cfg.tune.storage)
     study, made, trials = join(cfg, study_dir, params)
     distributions = {p.key: p.distribution for p in params}
     own = current_config()  # the tune command's: each trial's run_job sets its own
@@ -205,6 +207,9 @@ def optuna_plots(study, out: Path) -> list[Path]:
 
 def go_on(words: list[str], study_dir: Path) -> str:
     """The command that goes on with the study: the same arguments, the study's folder quoted
-    for Hydra's grammar and for bash."""
+    for Hydra's grammar and for bash; a database's password hidden (give it again, or keep it
+    in the database's own password file)."""
     kept = [w for w in words if not w.startswith("tune.dir=")]
-    return command("optlab", "tune", *kept, override("tune.dir", relative(study_dir)))
+    shown = [storage.masked(w) if w.startswith("tune.storage=") else w for w in kept]
+    said = command("optlab", "tune", *shown, override("tune.dir", relative(study_dir)))
+    return said + " (with the password where *** stands)" * (shown != kept)

@@ -14,8 +14,10 @@ by its own clock; the journal by the hosts' clocks, assumed to agree to a few se
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import re
 import time
 from pathlib import Path
 
@@ -75,30 +77,85 @@ def retry(grace_s: float):
 
 
 def database(url: str, grace_s: float):
-    """Optuna's RDBStorage at `url` with heartbeats (whole seconds, as it takes them), or a
-    one-line UsageError naming the database (its password hidden) when it cannot be reached."""
+    """Optuna's RDBStorage at `url` with heartbeats (whole seconds, as it takes them), its tables
+    made where there are none; a one-line UsageError when it cannot be opened (`opening`)."""
     from optuna.storages import RDBStorage
 
-    try:
+    with opening(url):
         return RDBStorage(url, engine_kwargs={"pool_pre_ping": True},  # a connection the server dropped is renewed
                           heartbeat_interval=max(1, round(grace_s / 4)), grace_period=max(1, math.ceil(grace_s)),
                           heartbeat_stale_trial_callback=retry(grace_s))
+
+
+def has_studies(url: str) -> bool:
+    """Whether Optuna's tables are in the database: a check that may refuse makes none."""
+    import sqlalchemy
+
+    with opening(url):
+        engine = sqlalchemy.create_engine(url)
+        try:
+            return sqlalchemy.inspect(engine).has_table("studies")
+        finally:
+            engine.dispose()
+
+
+@contextlib.contextmanager
+def opening(url: str):
+    """A database that cannot be opened, as one line naming it, its password hidden."""
+    try:
+        yield
     except ImportError as error:  # the URL's driver (Optuna raises its own, from SQLAlchemy's)
         raise UsageError(f"tune.storage={masked(url)}: its database driver is not installed "
-                         f"({reason(error.__cause__ or error)}): for PostgreSQL pip install 'optlab[postgres]', "
-                         "for another database its SQLAlchemy driver") from None
+                         f"({hidden(reason(error.__cause__ or error), url)}): for PostgreSQL pip install "
+                         "'optlab[postgres]', for another database its SQLAlchemy driver") from None
     except Exception as error:  # a server that does not answer, a refused login, a URL SQLAlchemy cannot read
-        raise UsageError(f"tune.storage={masked(url)}: cannot open the study database: {reason(error)}") from None
+        raise UsageError(f"tune.storage={masked(url)}: cannot open the study database: "
+                         f"{hidden(reason(error), url)}") from None
 
 
 def masked(url: str) -> str:
-    """The URL with its password hidden, for messages and logs."""
-    try:
-        from sqlalchemy.engine import make_url
+    """The URL with its password hidden, for messages, logs and files: the text between the
+    user's `:` and the last `@` of the address (a password may hold `@` or `:` unescaped), and
+    any `password=` of its query."""
+    scheme, sep, rest = url.partition("://")
+    address, query_sep, query = rest.partition("?")
+    login, at, host = address.rpartition("@")
+    user, colon, password = login.partition(":")
+    if at and colon and password:
+        address = f"{user}:***@{host}"
+    query = re.sub(r"(?i)(\bpassword=)[^&]*", r"\1***", query)
+    return f"{scheme}{sep}{address}{query_sep}{query}"
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("://", 1)[0] + "://…"
+
+def secret(url: str) -> str | None:
+    """The URL's password (from its address or its query), or None."""
+    login, at, _ = url.partition("://")[2].partition("?")[0].rpartition("@")
+    found = re.search(r"(?i)\bpassword=([^&]*)", url.partition("?")[2])
+    return (login.partition(":")[2] if at else "") or (found.group(1) if found else None) or None
+
+
+def hidden(text: str, url: str) -> str:
+    """`text` (an error's words) with every run of 3 or more characters that is part of the
+    URL's password hidden: a parser that split the URL at an unescaped `@` or `:` in the password
+    may quote any piece of it."""
+    password, out, i = secret(url), [], 0
+    if not password:
+        return text
+    while i < len(text):
+        longest = max((n for n in range(3, len(text) - i + 1) if text[i:i + n] in password), default=0)
+        out.append("***" if longest else text[i])
+        i += longest or 1
+    return "".join(out)
+
+
+def hide_in(folder: Path, url: str) -> None:
+    """The URL's password hidden in the files Hydra wrote of the command (`.hydra/*.yaml`)."""
+    from optlab.store.files import atomic_write
+
+    for file in sorted(folder.glob("*.yaml")):
+        text = file.read_text()
+        if url in text:
+            atomic_write(file, lambda f, text=text: f.write(text.replace(url, masked(url)).encode()))
 
 
 def name(cfg: DictConfig) -> str:

@@ -73,6 +73,8 @@ def load_database(url: str, name: str, direction: str | None = None, grace_s: fl
     import optuna
 
     _quiet()
+    if direction is None and not storage.has_studies(url):
+        return None  # a database no study was ever made in: left as it is
     db = storage.database(url, grace_s)
     label = f"{storage.masked(url)} (study {name!r})"
     try:
@@ -82,8 +84,9 @@ def load_database(url: str, name: str, direction: str | None = None, grace_s: fl
         # load_if_exists: another worker may make it first
         study = optuna.create_study(study_name=name, storage=db, direction=direction, load_if_exists=True) \
             if made else optuna.load_study(study_name=name, storage=db)
-    except Exception as error:  # the server went away, a table it cannot read
-        raise UsageError(f"{label}: {reason(error)}") from None
+    except Exception as error:  # a server that does not answer, a table it cannot read
+        raise UsageError(f"tune.storage={storage.masked(url)}: cannot open the study database: "
+                         f"{storage.hidden(reason(error), url)}") from None
     return checked(study, label)
 
 
@@ -280,6 +283,9 @@ class StudyGuard(Callback):
                 # tune.log, the journal, the trials' folders; Optuna locks its journal with a link
                 refuse_links(folder, itself=False, own=(f"{JOURNAL}.lock",))
                 names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+                if config.tune.get("storage") and JOURNAL in names:
+                    raise UsageError(f"tune.dir={config.tune.dir} holds a study in its {JOURNAL}: go on with it "
+                                     "without tune.storage, or give another tune.dir")
                 if config.tune.get("storage"):  # the folder holds this host's trials, the database the study
                     study = load_database(config.tune.storage, storage.name(config), None, config.tune.grace_s)
                     if study is not None:

@@ -32,7 +32,8 @@ def start(cfg: DictConfig, words: list[str], study_dir: Path, study) -> None:
     """Run `tune.workers` workers on the study as submitit jobs; return once every one has ended."""
     executor = make_executor(cfg, study_dir)
     command = [w for w in words if w.partition("=")[0] not in ("tune.dir", "tune.workers")]
-    command += [override("tune.dir", study_dir.absolute()), "tune.workers=1"]
+    # the study's folder named; Hydra's record of this command (`.hydra/`) left as this command wrote it
+    command += [override("tune.dir", study_dir.absolute()), "tune.workers=1", "hydra.output_subdir=null"]
     jobs = executor.map_array(work, [command] * cfg.tune.workers)
     log.info("submitit (%s): %d workers on the study, jobs %s; their logs: %s", cfg.tune.cluster, len(jobs),
              ", ".join(job.job_id for job in jobs), relative(study_dir / ".submitit"))
@@ -48,8 +49,8 @@ def start(cfg: DictConfig, words: list[str], study_dir: Path, study) -> None:
         try:
             job.result()
         except Exception as error:  # its trials are retried below, as any dead worker's
-            said = str(error).strip().splitlines()
-            outcome = f"failed ({said[-1] if said else type(error).__name__})"
+            said = [line.strip() for line in str(error).splitlines() if line.strip()]
+            outcome = f"failed ({next((line for line in said if 'exit code' in line), type(error).__name__)})"
         log.info("worker %d (job %s): %s; its log: %s", number, job.job_id, outcome, relative(Path(job.paths.stdout)))
 
 
