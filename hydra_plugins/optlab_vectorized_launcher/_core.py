@@ -24,12 +24,11 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup
 from omegaconf import DictConfig, open_dict, read_write
 
 from optlab.config.hydra_compat import as_job, job_return, returned, save_job_files
-from optlab.errors import UsageError, usage_error
+from optlab.errors import usage_error
 from optlab.jobs import command
 from optlab.jobs.dispatch import failed, stop_interrupted, sweep_again
 from optlab.jobs.prepare import job_folder
-from optlab.store.files import load_checkpoint
-from optlab.store.folder import plan
+from optlab.store.folder import plan, resumes_after
 
 log = logging.getLogger("optlab")
 
@@ -125,15 +124,6 @@ def groups(configs: list[DictConfig], tasks: list[DictConfig], planned: dict[str
         size = configs[members[0]].vectorize.max_members
         result += [(members[start:start + size], action) for start in range(0, len(members), size)]
     return sorted(result)
-
-
-def resumes_after(run_dir: Path) -> int | None:
-    """The epoch a resumed run goes on after, as its last.pt says (None where that does not
-    load: such runs, grouped, fall back to running alone, where each fails in one line)."""
-    try:
-        return load_checkpoint(run_dir / "checkpoints" / "last.pt").get("epoch")
-    except UsageError:
-        return None
 
 
 def task_config(cfg: DictConfig) -> DictConfig:

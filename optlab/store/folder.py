@@ -65,6 +65,15 @@ def plan(run_dir: Path, cfg: DictConfig, resume: Path | None = None) -> str:
     return "train"
 
 
+def resumes_after(run_dir: Path) -> int | None:
+    """The epoch a resumed run goes on after, as its last.pt says (None where that does not
+    load: such runs, grouped, fall back to running alone, where each fails in one line)."""
+    try:
+        return load_checkpoint(run_dir / "checkpoints" / "last.pt").get("epoch")
+    except UsageError:
+        return None
+
+
 def killed(run_dir: Path, cfg: DictConfig) -> bool:
     """Whether `run_dir` holds this very run, killed (`kill -9`, a lost node) before it wrote a
     record, with checkpoints it can go on from: its `.hydra/config.yaml` hashes as `cfg` does

@@ -589,3 +589,25 @@ def test_workers_on_slurm_without_slurm_are_refused_before_anything_is_written(t
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "tune.cluster=slurm: no SLURM on this machine (sbatch and srun not found)" in result.stderr
     assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.slow
+def test_an_interrupted_stacked_group_resumes_as_one_and_each_trial_ends_as_if_never_stopped(tmp_path):
+    from test_survival import wait_for_epoch
+
+    args = ["tune", "optimizer.lr=choice(0.05,0.2)", "tune.sampler=grid", "tune.stack=2", "tune.pruner=none",
+            "tune.metric=final_val_loss", "epochs=30", "model.hidden=[8]", "device=cpu", "checkpoint_every_s=0"]
+    process = subprocess.Popen([sys.executable, "-m", "optlab", *args, "tune.dir=stopped"], cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_epoch(tmp_path / "stopped" / "000_*", 2, process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted; go on with: optlab tune" in err, err
+    again = optlab(*shlex.split(err.split("go on with: ", 1)[1].splitlines()[0])[1:], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "trials 2, 3 train as one stacked model (resumed)" in (tmp_path / "stopped" / "tune.log").read_text()
+    whole = optlab(*args, "tune.dir=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    values = {name: {t.params["optimizer.lr"]: t.value for t in study(tmp_path / name).get_trials()
+                     if t.state == TrialState.COMPLETE} for name in ("stopped", "whole")}
+    assert len(values["whole"]) == 2 and values["stopped"] == pytest.approx(values["whole"], rel=1e-4)

@@ -21,7 +21,7 @@ from optlab.jobs.tune import space, storage
 from optlab.jobs.tune.study import base_overrides, counted, run_folder, searched
 from optlab.metrics import so_far
 from optlab.naming import overrides_name
-from optlab.store.folder import prepare
+from optlab.store.folder import prepare, resumes_after
 from optlab.training.callbacks import Callback
 
 log = logging.getLogger("optlab")
@@ -118,9 +118,12 @@ def run_trials(trials: list, params: list[space.Param], cfg: DictConfig, study_d
         for trial, action in zip(chosen, actions):
             log.info("trial %d: %s%s", trial.number, " ".join(p.name(trial.params[p.key]) for p in params),
                      f" (resumes {trial.user_attrs['run']})" * (action == "resume"))
-        if len(members) > 1 and len(set(actions)) == 1 and actions[0] == "train":
-            log.info("trials %s train as one stacked model", ", ".join(str(t.number) for t in chosen))
-            results.update(zip(members, train_stacked(chosen, [jobs[i] for i in members], cfg)))
+        # resumed trials stack when they stand at the same epoch (an interrupted group resumes as one)
+        resume = actions[0] == "resume" and len({resumes_after(jobs[i][1]) for i in members} - {None}) == 1
+        if len(members) > 1 and len(set(actions)) == 1 and (actions[0] == "train" or resume):
+            log.info("trials %s train as one stacked model%s", ", ".join(str(t.number) for t in chosen),
+                     " (resumed)" * resume)
+            results.update(zip(members, train_stacked(chosen, [jobs[i] for i in members], cfg, resume)))
         else:
             results.update((i, train_alone(trials[i], *jobs[i], cfg)) for i in members)
     return [results[i] for i in range(len(trials))]
@@ -159,16 +162,18 @@ def train_alone(trial, job: DictConfig, folder: Path, task: DictConfig, cfg: Dic
     return tell(trial, result.return_value, cfg)
 
 
-def train_stacked(trials: list, jobs: list[tuple[DictConfig, Path, DictConfig]], cfg: DictConfig) -> list[dict]:
-    """Train trials as one stacked group (each member's folder readied as Hydra readies a job's),
-    each pruned by its own trial; tell the study how each went."""
+def train_stacked(trials: list, jobs: list[tuple[DictConfig, Path, DictConfig]], cfg: DictConfig,
+                  resume: bool = False) -> list[dict]:
+    """Train trials as one stacked group (each member's folder readied as Hydra readies a job's;
+    `resume`: each goes on from its last.pt), each pruned by its own trial; tell the study how
+    each went."""
     from optlab.config.hydra_compat import as_job, save_job_files
     from optlab.jobs.vectorize import train_group
 
     for job, folder, _ in jobs:
         save_job_files(job, folder.absolute())
     try:
-        metrics = train_group([task for _, _, task in jobs], [folder.absolute() for _, folder, _ in jobs],
+        metrics = train_group([task for _, _, task in jobs], [folder.absolute() for _, folder, _ in jobs], resume,
                               within=lambda k: as_job(jobs[k][0]),
                               callbacks=[[Pruning(trial, cfg.tune.metric, cfg.epochs)] for trial in trials])
     except Exception as error:
