@@ -111,6 +111,13 @@ def test_a_journal_shared_by_two_hosts_says_a_database_is_for_several_machines(t
     assert "tune.storage=postgresql://" in said[0]
 
 
+def test_a_study_name_without_a_database_is_refused(tmp_path):
+    result = optlab("tune", "optimizer.lr=interval(0.01,0.1)", "tune.study_name=mine", "tune.dir=study", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "tune.study_name=mine names a study in a database, and tune.storage is not set" in result.stderr
+    assert not (tmp_path / "study").exists()
+
+
 @pytest.mark.parametrize("url, words", [
     ("postgresql://me:secret@127.0.0.1:1/studies", "tune.storage=postgresql://me:***@127.0.0.1:1/studies: cannot "
                                                    "open the study database: "),

@@ -279,6 +279,10 @@ class StudyGuard(Callback):
                     from optlab.jobs.tune.workers import require
 
                     require(config)
+                if config.tune.get("study_name") and not config.tune.get("storage"):
+                    raise UsageError(f"tune.study_name={config.tune.study_name} names a study in a database, and "
+                                     "tune.storage is not set (the study is tune.dir's journal): give tune.storage, "
+                                     "or leave tune.study_name out")
                 folder = Path(config.tune.dir)
                 # tune.log, the journal, the trials' folders; Optuna locks its journal with a link
                 refuse_links(folder, itself=False, own=(f"{JOURNAL}.lock",))
