@@ -4,7 +4,10 @@ Each command runs as a user runs it (a fresh process), `--repeats` times in a ro
 the script prints the median wall time of each and its ratio to `import torch`, the floor of
 any command that trains. `plain epoch` is a hand-written script that trains the default MLP
 for one epoch on the same digits with torch.optim.SGD: what `optlab train epochs=1` would
-cost with nothing of optlab's (building a torch optimizer imports torch._dynamo, ~1 s).
+cost with nothing of optlab's (building a torch optimizer imports torch._dynamo, ~1 s). The
+two `torch._dynamo` rows differ only in how the process ends: Python's own exit, which tears
+down every module, or `os._exit` once the exit handlers ran, as the `optlab` command ends
+(optlab.cli.main.run): their difference is what that saves each command.
 
     python scripts/bench_startup.py [--repeats 7]
 """
@@ -60,6 +63,9 @@ def main() -> None:
             "python": python,
             "import torch": [sys.executable, "-c", "import torch"],
             "plain epoch": [sys.executable, "-c", PLAIN_EPOCH],
+            "torch._dynamo, exit": [sys.executable, "-c", "import torch._dynamo"],
+            "torch._dynamo, os._exit": [sys.executable, "-c", "import atexit, os, torch._dynamo; "
+                                        "atexit._run_exitfuncs(); os._exit(0)"],
             "optlab --help": [*optlab, "--help"],
             "optlab train --help": [*optlab, "train", "--help"],
             "optlab train --cfg job": [*optlab, "train", "--cfg", "job"],

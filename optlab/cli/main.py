@@ -50,9 +50,9 @@ examples:
 def run() -> None:
     """The `optlab` command (and `python -m optlab`): `main`, then a quick exit.
 
-    Once a command is done, Python's own exit would spend 0.4 s tearing down torch's modules,
-    0.8 s with torch._dynamo (which any torch.optim constructor imports), measured on 2 CPU
-    cores: more than a small run trains. So the exit handlers run (logging's flush and close,
+    Once a command is done, Python's own exit would spend about 0.6 s tearing down torch's
+    modules with torch._dynamo, which any torch.optim constructor imports (scripts/bench_startup.py
+    prints it): more than a small run trains. So the exit handlers run (logging's flush and close,
     every library's atexit clean-up) and the process ends there, as `os._exit` ends it. Only
     when no other thread is left: one would otherwise be joined first."""
     import atexit

@@ -512,16 +512,21 @@ def test_a_queued_trial_never_trains_in_a_finished_trials_folder(small_study, tm
     assert metrics(finished) == before and not (finished / ".previous").exists()
 
 
-def test_a_study_whose_first_trial_is_refused_leaves_no_folder(tmp_path):
-    """As a refused run leaves none: a data file that does not read stops the study it made."""
+@pytest.mark.parametrize("database", [False, True])
+def test_a_study_whose_first_trial_is_refused_leaves_no_folder(tmp_path, database):
+    """As a refused run leaves none: a data file that does not read stops the study it made,
+    and a study it made in a database is deleted from it."""
     import numpy as np
+    import optuna
 
     np.savez(tmp_path / "bad.npz", X=np.array([[1.0, np.inf]] * 20), y=np.arange(20) % 2)
-    folder = tmp_path / "study"
+    folder, url = tmp_path / "study", f"sqlite:///{tmp_path / 'studies.db'}"
     result = optlab("tune", *SMALL, "data=npz", f"data.path={tmp_path / 'bad.npz'}", "tune.trials=1",
-                    f"tune.dir={folder}", cwd=tmp_path)
+                    f"tune.dir={folder}", *[f"tune.storage={url}"] * database, cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "X[0, 1] is inf" in result.stderr and not folder.exists()
+    if database:
+        assert optuna.get_all_study_names(url) == []
 
 
 def test_trials_asked_together_train_as_one_stacked_model_and_each_is_its_run_alone(tmp_path):

@@ -53,7 +53,7 @@ WAIT_S = 5  # at most this long between two looks at the trials running elsewher
 def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
     """The study: trials until `tune.trials` are done (by this process or others), then the summary."""
     params = space.parse(entries(cfg, asked.search))
-    if cfg.tune.get("storage") and storage.secret(cfg.tune.storage):
+    if cfg.tune.get("storage"):
         storage.hide_in(study_dir / ".hydra", cfg.tune.storage)
     study, made, trials = join(cfg, study_dir, params)
     distributions = {p.key: p.distribution for p in params}

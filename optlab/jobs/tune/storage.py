@@ -113,25 +113,30 @@ def opening(url: str):
                          f"{hidden(reason(error), url)}") from None
 
 
-def masked(url: str) -> str:
-    """The URL with its password hidden, for messages, logs and files: the text between the
-    user's `:` and the last `@` of the address (a password may hold `@` or `:` unescaped), and
-    any `password=` of its query."""
+def _parts(url: str) -> tuple[str, str, str, str, str]:
+    """A URL's `scheme://`, user, password (the text between the user's `:` and the address's
+    last `@`: a password may hold `@` or `:` unescaped), the rest of its address, and its query."""
     scheme, sep, rest = url.partition("://")
-    address, query_sep, query = rest.partition("?")
+    address, _, query = rest.partition("?")
     login, at, host = address.rpartition("@")
-    user, colon, password = login.partition(":")
-    if at and colon and password:
-        address = f"{user}:***@{host}"
+    user, _, password = login.partition(":") if at else ("", "", "")
+    return scheme + sep, user, password, host if at else address, query
+
+
+def masked(url: str) -> str:
+    """The URL with its password hidden, for messages, logs and files: in its address and in
+    any `password=` of its query."""
+    scheme, user, password, address, query = _parts(url)
+    shown = f"{user}:***@{address}" if password else url.partition("://")[2].partition("?")[0]
     query = re.sub(r"(?i)(\bpassword=)[^&]*", r"\1***", query)
-    return f"{scheme}{sep}{address}{query_sep}{query}"
+    return f"{scheme}{shown}{'?' * ('?' in url)}{query}"
 
 
 def secret(url: str) -> str | None:
     """The URL's password (from its address or its query), or None."""
-    login, at, _ = url.partition("://")[2].partition("?")[0].rpartition("@")
-    found = re.search(r"(?i)\bpassword=([^&]*)", url.partition("?")[2])
-    return (login.partition(":")[2] if at else "") or (found.group(1) if found else None) or None
+    _, _, password, _, query = _parts(url)
+    found = re.search(r"(?i)\bpassword=([^&]*)", query)
+    return password or (found.group(1) if found else None) or None
 
 
 def hidden(text: str, url: str) -> str:
@@ -152,6 +157,8 @@ def hide_in(folder: Path, url: str) -> None:
     """The URL's password hidden in the files Hydra wrote of the command (`.hydra/*.yaml`)."""
     from optlab.store.files import atomic_write
 
+    if not secret(url):
+        return
     for file in sorted(folder.glob("*.yaml")):
         text = file.read_text()
         if url in text:

@@ -63,20 +63,21 @@ def open_study(cfg: DictConfig, direction: str | None = None):
     """The study `cfg` names (see storage.py): in its database when `tune.storage` is set, else
     in its folder's journal; made there with `direction` when there is none yet."""
     if cfg.tune.get("storage"):
-        return load_database(cfg.tune.storage, storage.name(cfg), direction, cfg.tune.grace_s)
+        return load_database(cfg, direction)
     return load(Path(cfg.tune.dir) / JOURNAL, direction, cfg.tune.grace_s)
 
 
-def load_database(url: str, name: str, direction: str | None = None, grace_s: float = 120):
-    """The study `name` in the database at `url`, made there with `direction` when there is none
-    yet (None when there is none and no `direction`); checked as a journal's study is."""
+def load_database(cfg: DictConfig, direction: str | None = None):
+    """The study `cfg` names in its database (`tune.storage`, `tune.study_name`), made there with
+    `direction` when there is none yet (None when there is none and no `direction`); checked as a
+    journal's study is."""
     import optuna
 
     _quiet()
+    url, name = cfg.tune.storage, storage.name(cfg)
     if direction is None and not storage.has_studies(url):
         return None  # a database no study was ever made in: left as it is
-    db = storage.database(url, grace_s)
-    label = f"{storage.masked(url)} (study {name!r})"
+    db = storage.database(url, cfg.tune.grace_s)
     try:
         made = name not in {s.study_name for s in db.get_all_studies()}
         if made and direction is None:
@@ -87,7 +88,7 @@ def load_database(url: str, name: str, direction: str | None = None, grace_s: fl
     except Exception as error:  # a server that does not answer, a table it cannot read
         raise UsageError(f"tune.storage={storage.masked(url)}: cannot open the study database: "
                          f"{storage.hidden(reason(error), url)}") from None
-    return checked(study, label)
+    return checked(study, storage.where(cfg))
 
 
 def _quiet() -> None:
@@ -287,11 +288,11 @@ class StudyGuard(Callback):
                 # tune.log, the journal, the trials' folders; Optuna locks its journal with a link
                 refuse_links(folder, itself=False, own=(f"{JOURNAL}.lock",))
                 names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
-                if config.tune.get("storage") and JOURNAL in names:
-                    raise UsageError(f"tune.dir={config.tune.dir} holds a study in its {JOURNAL}: go on with it "
-                                     "without tune.storage, or give another tune.dir")
                 if config.tune.get("storage"):  # the folder holds this host's trials, the database the study
-                    study = load_database(config.tune.storage, storage.name(config), None, config.tune.grace_s)
+                    if JOURNAL in names:
+                        raise UsageError(f"tune.dir={config.tune.dir} holds a study in its {JOURNAL}: go on with "
+                                         "it without tune.storage, or give another tune.dir")
+                    study = load_database(config)
                     if study is not None:
                         same_study(study, config, params)
                     elif names - STARTING:
@@ -309,9 +310,9 @@ class StudyGuard(Callback):
 
 def alone(study) -> bool:
     """Whether only this process has worked on the study (no other joined, no trial of another's)."""
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    me = (socket.gethostname(), os.getpid())
     return study.user_attrs.get("workers") == 1 and all(
-        all(t.user_attrs.get(k) == v for k, v in me.items()) or t.state == TrialState.WAITING
+        (t.user_attrs.get("host"), t.user_attrs.get("pid")) == me or t.state == TrialState.WAITING
         for t in study.get_trials(deepcopy=False))
 
 

@@ -10,6 +10,7 @@ import random
 import socket
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from optuna.trial import TrialState
@@ -108,28 +109,36 @@ def run_trials(trials: list, params: list[space.Param], cfg: DictConfig, study_d
 
     jobs = [trial_job(trial, params, cfg, study_dir) for trial in trials]
     together: dict[object, list[int]] = {}
-    for i, (_, _, task) in enumerate(jobs):
-        key = group_key(task) if len(trials) > 1 else None
+    for i, job in enumerate(jobs):
+        key = group_key(job.task) if len(trials) > 1 else None
         together.setdefault(key if key is not None else ("alone", i), []).append(i)
     results: dict[int, dict] = {}
     for members in together.values():
-        actions = [prepare(jobs[i][1], jobs[i][2]) for i in members]  # `resume` after an interruption
+        actions = [prepare(jobs[i].folder, jobs[i].task) for i in members]  # `resume` after an interruption
         chosen = [trials[i] for i in members]
         for trial, action in zip(chosen, actions):
             log.info("trial %d: %s%s", trial.number, " ".join(p.name(trial.params[p.key]) for p in params),
                      f" (resumes {trial.user_attrs['run']})" * (action == "resume"))
         # resumed trials stack when they stand at the same epoch (an interrupted group resumes as one)
-        resume = actions[0] == "resume" and len({resumes_after(jobs[i][1]) for i in members} - {None}) == 1
+        resume = actions[0] == "resume" and len({resumes_after(jobs[i].folder) for i in members} - {None}) == 1
         if len(members) > 1 and len(set(actions)) == 1 and (actions[0] == "train" or resume):
             log.info("trials %s train as one stacked model%s", ", ".join(str(t.number) for t in chosen),
                      " (resumed)" * resume)
             results.update(zip(members, train_stacked(chosen, [jobs[i] for i in members], cfg, resume)))
         else:
-            results.update((i, train_alone(trials[i], *jobs[i], cfg)) for i in members)
+            results.update((i, train_alone(trials[i], jobs[i], cfg)) for i in members)
     return [results[i] for i in range(len(trials))]
 
 
-def trial_job(trial, params: list[space.Param], cfg: DictConfig, study_dir: Path) -> tuple[DictConfig, Path, DictConfig]:
+class Job(NamedTuple):
+    """A trial's job: its config (`hydra` node included), its folder, its own config."""
+
+    config: DictConfig
+    folder: Path
+    task: DictConfig
+
+
+def trial_job(trial, params: list[space.Param], cfg: DictConfig, study_dir: Path) -> Job:
     """The trial's job config (`hydra` node included) composed as a sweep's job is, its folder
     in the study's, and its own config."""
     from hydra import compose
@@ -142,10 +151,10 @@ def trial_job(trial, params: list[space.Param], cfg: DictConfig, study_dir: Path
     with read_write(job.hydra), open_dict(job.hydra):
         job.hydra.sweep.dir, job.hydra.sweep.subdir, job.hydra.job.name = str(study_dir), name, "train"
         job.hydra.job.num, job.hydra.job.id = trial.number, f"trial_{trial.number}"
-    return job, study_dir / name, OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
+    return Job(job, study_dir / name, OmegaConf.masked_copy(job, [k for k in job if k != "hydra"]))
 
 
-def train_alone(trial, job: DictConfig, folder: Path, task: DictConfig, cfg: DictConfig) -> dict:
+def train_alone(trial, job: Job, cfg: DictConfig) -> dict:
     """Train one trial in its folder, as a sweep's job trains (Hydra's run_job, then `run`), and
     tell the study how it went. A failed trial stops the study: a user's mistake there would
     fail every trial alike."""
@@ -155,39 +164,37 @@ def train_alone(trial, job: DictConfig, folder: Path, task: DictConfig, cfg: Dic
 
     context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks())
     pruning = Pruning(trial, cfg.tune.metric, cfg.epochs)
-    result = run_job(lambda c: run(c, folder, callbacks=(pruning,)), job,
+    result = run_job(lambda c: run(c, job.folder, callbacks=(pruning,)), job.config,
                      "hydra.sweep.dir", "hydra.sweep.subdir", context)
     if result.status == JobStatus.FAILED:
-        stop_study([trial], [(job, folder, task)], returned(result))
+        stop_study([trial], [job], returned(result))
     return tell(trial, result.return_value, cfg)
 
 
-def train_stacked(trials: list, jobs: list[tuple[DictConfig, Path, DictConfig]], cfg: DictConfig,
-                  resume: bool = False) -> list[dict]:
+def train_stacked(trials: list, jobs: list[Job], cfg: DictConfig, resume: bool = False) -> list[dict]:
     """Train trials as one stacked group (each member's folder readied as Hydra readies a job's;
     `resume`: each goes on from its last.pt), each pruned by its own trial; tell the study how
     each went."""
     from optlab.config.hydra_compat import as_job, save_job_files
     from optlab.jobs.vectorize import train_group
 
-    for job, folder, _ in jobs:
-        save_job_files(job, folder.absolute())
+    for job in jobs:
+        save_job_files(job.config, job.folder.absolute())
     try:
-        metrics = train_group([task for _, _, task in jobs], [folder.absolute() for _, folder, _ in jobs], resume,
-                              within=lambda k: as_job(jobs[k][0]),
+        metrics = train_group([job.task for job in jobs], [job.folder.absolute() for job in jobs], resume,
+                              within=lambda k: as_job(jobs[k].config),
                               callbacks=[[Pruning(trial, cfg.tune.metric, cfg.epochs)] for trial in trials])
     except Exception as error:
         stop_study(trials, jobs, error)
     return [tell(trial, result, cfg) for trial, result in zip(trials, metrics)]
 
 
-def stop_study(trials: list, jobs: list[tuple[DictConfig, Path, DictConfig]], error: BaseException):
-    """Trials that failed: not counted (fixed, the same command trains them, each in its folder),
-    their attempts taken back or recorded; the study stops with the error."""
+def stop_study(trials: list, jobs: list[Job], error: BaseException):
+    """Trials that failed: queued again (fixed, the same command trains them), their attempts
+    taken back or recorded; the study stops with the error."""
     for trial in trials:
-        trial.study.tell(trial, state=TrialState.FAIL)
-        trial.study.enqueue_trial(trial.params, user_attrs={"run": trial.user_attrs["run"]})
-    mistakes = [failed(folder, task, error, in_sweep=False) for _, folder, task in jobs]
+        requeue(trial)
+    mistakes = [failed(job.folder, job.task, error, in_sweep=False) for job in jobs]
     if mistakes[0] is not None:
         numbers = ", ".join(str(t.number) for t in trials)
         raise UsageError(f"trial{'s' * (len(trials) > 1)} {numbers}: {mistakes[0]}")
@@ -199,15 +206,21 @@ def tell(trial, metrics: dict, cfg: DictConfig) -> dict:
     value = metrics.get(cfg.tune.metric)
     if metrics["status"] == "pruned":
         trial.study.tell(trial, state=TrialState.PRUNED)
-    elif metrics["status"] == "interrupted":  # not counted: the next command resumes it in its folder
-        trial.study.tell(trial, state=TrialState.FAIL)
-        trial.study.enqueue_trial(trial.params, user_attrs={"run": trial.user_attrs["run"]})
+    elif metrics["status"] == "interrupted":  # the next command resumes it in its folder
+        requeue(trial)
     elif isinstance(value, (int, float)) and math.isfinite(value):
         trial.study.tell(trial, value)
     else:  # diverged before its first epoch ended: nothing to compare; the study goes on
         trial.set_user_attr("diverged", True)
         trial.study.tell(trial, state=TrialState.FAIL)
     return metrics
+
+
+def requeue(trial) -> None:
+    """A trial that did not end (failed, interrupted): not counted, and queued again with its
+    settings and its folder, where the next attempt goes on."""
+    trial.study.tell(trial, state=TrialState.FAIL)
+    trial.study.enqueue_trial(trial.params, user_attrs={"run": trial.user_attrs["run"]})
 
 
 def restore(own: DictConfig) -> None:

@@ -37,13 +37,13 @@ def start(cfg: DictConfig, words: list[str], study_dir: Path, study) -> None:
     jobs = executor.map_array(work, [command] * cfg.tune.workers)
     log.info("submitit (%s): %d workers on the study, jobs %s; their logs: %s", cfg.tune.cluster, len(jobs),
              ", ".join(job.job_id for job in jobs), relative(study_dir / ".submitit"))
-    said = None
+    reported = None
     while not all(job.done() for job in jobs):
         time.sleep(POLL_S)
         finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        if finished != said:
+        if finished != reported:
             log.info("the study: %d of %d trials finished", finished, cfg.tune.trials)
-            said = finished
+            reported = finished
     for number, job in enumerate(jobs):
         outcome = "ended"
         try:
