@@ -1,4 +1,4 @@
-"""Learning-rate schedules torch has no ready class for, and how optlab builds and steps them.
+"""Schedules torch has no ready class for, and how optlab builds and steps them.
 
 Each `conf/scheduler/*.yaml` names a `_target_` and an `interval`: `epoch` schedules step
 after every epoch (ReduceLROnPlateau with the validation loss), `step` schedules after every
@@ -48,6 +48,37 @@ def warmup_cosine(
         ],
         milestones=[warmup],
     )
+
+
+class Piecewise:
+    """Hyperparameters set at epoch boundaries: `at = {epoch: {name: value}}` sets each of the
+    optimizer's param groups' `name` (lr, momentum, weight_decay, ...) to `value` once epoch
+    `epoch` has ended. The schedule population-based training finds (optlab/training/population.py),
+    replayed as one run. Written here: torch's schedules scale the learning rate alone, and
+    LambdaLR takes code, which a config cannot name safely."""
+
+    def __init__(self, optimizer: Optimizer, at: dict | None):
+        at = at or {}
+        have = [n for n, v in optimizer.param_groups[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for epoch, values in at.items():
+            missing = [name for name in values if name not in have]
+            if missing:
+                from optlab.errors import ConfigError
+
+                raise ConfigError("scheduler.at", {epoch: dict(values)},
+                                  f"numbers {type(optimizer).__name__} has: {', '.join(have)}")
+        self.optimizer, self.at, self.last_epoch = optimizer, {int(e): dict(v) for e, v in at.items()}, 0
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        for group in self.optimizer.param_groups:
+            group.update(self.at.get(self.last_epoch, {}))
+
+    def state_dict(self) -> dict:
+        return {"last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_epoch = state["last_epoch"]
 
 
 def build(cfg: DictConfig, optimizer: Optimizer, steps_per_epoch: int):

@@ -126,3 +126,29 @@ def overlay_trajectories(groups: list[Group], out: Path) -> list[Path]:
         save_figure(plot_paths(surface, paths, f"{name}: {len(paths)} runs"), target)
         written.append(target)
     return written
+
+
+def plot_population(lines: dict[int, list[tuple[int, dict]]], best: int, key: str, metric: str):
+    """A population-based search at a glance: each member's `key` (left) and `metric` (right)
+    per epoch along the lineage it ended on, thin; the best lineage thick, its changes of owner
+    marked."""
+    from optlab.store.plots import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    for number, rows in sorted(lines.items(), key=lambda item: item[0] == best):
+        epochs = [row["epoch"] for _, row in rows]
+        style = {"lw": 2.4, "color": "black", "zorder": 3, "label": f"trial {number} (best)"} if number == best \
+            else {"lw": 0.9, "alpha": 0.55}
+        for ax, column in zip(axes, (key, metric)):
+            ax.plot(epochs, [row[column] for _, row in rows], **style)
+        if number == best:
+            moves = [row["epoch"] for _, row in rows if row.get("copied_from") is not None]
+            for ax, column in zip(axes, (key, metric)):
+                ax.plot(moves, [row[column] for _, row in rows if row["epoch"] in moves], "o", color="black", ms=5)
+    for ax, column in zip(axes, (key, metric)):
+        ax.set(xlabel="epoch", ylabel=column, title=f"{column} along each member's lineage")
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[1].legend(fontsize=8, loc="best")
+    return fig

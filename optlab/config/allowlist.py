@@ -45,7 +45,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     )),
     "scheduler._target_": frozenset((
         *(f"torch.optim.lr_scheduler.{name}" for name in TORCH_SCHEDULES),
-        "optlab.schedules.Exponential", "optlab.schedules.warmup_cosine",
+        "optlab.schedules.Exponential", "optlab.schedules.warmup_cosine", "optlab.schedules.Piecewise",
     )),
     "surface._target_": frozenset(f"optlab.surfaces.{name}" for name in ("Beale", "Quadratic", "Rosenbrock", "Saddle")),
 }

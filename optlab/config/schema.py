@@ -378,6 +378,14 @@ GROUP_KEYS: dict[str, Key] = {
         Rule("a list of epochs, e.g. [10,15]", lambda v: _is_list(v, POSITIVE_INT.ok)),
         "epochs at which the rate is multiplied by gamma (scheduler=multistep)",
     ),
+    "scheduler.at": Key(
+        Rule("epochs and the numbers they set, e.g. {5:{lr:0.05},10:{lr:0.01,momentum:0.9}}",
+             lambda v: v is None or isinstance(v, (dict, DictConfig)) and all(
+                 POSITIVE_INT.ok(e) and isinstance(n, (dict, DictConfig)) and n and all(
+                     isinstance(name, str) and NON_NEGATIVE.ok(x) for name, x in n.items()) for e, n in v.items())),
+        "after each of these epochs, set the optimizer's numbers (scheduler=piecewise: a schedule optlab tune "
+        "tune.sampler=pbt found)",
+    ),
     "scheduler.k": Key(NON_NEGATIVE, "decay per optimizer step in lr = lr0·e^(−k·t) (scheduler=exponential)"),
     "scheduler.mode": Key(one_of("min"), "plateau: the validation loss is better lower"),
     "scheduler.patience": Key(
@@ -513,8 +521,22 @@ GROUP_KEYS: dict[str, Key] = {
     "tune.stack": Key(POSITIVE_INT, "trials asked for at once, trained as one stacked model where their settings "
                                     "allow (1: one at a time)"),
     "tune.sampler": Key(
-        one_of("tpe", "random", "grid", "cmaes"),
-        "how Optuna proposes each trial's settings (grid: choices and ranges only)",
+        one_of("tpe", "random", "grid", "cmaes", "pbt"),
+        "how Optuna proposes each trial's settings (grid: choices and ranges only); pbt: population-based "
+        "training of tune.trials members as one stacked group (tune.pbt)",
+    ),
+    "tune.pbt.interval": Key(POSITIVE_INT, "epochs between two exploit-and-explore steps (tune.sampler=pbt)"),
+    "tune.pbt.quantile": Key(
+        Rule("a number in (0, 0.5]", lambda v: _is_number(v) and 0 < v <= 0.5),
+        "the bottom fraction that goes on as a member of the top fraction at each step (pbt)",
+    ),
+    "tune.pbt.factors": Key(
+        Rule("a list of numbers > 0, e.g. [0.8,1.2]", lambda v: _is_list(v, POSITIVE.ok) and len(v) > 0),
+        "explore: a copied member's numbers are multiplied by one of these, drawn per key (pbt)",
+    ),
+    "tune.pbt.resample_probability": Key(
+        Rule("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1),
+        "explore: the chance a key is drawn afresh from its search expression instead (pbt)",
     ),
     "tune.pruner": Key(
         one_of("none", "median", "hyperband", "successive_halving"),

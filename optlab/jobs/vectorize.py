@@ -63,10 +63,12 @@ def cannot_stack(cfg: DictConfig) -> str | None:
 
 
 def train_group(cfgs: list[DictConfig], run_dirs: list[Path], resume: bool = False,
-                within=lambda k: nullcontext(), callbacks: Sequence[Sequence[Callback]] = ()) -> list[dict]:
+                within=lambda k: nullcontext(), callbacks: Sequence[Sequence[Callback]] = (),
+                population=None) -> list[dict]:
     """Train K runs as one stacked group; returns each member's metrics, as `train.train` does
     for one. `within(k)` is a context for member k's record (its Hydra job config);
-    `callbacks[k]`: more of training's callbacks for member k (a search's pruning)."""
+    `callbacks[k]`: more of training's callbacks for member k (a search's pruning);
+    `population`: population-based training's step (optlab/training/population.py)."""
     device = resolve_device(cfgs[0].device)
     data = dataset.load(cfgs[0].data, device)
     engine = Stacked(cfgs, data, device)
@@ -76,7 +78,7 @@ def train_group(cfgs: list[DictConfig], run_dirs: list[Path], resume: bool = Fal
                 for k, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs))]
         logs.callback(lambda: [run.log.writer.close() for run in runs if run.log])  # also if training fails
         start(engine, runs, resume)
-        stopped_by = fit(engine, runs, data, cfgs[0].epochs)
+        stopped_by = fit(engine, runs, data, cfgs[0].epochs, population)
         metrics = []
         for k, run in enumerate(runs):
             with within(k):

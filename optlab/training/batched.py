@@ -206,6 +206,13 @@ class BatchedOptimizer:
             self.state[name] = keep(value, self.state[name])
         self.steps = self.steps + (1 if m is None else m)
 
+    @torch.no_grad()
+    def copy_row(self, src: int, dst: int) -> None:
+        """Member dst's optimizer state becomes member src's (every buffer's row, the step count)."""
+        for buffer in self.state.values():
+            buffer[dst] = buffer[src]
+        self.steps[dst] = self.steps[src]
+
     # -- checkpoints ------------------------------------------------------------------------------
 
     def _slots(self):

@@ -32,6 +32,10 @@ class Callback:
         """Measurements of the weights after epoch `epoch`, logged with its row (TensorBoard)."""
         return {}
 
+    def columns(self, run, epoch: int) -> dict[str, float | None]:
+        """More columns of epoch `epoch`'s row of history.csv (and its curves; None: an empty cell)."""
+        return {}
+
     def on_epoch_end(self, run, epoch: int, row: dict) -> str | None:
         """After epoch `epoch` finished with `row` (its history.csv row): a status to end the
         run with, or None to go on."""

@@ -13,9 +13,11 @@ from optlab.training.engine import Engine
 from optlab.training.record import Run
 
 
-def fit(engine: Engine, runs: list[Run], data, epochs: int) -> int | None:
+def fit(engine: Engine, runs: list[Run], data, epochs: int, population=None) -> int | None:
     """Train every run to `epochs`, or until it ends (early stopping, divergence). Returns the
-    signal that stopped training, if one did: the runs then stand at their last finished epoch."""
+    signal that stopped training, if one did: the runs then stand at their last finished epoch.
+    `population`: a stacked group's exploit-and-explore step after each epoch
+    (optlab/training/population.py)."""
     for run in runs:
         run.begin()
     bar = progress(range(runs[0].epoch + 1, epochs + 1), "train" if len(runs) == 1 else f"train ×{len(runs)}")
@@ -35,6 +37,8 @@ def fit(engine: Engine, runs: list[Run], data, epochs: int) -> int | None:
                         engine.freeze(k)
             if not any(run.active for run in runs):
                 break
+            if population is not None:
+                population.after_epoch(engine, runs, epoch)
     for run in runs:
         run.end("interrupted" if stop.signal else "completed")
     return stop.signal

@@ -63,6 +63,7 @@ class Run:
         self.target = Target(cfg.target, self.logger)
         # called in this order after every epoch; the first status ends the run
         self.callbacks = [Diagnostics(cfg), *[self.stopper] * bool(watch), self.target, *callbacks]
+        self.own = len(self.callbacks) - len(callbacks)  # those after are the caller's: last.pt keeps their state
         self.epoch = self.step = self.seen = 0
         self.first_loss: float | None = None
         self.status, self.diverged_step = "running", None
@@ -90,6 +91,7 @@ class Run:
                 "checkpoint": self.checkpoint.state_dict(),
                 "stopper": self.stopper.state_dict() if self.stopper else None,
                 "reached": self.target.reached,
+                "callbacks": [c.state_dict() for c in self.callbacks[self.own:]],
             },
         }
 
@@ -103,6 +105,8 @@ class Run:
         self.checkpoint.load_state_dict(loop["checkpoint"])
         if self.stopper:
             self.stopper.load_state_dict(loop["stopper"])
+        for callback, state in zip(self.callbacks[self.own:], loop.get("callbacks", ())):
+            callback.load_state_dict(state)
 
     def begin(self) -> None:
         """Open the logs (only once the run can go on) and start the clocks."""
@@ -138,9 +142,11 @@ class Run:
             "examples": self.seen,
             "elapsed_s": self.train_time,
         }
+        columns = {k: v for c in self.callbacks for k, v in c.columns(self, epoch).items()}
+        row.update(columns)
         measuring = time.perf_counter()
         extra = {k: v for c in self.callbacks for k, v in c.measure(self, epoch, model, data, row["lr"]).items()}
-        self.log.epoch(row, extra)
+        self.log.epoch(row, {**extra, **{f"epoch/{k}": v for k, v in columns.items() if v is not None}})
         self.clock += time.perf_counter() - measuring  # measuring is not training: the train clock skips it
         improved = self.stopper.judge(epoch, row) if self.stopper else None  # early stopping's best is the best
         # every callback sees every epoch (a target met as early stopping ends the run still counts),

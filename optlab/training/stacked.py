@@ -165,6 +165,29 @@ class Stacked:
         """Member k's run has ended: its weights and optimizer state stay as they are."""
         self.active[k], self.frozen = False, True
 
+    # --- population-based training (optlab/training/population.py) ---------------------------
+
+    def copy_member(self, src: int, dst: int) -> None:
+        """Member dst goes on as member src: its weights, buffers, optimizer state and random
+        streams (batch order, dropout masks) become src's, an index copy inside the stack."""
+        if self.stale:
+            self.load_members()
+        self.net.copy_row(src, dst)
+        self.optimizer.copy_row(src, dst)
+        self.orders[dst].set_state(self.orders[src].get_state())
+        self.masks[dst].set_state(self.masks[src].get_state())
+        self.fresh = True  # the members' ordinary objects are behind the stack
+
+    def hyperparameters(self, k: int) -> dict[str, float]:
+        """Member k's optimizer numbers (its first param group's)."""
+        return {n: v for n, v in self.optimizers[k].param_groups[0].items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def set_hyperparameters(self, k: int, values: dict[str, float]) -> None:
+        """Set member k's optimizer numbers in every param group (the batched step reads them)."""
+        for group in self.optimizers[k].param_groups:
+            group.update(values)
+
     # --- members as ordinary runs ------------------------------------------------------------
 
     def store_members(self) -> None:

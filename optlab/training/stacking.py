@@ -92,6 +92,13 @@ class StackedModel(nn.Module):
                   for s in self.shapes[shape]] for p, g in zip(self.rates, self.generators)]
         return [torch.stack(layer) for layer in zip(*drawn)]
 
+    @torch.no_grad()
+    def copy_row(self, src: int, dst: int) -> None:
+        """Member dst's weights and buffers become member src's."""
+        self.flat[dst] = self.flat[src]
+        for buffer in self.stacked_buffers.values():
+            buffer[dst] = buffer[src]
+
     def load_member(self, k: int, model: nn.Module) -> None:
         with torch.no_grad():
             self.flat[k] = parameters_to_vector(model.parameters())

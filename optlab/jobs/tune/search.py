@@ -41,6 +41,7 @@ from optlab.jobs.tune.trial import (
     run_trials,
     sampler,
 )
+from optlab.metrics import BY_NAME
 from optlab.naming import command, override, path_word, relative
 from optlab.store.files import locked, write_json
 
@@ -69,7 +70,7 @@ def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
     waiting = None
     while True:
         with locked(study_dir):  # up to tune.stack trials at once, trained as one stacked model where they can
-            asked_for = take(study, distributions, trials, cfg.tune.stack)
+            asked_for = take(study, distributions, trials, trials if cfg.tune.sampler == "pbt" else cfg.tune.stack)
         if not asked_for:
             running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
             if not running:
@@ -119,7 +120,7 @@ def join(cfg: DictConfig, study_dir: Path, params: list[space.Param]):
         if cfg.tune.sampler == "grid":
             trials = min(trials, queue_grid(study, params, cfg.tune.seed))
     study.sampler = sampler(cfg.tune.sampler, cfg.tune.seed + worker)
-    study.pruner = pruner(cfg.tune.pruner, cfg.epochs)
+    study.pruner = pruner("none" if cfg.tune.sampler == "pbt" else cfg.tune.pruner, cfg.epochs)  # pbt: exploit instead
     return study, made, trials
 
 
@@ -167,14 +168,40 @@ def finish(study, cfg: DictConfig, study_dir: Path, params: list[space.Param]) -
               "run": str(relative(study_dir / run_folder(best, storage.where(cfg)))),
               "host": best.user_attrs.get("host"), "command": command("optlab", "train", *overrides),
               "trials": dict(states)}
+    plots = []
+    if cfg.tune.sampler == "pbt":  # the best is a lineage: its schedule, replayed as one run
+        record, plots = population_record(study, cfg, study_dir, params, record)
     write_json(study_dir / "best_trial.json", record)
-    plots = optuna_plots(study, study_dir)
+    plots += optuna_plots(study, study_dir)
     log.info("best: trial %d, %s %.4f (%s)", best.number, cfg.tune.metric, best.value, record["run"])
     log.info("train it: %s", record["command"])
     where = storage.masked(cfg.tune.storage) if cfg.tune.get("storage") else path_word(relative(study_dir / JOURNAL))
     log.info("written: best_trial.json, %s; the study: optuna-dashboard %s", ", ".join(p.name for p in plots),
              command(where))
     return {"status": "completed", **record}
+
+
+def population_record(study, cfg: DictConfig, study_dir: Path, params: list[space.Param], record: dict):
+    """best_trial.json for a population: its best lineage, the schedule it trained with and the
+    command that replays it as one run; and the population's figure."""
+    from optlab.analysis.figures import plot_population
+    from optlab.jobs.tune import pbt
+    from optlab.store.plots import save_figure
+
+    found = pbt.winner(study, cfg, study_dir, params)
+    best = max((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("run", "").startswith(
+        f"{found['number']:03d}_")), key=lambda t: t.number)  # the member's folder, asked again after a resume
+    replay = pbt.replay(base_overrides(), found["first"], found["at"], params)
+    record = {**record, "number": found["number"], cfg.tune.metric: found["value"],
+              "params": {p.key: pbt.as_type(p, found["first"][p.key]) for p in params},
+              "run": str(relative(study_dir / run_folder(best, storage.where(cfg)))),
+              "lineage": found["lineage"], "schedule": found["at"], "command": replay}
+    keys = [p.key for p in params]
+    figure = plot_population(found["lines"], found["number"], keys[0], BY_NAME[cfg.tune.metric].per_epoch)
+    save_figure(figure, study_dir / "pbt.png")
+    log.info("population: trial %d's lineage (%s) scored %s %.4f", found["number"], " → ".join(
+        f"trial {n} epochs {a}-{b}" for n, a, b in found["lineage"]), cfg.tune.metric, found["value"])
+    return record, [study_dir / "pbt.png"]
 
 
 def optuna_plots(study, out: Path) -> list[Path]:

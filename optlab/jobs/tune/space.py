@@ -126,7 +126,7 @@ def _param(key: str, text: str, override) -> Param:
         step = sweep.step if len(values) > 1 else 1
         return Param(key, text, kind(values[0], values[-1], step=step), [values[0], values[-1]])
     choices = list(override.sweep_string_iterator())
-    numbers = _numbers(choices)
+    numbers = as_numbers(choices)
     probes = [choices[numbers.index(min(numbers))], choices[numbers.index(max(numbers))]] if numbers else choices
     return Param(key, text, CategoricalDistribution(choices), probes)
 
@@ -144,7 +144,7 @@ def _finite(value) -> bool:
         return True
 
 
-def _numbers(choices: list[str]) -> list[float] | None:
+def as_numbers(choices: list[str]) -> list[float] | None:
     """The choices as numbers, when they all are (their ends are then enough to check)."""
     try:
         return [float(c) for c in choices]

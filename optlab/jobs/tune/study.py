@@ -276,6 +276,10 @@ class StudyGuard(Callback):
                         raise ConfigError("tune.sampler", "grid", f"tpe, random or cmaes: {loose[0].key}="
                                           f"{loose[0].text} is not a list of values (grid: choice or range)")
                 space.check(params, base_overrides())
+                if config.tune.sampler == "pbt":
+                    from optlab.jobs.tune.pbt import check
+
+                    check(config, params)
                 if config.tune.workers > 1:
                     from optlab.jobs.tune.workers import require
 

@@ -34,7 +34,7 @@ def sampler(name: str, seed: int):
 
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    if name in ("random", "grid"):
+    if name in ("random", "grid", "pbt"):  # pbt: its first population is drawn at random
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)  # constant_liar: parallel workers spread out
 
@@ -108,6 +108,8 @@ def run_trials(trials: list, params: list[space.Param], cfg: DictConfig, study_d
     from optlab.jobs.vectorize import group_key
 
     jobs = [trial_job(trial, params, cfg, study_dir) for trial in trials]
+    if cfg.tune.sampler == "pbt":
+        return train_population(trials, jobs, cfg, params)
     together: dict[object, list[int]] = {}
     for i, job in enumerate(jobs):
         key = group_key(job.task) if len(trials) > 1 else None
@@ -128,6 +130,27 @@ def run_trials(trials: list, params: list[space.Param], cfg: DictConfig, study_d
         else:
             results.update((i, train_alone(trials[i], jobs[i], cfg)) for i in members)
     return [results[i] for i in range(len(trials))]
+
+
+def train_population(trials: list, jobs: list, cfg: DictConfig, params: list[space.Param]) -> list[dict]:
+    """Train the study's trials as one population (optlab/jobs/tune/pbt.py), or resume it."""
+    from optlab.jobs.tune import pbt
+    from optlab.jobs.vectorize import cannot_stack, group_key
+
+    why = next(filter(None, map(cannot_stack, (job.task for job in jobs))), None)
+    if why or len({group_key(job.task) for job in jobs}) > 1:
+        raise UsageError(f"tune.sampler=pbt: the population must train as one stacked group, and "
+                         f"{why or 'its members differ in more than the optimizer numbers searched'}")
+    actions = [prepare(job.folder, job.task) for job in jobs]
+    resume = actions[0] == "resume"
+    if len(set(actions)) > 1 or resume and len({resumes_after(job.folder) for job in jobs}) > 1:
+        raise UsageError(f"tune.sampler=pbt: the population's members in {storage.where(cfg)} stand at different "
+                         "epochs: it cannot go on as one group (give a new tune.dir)")
+    members, step = pbt.population(trials, [job.task for job in jobs], cfg, params)
+    log.info("trials %s train as one population%s: every %d epochs the bottom %g go on as members of the top %g",
+             ", ".join(str(t.number) for t in trials), " (resumed)" * resume, cfg.tune.pbt.interval,
+             cfg.tune.pbt.quantile, cfg.tune.pbt.quantile)
+    return train_stacked(trials, jobs, cfg, resume, members, step)
 
 
 class Job(NamedTuple):
@@ -171,10 +194,11 @@ def train_alone(trial, job: Job, cfg: DictConfig) -> dict:
     return tell(trial, result.return_value, cfg)
 
 
-def train_stacked(trials: list, jobs: list[Job], cfg: DictConfig, resume: bool = False) -> list[dict]:
+def train_stacked(trials: list, jobs: list[Job], cfg: DictConfig, resume: bool = False,
+                  members: list[Callback] = (), population=None) -> list[dict]:
     """Train trials as one stacked group (each member's folder readied as Hydra readies a job's;
     `resume`: each goes on from its last.pt), each pruned by its own trial; tell the study how
-    each went."""
+    each went. `members`, `population`: population-based training's callbacks and step."""
     from optlab.config.hydra_compat import as_job, save_job_files
     from optlab.jobs.vectorize import train_group
 
@@ -183,7 +207,8 @@ def train_stacked(trials: list, jobs: list[Job], cfg: DictConfig, resume: bool =
     try:
         metrics = train_group([job.task for job in jobs], [job.folder.absolute() for job in jobs], resume,
                               within=lambda k: as_job(jobs[k].config),
-                              callbacks=[[Pruning(trial, cfg.tune.metric, cfg.epochs)] for trial in trials])
+                              callbacks=[[Pruning(trial, cfg.tune.metric, cfg.epochs), *members[k:k + 1]]
+                                         for k, trial in enumerate(trials)], population=population)
     except Exception as error:
         stop_study(trials, jobs, error)
     return [tell(trial, result, cfg) for trial, result in zip(trials, metrics)]
