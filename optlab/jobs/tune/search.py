@@ -61,7 +61,7 @@ def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
     own = current_config()  # the tune command's: each trial's run_job sets its own
     log.info("study %s: %s %s over %s, up to %d trials (%s sampler, %s pruner)", relative(study_dir),
              study.direction.name.lower(), cfg.tune.metric, " ".join(p.override(p.text) for p in params),
-             trials, cfg.tune.sampler, cfg.tune.pruner)
+             trials, cfg.tune.sampler, "no" if cfg.tune.sampler == "pbt" else cfg.tune.pruner)
     if cfg.tune.workers > 1:  # they train the study; this process then finishes what is left
         from optlab.jobs.tune import workers
 
