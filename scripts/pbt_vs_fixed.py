@@ -5,8 +5,9 @@ For each seed, two studies of the same problem and space with the same budget: `
 (8 runs, each at its drawn setting throughout: the population's own first draws, since both
 samplers are Optuna's RandomSampler with the seed). Each trains 8 × 16 epochs of the digits MLP
 (`model.hidden=[64]`, SGD, `optimizer.lr` log-uniform in [0.001, 1]). Prints the best validation
-loss of each (PBT: its best lineage's) and draws docs/images/pbt_vs_fixed.png from the first seed:
-the learning rate and validation loss along PBT's best lineage beside the best fixed run's.
+loss of each (PBT: its best lineage's) and draws docs/images/pbt_vs_fixed.png from one seed
+(`--figure-seed`): the learning rate and validation loss along PBT's best lineage beside every
+fixed run's.
 
     python scripts/pbt_vs_fixed.py                # seeds 0-4
     python scripts/pbt_vs_fixed.py --seeds 0,1 --figure /tmp/pbt.png
@@ -51,19 +52,25 @@ def curves(found: dict) -> list[dict]:
 
 
 def figure(pbt: dict, fixed: dict, path: Path, seed: int) -> None:
+    from optlab.jobs.tune.pbt import read_history
     from optlab.store.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    for run in sorted(p for p in fixed["folder"].iterdir() if (p / "history.csv").is_file()):
+        rows = list(read_history(run / "history.csv").values())
+        for ax, key in zip(axes, ("lr", "val_loss")):
+            ax.step([r["epoch"] for r in rows], [r[key] for r in rows], where="post", color="tab:blue", lw=0.7,
+                    alpha=0.4)
     for found, label, style in ((fixed, "best of 8 fixed-setting runs", {"color": "tab:blue"}),
                                 (pbt, "PBT's best lineage (8 members)", {"color": "black", "lw": 2})):
         rows = curves(found)
         epochs = [r["epoch"] for r in rows]
         axes[0].step(epochs, [r["lr"] for r in rows], where="post", label=label, **style)
-        axes[1].plot(epochs, [r["val_loss"] for r in rows], label=f"{label}: best {min(r['val_loss'] for r in rows):.4f}",
-                     **style)
+        axes[1].step(epochs, [r["val_loss"] for r in rows], label=f"{label}: best {min(r['val_loss'] for r in rows):.4f}",
+                     where="post", **style)
     axes[0].set(xlabel="epoch", ylabel="learning rate", yscale="log", title="the rate each epoch trained with")
-    axes[1].set(xlabel="epoch", ylabel="validation loss", yscale="log", title="validation loss")
+    axes[1].set(xlabel="epoch", ylabel="validation loss", yscale="log", title="validation loss (thin: each fixed run)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -75,6 +82,7 @@ def main() -> None:
     print(stamp())  # the machine, torch version, commit and date these figures come from
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--figure-seed", type=int, default=2, help="the seed the figure shows")
     parser.add_argument("--figure", type=Path, default=Path(__file__).resolve().parents[1] / "docs/images/pbt_vs_fixed.png")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pbt_vs_fixed_"))
@@ -88,7 +96,7 @@ def main() -> None:
         schedule = ", ".join(f"{e}: {v['lr']:.3g}" for e, v in found["pbt"]["schedule"].items()) or "none"
         print(f"{seed:>4}  {a:>17.4f}  {b:>10.4f}  {a / b:>11.3f}  {found['pbt']['params']['optimizer.lr']:.3g}, {schedule}",
               flush=True)
-        if seed == seeds[0]:
+        if seed == args.figure_seed:
             figure(found["pbt"], found["fixed"], args.figure, seed)
     print(f"PBT reached the lower validation loss in {wins} of {len(seeds)} seeds; figure: {args.figure}")
 

@@ -140,8 +140,8 @@ def plot_population(lines: dict[int, list[tuple[int, dict]]], best: int, key: st
         epochs = [row["epoch"] for _, row in rows]
         style = {"lw": 2.4, "color": "black", "zorder": 3, "label": f"trial {number} (best)"} if number == best \
             else {"lw": 0.9, "alpha": 0.55}
-        for ax, column in zip(axes, (key, metric)):
-            ax.plot(epochs, [row[column] for _, row in rows], **style)
+        for ax, column, steps in zip(axes, (key, metric), ("steps-post", "default")):
+            ax.plot(epochs, [row[column] for _, row in rows], drawstyle=steps, **style)
         if number == best:
             moves = [row["epoch"] for _, row in rows if row.get("copied_from") is not None]
             for ax, column in zip(axes, (key, metric)):
@@ -149,6 +149,7 @@ def plot_population(lines: dict[int, list[tuple[int, dict]]], best: int, key: st
     for ax, column in zip(axes, (key, metric)):
         ax.set(xlabel="epoch", ylabel=column, title=f"{column} along each member's lineage")
         ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
+    for ax in axes:
+        ax.set_yscale("log")
     axes[1].legend(fontsize=8, loc="best")
     return fig

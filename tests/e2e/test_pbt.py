@@ -132,3 +132,22 @@ def test_what_a_population_cannot_be_is_refused_in_one_line(words, message, tmp_
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr
     assert not (tmp_path / "study").exists() or not members(tmp_path / "study")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_pbt_beats_the_best_of_as_many_fixed_setting_runs_with_the_same_epochs(seed, tmp_path):
+    """The problem of scripts/pbt_vs_fixed.py: 8 members × 16 epochs against 8 runs × 16 epochs at
+    the population's own first draws (both samplers draw at random with the seed)."""
+    problem = ["optimizer.lr=tag(log,interval(0.001,1))", "model.hidden=[64]", "epochs=16", "tune.trials=8",
+               "tune.metric=best_val_loss", "device=cpu", f"tune.seed={seed}"]
+    best = {}
+    for kind, words in (("pbt", ["tune.sampler=pbt"]), ("fixed", ["tune.sampler=random", "tune.pruner=none",
+                                                                   "tune.stack=8"])):
+        result = optlab("tune", *problem, *words, f"tune.dir={kind}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        best[kind] = json.loads((tmp_path / kind / "best_trial.json").read_text())
+    first = {json.loads((run / "metrics.json").read_text())["best_val_loss"] for run in members(tmp_path / "fixed").values()}
+    assert len(first) == 8 and best["fixed"]["best_val_loss"] == min(first)
+    assert best["pbt"]["best_val_loss"] < 0.9 * best["fixed"]["best_val_loss"]
+    assert len(best["pbt"]["lineage"]) > 1 and best["pbt"]["schedule"]  # it got there by moves
