@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "compare": ("one summary of runs and sweeps: table, CSV, plots (see: optlab compare --help)", commands.compare),
     "landscape": ("curvature of a finished run: sharpness, spectrum, loss slices (optlab landscape RUN)",
                   commands.landscape),
+    "bench": ("which optimizer is better: each tuned with the same budget, rerun, compared (optlab bench --help)",
+              commands.bench),
     "report": ("the recitation reproduced: every experiment, each claim checked (see: optlab report --help)",
                commands.report),
 }

@@ -600,7 +600,9 @@ def option_groups() -> list[str]:
     """The config groups a user picks an option of: the folders of conf/, less Hydra's."""
     from importlib.resources import files
 
-    return sorted(p.name for p in files("optlab.conf").iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
+    # conf/bench/ holds optlab bench's protocols: files it reads as data, no config group
+    return sorted(p.name for p in files("optlab.conf").iterdir()
+                  if p.is_dir() and p.name not in ("hydra", "bench", "__pycache__"))
 
 
 def options(group: str) -> list[str]:
