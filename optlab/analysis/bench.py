@@ -143,13 +143,33 @@ def write(spec: dict, out: Path) -> dict:
     problems, optimizers = list(spec["problems"]), list(spec["optimizers"])
     results = [pair_result(spec, out, p, o) for p in problems for o in optimizers]
     curves = budget_curves(results, spec["trials"])
-    found = {"format": FORMAT, "protocol": spec, "results": results, "budget": curves,
+    found = {"format": FORMAT, "machine": machine(), "protocol": spec, "results": results, "budget": curves,
              "profiles": {key: profiles(results, problems, optimizers, key) for key in TO_TARGET},
              "verdicts": verdicts(results, spec, curves)}
     write_json(out / "bench.json", found)
     figures(found, out)
     atomic_write(out / "bench.md", lambda f: f.write(markdown(found).encode()))
     return found
+
+
+def machine() -> dict:
+    """Where the numbers come from: what another reader needs to compare against them."""
+    import datetime
+    import os
+    import platform
+    from importlib.metadata import version
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+               platform.processor() or platform.machine())
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": version("torch"),
+            "optlab": version("optlab"), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes")}
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 # bench.json's form (after DeepOBS's results: one entry per problem and optimizer, the raw numbers
@@ -167,6 +187,7 @@ def markdown(found: dict) -> str:
     spec = found["protocol"]
     lines = [f"# optlab bench: {len(spec['optimizers'])} optimizers, {len(spec['problems'])} problem(s), "
              f"{spec['trials']} trials each ({spec['sampler']}), the best setting rerun with {spec['seeds']} seed(s)", "",
+             "{cpu}, {cores} cores; torch {torch}, optlab {optlab}; {date}".format(**found["machine"]), "",
              "| problem | optimizer | best setting | final metric (mean ± 95%) | steps to target | examples to target "
              "| seconds to target |", "| --- | --- | --- | --- | ---: | ---: | ---: |"]
     for r in found["results"]:
@@ -215,7 +236,8 @@ def figures(found: dict, out: Path) -> None:
         metric = next(r["metric"] for r in found["results"] if r["problem"] == problem)
         for name, values in by.items():
             ax.plot(range(1, len(values) + 1), values, marker="o", ms=3, label=name)
-        ax.set(xlabel="tuning trials", ylabel=f"expected best {metric}", title=problem)
+        ax.set(xlabel="tuning trials", ylabel=f"expected best {metric}", title=problem,
+               yscale="log" if "loss" in metric else "linear")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     save_figure(fig, out / "budget.png")
