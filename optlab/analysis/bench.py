@@ -13,8 +13,8 @@ import math
 import statistics
 from pathlib import Path
 
-from optlab.analysis.report import interval
 from optlab.analysis.runs import find_runs
+from optlab.analysis.stats import interval, mean_interval
 from optlab.analysis.summary import md_text
 from optlab.metrics import BY_NAME
 from optlab.store.files import atomic_write, write_json
@@ -35,17 +35,6 @@ def expected_best(values: list[float], n: int, lower_is_better: bool) -> float:
     ordered = sorted(values, reverse=lower_is_better)  # worst first
     size = len(ordered)
     return sum(v * ((i / size) ** n - ((i - 1) / size) ** n) for i, v in enumerate(ordered, 1))
-
-
-def mean_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% interval (Student's t; 0 for one value or equal ones)."""
-    from scipy import stats
-
-    mean = statistics.fmean(values)
-    if len(values) < 2 or len(set(values)) == 1:
-        return mean, 0.0
-    return mean, stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-
 
 def pair_result(spec: dict, out: Path, problem: str, optimizer: str) -> dict:
     """One problem and optimizer: its tuning, its best setting, its reruns and their summary."""

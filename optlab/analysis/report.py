@@ -28,6 +28,7 @@ from urllib.parse import quote
 from omegaconf import DictConfig, OmegaConf
 
 from optlab.analysis.runs import RunFolder, find_runs, group_runs, run_folders, sort_key
+from optlab.analysis.stats import interval, mean_interval
 from optlab.analysis.summary import md_code, md_text
 from optlab.errors import UsageError
 from optlab.naming import command
@@ -82,14 +83,15 @@ def run_experiments(spec: DictConfig, out: Path, keep: str = "all") -> list[str]
         if missing(spec.experiments[name]):
             log.info("%s: not run: needs %s", name, missing(spec.experiments[name]))
             continue
-        folder = out / "runs" / name
-        if (finished(folder) or {}).get("preset") != _fingerprint(name):
-            launcher = spec.experiments[name].launcher
+        folder, experiment = out / "runs" / name, spec.experiments[name]
+        if (finished(folder) or {}).get("preset") != _fingerprint(name, experiment):
+            launcher, bench = experiment.get("launcher"), experiment.get("bench")
             command = [sys.executable, "-m", "optlab", "train", f"experiment={name}", f"hydra.sweep.dir={folder}",
-                       *(["hydra/launcher=vectorized"] if launcher == "vectorized" else [])]
+                       *(["hydra/launcher=vectorized"] if launcher == "vectorized" else [])] if bench is None else \
+                [sys.executable, "-m", "optlab", "bench", "--protocol", bench, "--out", str(folder)]
             started = time.perf_counter()
             folder.mkdir(parents=True, exist_ok=True)
-            total = planned(name)
+            total = planned(name) if bench is None else bench_planned(bench)
             log.info("%s (preset %d of %d): %d runs, output in %s", name, i, len(names), total,
                      out / "runs" / f"{name}.log")
             with (open(out / "runs" / f"{name}.log", "w") as output,
@@ -99,7 +101,7 @@ def run_experiments(spec: DictConfig, out: Path, keep: str = "all") -> list[str]
             if code != 0:
                 failed.append(name)
                 continue
-            write_json(folder / MARKER, {"preset": _fingerprint(name), "seconds": time.perf_counter() - started})
+            write_json(folder / MARKER, {"preset": _fingerprint(name, experiment), "seconds": time.perf_counter() - started})
         if keep == "records":
             drop_checkpoints(folder)
     return failed
@@ -178,9 +180,27 @@ def missing(experiment: DictConfig) -> str | None:
     return f'{need} (pip install -e ".[mnist5k]")' if need and importlib.util.find_spec(need) is None else None
 
 
-def _fingerprint(name: str) -> str:
-    """The preset's text: a changed preset runs again (its finished runs are still skipped)."""
-    return hashlib.sha1((files("optlab.conf") / "experiment" / f"{name}.yaml").read_bytes()).hexdigest()
+def _fingerprint(name: str, experiment: DictConfig) -> str:
+    """The preset's (or bench protocol's) text: a changed one runs again (what finished is still skipped)."""
+    source = protocol(experiment.bench) if experiment.get("bench") else files("optlab.conf") / "experiment" / f"{name}.yaml"
+    return hashlib.sha1(source.read_bytes()).hexdigest()
+
+
+def protocol(bench: str) -> Path:
+    """A bench protocol: a YAML file's path, or the name of one in conf/bench/."""
+    return Path(bench) if bench.endswith((".yaml", ".yml")) else Path(str(files("optlab.conf") / "bench" / f"{bench}.yaml"))
+
+
+def bench_planned(bench: str) -> int:
+    """How many runs a bench protocol trains: every trial and rerun of every problem and optimizer."""
+    spec = OmegaConf.load(protocol(bench))
+    return len(spec.problems) * len(spec.optimizers) * (spec.trials + spec.seeds)
+
+
+def experiment_runs(folder: Path, experiment: DictConfig) -> list[RunFolder]:
+    """The runs a claim is judged on: a preset's sweep, or a bench's reruns of each optimizer's
+    best setting (found with the same tuning budget)."""
+    return find_runs(sorted(folder.glob("*/*/reruns")) if experiment.get("bench") else [folder])
 
 
 def picked(runs: list[RunFolder], overrides: DictConfig) -> list[RunFolder]:
@@ -202,24 +222,6 @@ def value(run: RunFolder, metric: str) -> float | None:
     number = run.metrics.get(metric)
     return float(number) if isinstance(number, (int, float)) and math.isfinite(number) else None
 
-
-def interval(a: list[float], b: list[float], deterministic: bool) -> tuple[float, float, str]:
-    """95% interval of mean(a) − mean(b): Welch's t over seeds; exact for deterministic runs."""
-    from scipy import stats
-
-    effect = statistics.fmean(a) - statistics.fmean(b)
-    if deterministic:
-        return effect, effect, "one run each; the runs are deterministic"
-    if len(a) < 2 or len(b) < 2:
-        return -math.inf, math.inf, f"n = {len(a)} vs {len(b)}: too few runs for an interval"
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    if va + vb == 0:
-        return effect, effect, f"n = {len(a)} vs {len(b)}, every seed alike"
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
-    return effect - half, effect + half, f"n = {len(a)} vs {len(b)}, Welch's t, {df:.1f} df"
-
-
 def judge(claim: DictConfig, slide: str, runs: list[RunFolder]) -> Finding:
     sides = [picked(runs, claim.better), picked(runs, claim.than)]
     for side, name in zip(sides, ("better", "than")):
@@ -236,8 +238,6 @@ def judge(claim: DictConfig, slide: str, runs: list[RunFolder]) -> Finding:
 def figure(finding: Finding, runs: list[RunFolder], path: Path) -> Path:
     """The claim's metric for every configuration of its experiment (each seed a dot, the mean
     with its 95% interval), the two it compares in colour."""
-    from scipy import stats
-
     from optlab.store.plots import pyplot, save_figure
 
     claim = finding.claim
@@ -250,9 +250,7 @@ def figure(finding: Finding, runs: list[RunFolder], path: Path) -> Path:
         values = [v for v in (value(r, claim.metric) for r in group.runs) if v is not None]
         colour = next((chosen[id(r)] for r in group.runs if id(r) in chosen), "tab:grey")
         ax.scatter([i] * len(values), values, s=14, color=colour, alpha=0.6, zorder=3)
-        mean = statistics.fmean(values)
-        half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)) \
-            if len(values) > 1 else 0.0
+        mean, half = mean_interval(values)
         ax.errorbar(i + 0.18, mean, yerr=half, fmt="_", color=colour, capsize=3, markersize=10)
     ax.set_xticks(range(len(groups)), [g.label or "defaults" for g in groups], rotation=35, ha="right", fontsize=7)
     ax.set(ylabel=claim.metric, title=f"{claim.experiment}: {claim.metric}")
@@ -345,7 +343,7 @@ def report(out: Path, keep: str = "all") -> list[Finding]:
                          f"see {out / 'runs'}/<name>.log; run the same command again to go on")
     ran = [n for n in plan.experiments if not missing(plan.experiments[n])]
     minutes = sum(finished(out / "runs" / n)["seconds"] for n in ran) / 60
-    runs = {name: find_runs([out / "runs" / name]) for name in ran}
+    runs = {name: experiment_runs(out / "runs" / name, plan.experiments[name]) for name in ran}
     findings, figures, pictured = [], {}, set()
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for i, claim in enumerate(plan.claims):
@@ -357,9 +355,9 @@ def report(out: Path, keep: str = "all") -> list[Finding]:
         finding = judge(claim, slide, runs[claim.experiment])
         findings.append(finding)
         figures[i] = [figure(finding, runs[claim.experiment], out / "figures" / f"claim{i + 1:02d}.png")]
-        extra = out / "runs" / claim.experiment / "critical_batch.png"  # the preset's own fit, once
-        if extra.exists() and claim.experiment not in pictured:
-            figures[i].append(atomic_copy(extra, out / "figures" / "critical_batch.png"))
+        for extra in ("critical_batch.png", "budget.png"):  # the preset's own fit, the bench's budget curve: once
+            if (out / "runs" / claim.experiment / extra).exists() and claim.experiment not in pictured:
+                figures[i].append(atomic_copy(out / "runs" / claim.experiment / extra, out / "figures" / extra))
         pictured.add(claim.experiment)
     atomic_write(out / "report.md", lambda f: f.write(markdown(findings, figures, minutes).encode()))
     atomic_write(out / "index.html", lambda f: f.write(page(findings, figures, minutes).encode()))

@@ -4,6 +4,7 @@ real preset that a second call reuses, a self-contained page, and the README tab
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import re
 import shutil
@@ -125,3 +126,36 @@ def test_a_preset_whose_data_needs_an_extra_is_listed_as_not_run():
     finding = report.Finding(claim(), "2.2", [], [], float("nan"), float("nan"), "not run: needs x", "not run")
     assert finding.verdict == "not run" and report.effect_text(finding) == "not run: needs x"
     assert report.tally([finding]) == "1 claims: 0 shown, 0 not shown on this data, 0 opposite, 1 not run"
+
+
+def test_a_claim_on_a_bench_compares_the_reruns_of_settings_tuned_with_the_same_budget(tmp_path, monkeypatch):
+    """An experiment of conf/report.yaml may be a bench protocol: the optimizer claims compare each
+    optimizer's reruns of its best setting (tuned with the same trials), and the report shows the
+    bench's budget curve."""
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text("""
+trials: 3
+seeds: 2
+seed: 0
+problems:
+  digits:
+    overrides: ["model.hidden=[16]", epochs=3]
+    target: {val_acc: 0.8}
+    metric: best_val_loss
+optimizers:
+  sgd: {overrides: [optimizer=sgd], space: {optimizer.lr: "tag(log,interval(0.03,1))"}}
+  rmsprop: {overrides: [optimizer=rmsprop], space: {optimizer.lr: "tag(log,interval(0.0001,0.01))"}}
+  adam: {overrides: [optimizer=adam], space: {optimizer.lr: "tag(log,interval(0.0001,0.03))"}}
+""")
+    plan = report.spec()
+    plan.experiments = {"optimizers_tuned": {**plan.experiments.optimizers_tuned, "bench": str(protocol)}}
+    plan.claims = [c for c in plan.claims if c.experiment == "optimizers_tuned"]
+    assert len(plan.claims) == 2 and all("same budget" in c.claim for c in plan.claims)
+    monkeypatch.setattr(report, "spec", lambda: plan)
+    findings = report.report(tmp_path / "out")
+    assert [len(f.better) for f in findings] == [2, 2] and [len(f.than) for f in findings] == [2, 2]  # reruns only
+    reruns = json.loads((tmp_path / "out" / "runs" / "optimizers_tuned" / "bench.json").read_text())["results"]
+    adam = next(r for r in reruns if r["optimizer"] == "adam")
+    assert sorted(findings[0].better) == sorted(run["best_val_loss"] for run in adam["reruns"])
+    assert (tmp_path / "out" / "figures" / "budget.png").stat().st_size > 0
+    assert "![budget](figures/budget.png)" in (tmp_path / "out" / "report.md").read_text()
