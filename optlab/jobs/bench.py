@@ -73,6 +73,8 @@ def load(path: Path) -> dict:
             if isinstance(entry, dict) and group == "problems":
                 entry.setdefault("rerun", [])  # more overrides for the reruns (train longer, say)
                 _overrides(path, f"{group}.{name}.rerun", entry["rerun"])
+            if isinstance(entry, dict) and group == "optimizers" and "search" in entry:  # a preset of conf/search/
+                _preset(path, f"{group}.{name}.search", entry.pop("search"), entry)
             _entry(path, f"{group}.{name}", name, entry, fields + ("rerun",) * (group == "problems"))
     return spec
 
@@ -97,6 +99,18 @@ def _entry(path: Path, where: str, name, entry, fields: tuple[str, ...]) -> None
                 for k, v in space.items()):
             raise UsageError(f"{path}: {where}.space: {space!r} (allowed: key: search expression, e.g. "
                              "optimizer.lr: tag(log,interval(1e-4,1)))")
+
+
+def _preset(path: Path, where: str, name, entry: dict) -> None:
+    """An optimizer's space named as a preset of conf/search/ (`search: lr_momentum`): its params."""
+    from importlib.resources import files
+
+    from optlab.config.schema import options
+
+    if name not in options("search") or "space" in entry:
+        raise UsageError(f"{path}: {where}: {name!r} (allowed: one of {', '.join(options('search'))}, in place of space)")
+    preset = yaml.safe_load((files("optlab.conf") / "search" / f"{name}.yaml").read_text())
+    entry["space"] = dict(preset["tune"]["params"])
 
 
 def _overrides(path: Path, where: str, overrides) -> None:

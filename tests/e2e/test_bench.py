@@ -134,6 +134,8 @@ def test_performance_profiles_count_the_problems_within_tau_of_the_fastest():
     (SMALL.replace("metric: best_val_acc", "metric: test_acc"), "metric: 'test_acc' (allowed: best_val_acc"),
     (SMALL.replace("{val_acc: 0.8}", "{val_acc: 0.8, val_loss: 1}"), "target"),
     ("!!python/object/apply:os.system [echo hi]", "not YAML"),
+    (SMALL.replace('space: {optimizer.lr: "tag(log,interval(0.03,1))"}', "search: nope"),
+     "optimizers.sgd.search: 'nope' (allowed: one of adaptive, batch_size, lr_momentum, regularization"),
     ("trials: [", "not YAML"),
 ])
 def test_a_protocol_is_data_and_a_bad_one_is_refused_in_one_line(text, message, tmp_path):
@@ -144,7 +146,15 @@ def test_a_protocol_is_data_and_a_bad_one_is_refused_in_one_line(text, message, 
     assert not (tmp_path / "bench").exists()
 
 
+def test_an_optimizers_space_may_be_a_preset_of_conf_search(tmp_path):
+    from optlab.jobs.bench import load
+
+    protocol = write(tmp_path, SMALL.replace('space: {optimizer.lr: "tag(log,interval(0.03,1))"}', "search: lr_momentum"))
+    space = load(protocol)["optimizers"]["sgd"]["space"]
+    assert space == {"optimizer.lr": "tag(log, interval(0.001, 1.0))", "optimizer.momentum": "interval(0.0, 0.99)"}
+
+
 def test_an_unknown_protocol_name_lists_the_shipped_ones(tmp_path):
     result = optlab("bench", "--protocol", "nope", cwd=tmp_path)
-    assert result.returncode == 2 and "--protocol nope: no such file, nor a shipped protocol (shipped: default)" \
-        in result.stderr
+    assert result.returncode == 2 and "--protocol nope: no such file, nor a shipped protocol (shipped: default, full, " \
+        "report)" in result.stderr

@@ -30,6 +30,8 @@ def members(folder: Path) -> dict[int, Path]:
 
 
 def test_members_record_their_numbers_and_the_best_lineage_replays_as_one_run(tmp_path):
+    from optlab.jobs.tune import pbt, space
+
     result = optlab("tune", *POPULATION, "epochs=8", "tune.dir=study", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     study = tmp_path / "study"
@@ -70,26 +72,19 @@ def test_members_record_their_numbers_and_the_best_lineage_replays_as_one_run(tm
         assert [float(r[key]) for r in again] == pytest.approx([float(r[key]) for r in lineage], rel=1e-4), key
     assert best["best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in again), rel=1e-4)
 
-
-def test_a_lineage_that_changed_owner_replays_with_its_schedule(tmp_path):
-    """Every member's lineage, not only the best, trains again as one run: a member that went on
-    from another, whose numbers were explored, gives the member's numbers epoch by epoch."""
-    from optlab.jobs.tune import pbt, space
-
-    result = optlab("tune", *POPULATION, "epochs=6", "tune.dir=study", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    runs = members(tmp_path / "study")
+    # every lineage trains again as one run, not only the best: one that went on from another member
     histories = {n: pbt.read_history(run / "history.csv") for n, run in runs.items()}
-    moved = next(n for n, rows in histories.items() if any(r["copied_from"] is not None for r in rows.values()))
+    moved = next(n for n in sorted(histories) if n != best["number"] and any(
+        r["copied_from"] is not None for r in histories[n].values()))
     rows = [row for _, row in pbt.lineage(histories, moved)]
     first, at = pbt.schedule(rows, ["lr"])
     assert at  # it moved, so its numbers changed
-    params = space.parse({"optimizer.lr": "tag(log,interval(0.003,1))"})
-    said = pbt.replay(["model.hidden=[16]", "device=cpu", "epochs=6"], first, at, params)
-    replay = optlab(*shlex.split(said)[1:], "hydra.run.dir=replay", cwd=tmp_path)
+    said = pbt.replay(["model.hidden=[16]", "device=cpu", "epochs=8"], first, at,
+                      space.parse({"optimizer.lr": "tag(log,interval(0.003,1))"}))
+    replay = optlab(*shlex.split(said)[1:], "hydra.run.dir=moved", cwd=tmp_path)
     assert replay.returncode == 0, replay.stderr
-    again = history(tmp_path / "replay")
-    assert [float(r["val_loss"]) for r in again] == pytest.approx([r["val_loss"] for r in rows], rel=1e-4)
+    assert [float(r["val_loss"]) for r in history(tmp_path / "moved")] == pytest.approx(
+        [r["val_loss"] for r in rows], rel=1e-4)
 
 
 @pytest.mark.slow
