@@ -57,13 +57,13 @@ def bench(args: list[str]) -> int:
         prog="optlab bench",
         description="Compare optimizers fairly: tune each on each problem of a protocol with the same number of "
         "trials (optlab tune), rerun its best setting with several seeds, and write bench.md, bench.json, "
-        "profiles.png and budget.png: time to target and final metric with 95%% intervals, performance profiles, "
+        "profiles.png and budget.png: time to target and final metric with 95% intervals, performance profiles, "
         "the expected best score against the number of trials, a verdict per pair. The same command goes on "
-        "where it stopped. The default protocol takes about 5 minutes on 2 CPU cores.",
+        "where it stopped. The default protocol takes about a minute and a half on 2 CPU cores.",
     )
     parser.add_argument("--protocol", default="default",
                         help="a protocol file (YAML), or the name of one in conf/bench/ (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/bench/default"), help="the bench's folder")
+    parser.add_argument("--out", type=Path, help="the bench's folder (default: outputs/bench/<protocol's name>)")
     options = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from optlab.analysis.bench import write
@@ -72,7 +72,9 @@ def bench(args: list[str]) -> int:
 
     started = time.monotonic()
     try:
-        spec = protocol.load(protocol.protocol_path(options.protocol))
+        path = protocol.protocol_path(options.protocol)
+        options.out = options.out or Path("outputs/bench") / path.stem
+        spec = protocol.load(path)
         protocol.run(spec, options.out)
         found = write(spec, options.out)
     except UsageError as mistake:

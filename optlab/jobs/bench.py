@@ -20,6 +20,7 @@ import yaml
 
 from optlab.errors import UsageError
 from optlab.metrics import TUNE_METRICS
+from optlab.store.files import read_json, write_json
 
 log = logging.getLogger("optlab")
 
@@ -130,6 +131,10 @@ def target_overrides(problem: dict) -> list[str]:
 def run(spec: dict, out: Path) -> list[tuple[str, str]]:
     """Tune and rerun every (problem, optimizer) pair not done yet; returns the pairs."""
     pairs = [(p, o) for p in spec["problems"] for o in spec["optimizers"]]
+    held = out / "protocol.json"  # the protocol this folder's studies were made for
+    if held.is_file() and read_json(held) != spec:
+        raise UsageError(f"--out {out} holds the studies of another protocol ({held}): give another --out")
+    write_json(held, spec)
     started = time.monotonic()
     for i, (p, o) in enumerate(pairs, 1):
         problem, optimizer = spec["problems"][p], spec["optimizers"][o]

@@ -98,6 +98,9 @@ def test_a_small_protocol_writes_its_comparison_and_goes_on_without_training_aga
     assert set(verdict["by_budget"]) == {"1", "2", "3"}
     again = optlab("bench", "--protocol", str(protocol), "--out", "bench", cwd=tmp_path, timeout=120)
     assert again.returncode == 0 and "tuning" not in again.stderr and "seeds" not in again.stderr, again.stderr
+    other = write(tmp_path, SMALL.replace("trials: 3", "trials: 4"))  # another budget: not these studies
+    refused = optlab("bench", "--protocol", str(other), "--out", "bench", cwd=tmp_path)
+    assert refused.returncode == 2 and "--out bench holds the studies of another protocol" in refused.stderr
 
 
 def test_the_expected_best_of_n_trials_is_dodges_formula():
