@@ -132,20 +132,12 @@ def test_a_claim_on_a_bench_compares_the_reruns_of_settings_tuned_with_the_same_
     """An experiment of conf/report.yaml may be a bench protocol: the optimizer claims compare each
     optimizer's reruns of its best setting (tuned with the same trials), and the report shows the
     bench's budget curve."""
-    protocol = tmp_path / "protocol.yaml"
-    protocol.write_text("""
-trials: 3
-seeds: 2
-seed: 0
-problems:
-  digits:
-    overrides: ["model.hidden=[16]", epochs=3]
-    target: {val_acc: 0.8}
-    metric: best_val_loss
-optimizers:
-  sgd: {overrides: [optimizer=sgd], space: {optimizer.lr: "tag(log,interval(0.03,1))"}}
-  rmsprop: {overrides: [optimizer=rmsprop], space: {optimizer.lr: "tag(log,interval(0.0001,0.01))"}}
-  adam: {overrides: [optimizer=adam], space: {optimizer.lr: "tag(log,interval(0.0001,0.03))"}}
+    from test_bench import SMALL
+
+    protocol = tmp_path / "protocol.yaml"  # the bench test's, judged on the loss, with RMSProp too
+    protocol.write_text(SMALL.replace("metric: best_val_acc", "metric: best_val_loss") + """  rmsprop:
+    overrides: [optimizer=rmsprop]
+    space: {optimizer.lr: "tag(log,interval(0.0001,0.01))"}
 """)
     plan = report.spec()
     plan.experiments = {"optimizers_tuned": {**plan.experiments.optimizers_tuned, "bench": str(protocol)}}
