@@ -52,14 +52,15 @@ def warmup_cosine(
 
 class Piecewise:
     """Hyperparameters set at epoch boundaries: `at = {epoch: {name: value}}` sets each of the
-    optimizer's param groups' `name` (lr, momentum, weight_decay, ...) to `value` once epoch
-    `epoch` has ended. The schedule population-based training finds (optlab/training/population.py),
+    optimizer's param groups' `name` (lr, momentum, eps, ...: any number but weight_decay, whose
+    exempt parameters keep a group at 0) to `value` once epoch `epoch` has ended. The schedule population-based training finds (optlab/training/population.py),
     replayed as one run. Written here: torch's schedules scale the learning rate alone, and
     LambdaLR takes code, which a config cannot name safely."""
 
     def __init__(self, optimizer: Optimizer, at: dict | None):
         at = at or {}
-        have = [n for n, v in optimizer.param_groups[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        have = [n for n, v in optimizer.param_groups[0].items()  # not weight_decay: exempt groups keep 0
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and n != "weight_decay"]
         for epoch, values in at.items():
             missing = [name for name in values if name not in have]
             if missing:

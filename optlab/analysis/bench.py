@@ -125,7 +125,7 @@ def _judge(a: str, b: str, va: list, vb: list, lower: bool, metric: str = "steps
     better = a if sign * effect > 0 else b
     shown = sign * low > 0 and sign * high > 0 or sign * low < 0 and sign * high < 0
     return {"on": metric, "verdict": "shown" if shown else "not shown on this data", "better": better,
-            "interval": [low, high], "note": note}
+            "interval": [v if math.isfinite(v) else None for v in (low, high)], "note": note}  # JSON has no ∞
 
 def write(spec: dict, out: Path) -> dict:
     """bench.json (every number, FORMAT below), bench.md, profiles.png and budget.png in `out`."""
@@ -169,6 +169,8 @@ FORMAT = "optlab-bench/1"
 def _cell(entry: dict | None, digits: str = ".4g") -> str:
     if entry is None:
         return "not reached"
+    if entry["ci95"] is None:
+        return f"{entry['mean']:{digits}} (one seed)"
     return f"{entry['mean']:{digits}} ± {entry['ci95']:{digits}}"
 
 
@@ -201,7 +203,8 @@ def markdown(found: dict) -> str:
 def _said(judged: dict) -> str:
     if judged["better"] is None:
         return f"{judged['verdict']} ({judged['note']})"
-    span = f"95% interval [{judged['interval'][0]:.3g}, {judged['interval'][1]:.3g}], " if "interval" in judged else ""
+    span = f"95% interval [{judged['interval'][0]:.3g}, {judged['interval'][1]:.3g}], " \
+        if None not in judged.get("interval", [None]) else ""
     return f"{judged['better']} better: {judged['verdict']} ({span}{judged['note']})"
 
 
@@ -225,6 +228,7 @@ def figures(found: dict, out: Path) -> None:
         metric = next(r["metric"] for r in found["results"] if r["problem"] == problem)
         for name, values in by.items():
             ax.plot(range(1, len(values) + 1), values, marker="o", ms=3, label=name)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set(xlabel="tuning trials", ylabel=f"expected best {metric}", title=problem,
                yscale="log" if "loss" in metric else "linear")
         ax.grid(alpha=0.3)

@@ -149,7 +149,7 @@ def plot_population(lines: dict[int, list[tuple[int, dict]]], best: int, key: st
     for ax, column in zip(axes, (key, metric)):
         ax.set(xlabel="epoch", ylabel=column, title=f"{column} along each member's lineage")
         ax.grid(alpha=0.3)
-    for ax in axes:
-        ax.set_yscale("log")
+    axes[0].set_yscale("log")
+    axes[1].set_yscale("log" if "loss" in metric else "linear")
     axes[1].legend(fontsize=8, loc="best")
     return fig

@@ -24,11 +24,13 @@ def interval(a: list[float], b: list[float], deterministic: bool) -> tuple[float
     return effect - half, effect + half, f"n = {len(a)} vs {len(b)}, Welch's t, {df:.1f} df"
 
 
-def mean_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% interval (Student's t; 0 for one value or equal ones)."""
+def mean_interval(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95% interval (Student's t; 0 for equal values, None for one)."""
     from scipy import stats
 
     mean = statistics.fmean(values)
-    if len(values) < 2 or len(set(values)) == 1:
+    if len(values) < 2:
+        return mean, None
+    if len(set(values)) == 1:
         return mean, 0.0
     return mean, stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))

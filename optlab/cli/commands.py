@@ -72,6 +72,8 @@ def bench(args: list[str]) -> int:
 
     started = time.monotonic()
     try:
+        if options.out is not None and not str(options.out).strip():
+            raise UsageError("--out '': give a folder for the bench")
         path = protocol.protocol_path(options.protocol)
         options.out = options.out or Path("outputs/bench") / path.stem
         spec = protocol.load(path)

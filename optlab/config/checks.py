@@ -65,6 +65,8 @@ def validate(cfg: DictConfig) -> None:
             and cfg.scheduler.interval == "step":
         raise ConfigError("scheduler.interval", "step", "epoch: ReduceLROnPlateau steps on the validation "
                           "loss, which is measured once an epoch")
+    if str(cfg.scheduler.get("_target_", "")).endswith("Piecewise"):
+        piecewise(cfg, horizon)
     if cfg.get("surface") is not None and cfg.optimizer.get("lr") == "find":
         raise ConfigError("optimizer.lr", "find", "a number > 0 on a surface (the range test needs a network and data)")
     if cfg.lr_find.min_lr >= cfg.lr_find.max_lr:
@@ -78,3 +80,16 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "data.val_fraction", data.val_fraction, "val_fraction + test_fraction < 1"
         )
+
+
+def piecewise(cfg: DictConfig, horizon: int) -> None:
+    """scheduler=piecewise: its epochs within the run, each number one its optimizer key allows."""
+    if cfg.scheduler.interval == "step":
+        raise ConfigError("scheduler.interval", "step", "epoch: scheduler=piecewise sets numbers after epochs")
+    for epoch, values in (cfg.scheduler.at or {}).items():
+        if epoch >= horizon:
+            raise ConfigError("scheduler.at", {epoch: dict(values)}, f"epochs before the run's last, {horizon}")
+        for name, value in values.items():
+            rule = GROUP_RULES.get(f"optimizer.{name}")
+            if rule is not None and not rule.ok(value):
+                raise ConfigError("scheduler.at", {epoch: {name: value}}, f"optimizer.{name}: {rule.allowed}")

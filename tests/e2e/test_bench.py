@@ -100,7 +100,8 @@ def test_a_small_protocol_writes_its_comparison_and_goes_on_without_training_aga
     assert again.returncode == 0 and "tuning" not in again.stderr and "seeds" not in again.stderr, again.stderr
     other = write(tmp_path, SMALL.replace("trials: 3", "trials: 4"))  # another budget: not these studies
     refused = optlab("bench", "--protocol", str(other), "--out", "bench", cwd=tmp_path)
-    assert refused.returncode == 2 and "--out bench holds the studies of another protocol" in refused.stderr
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "digits × sgd: bench/digits/sgd/tune holds the tune of another protocol (its trials differ)" in refused.stderr
 
 
 def test_the_expected_best_of_n_trials_is_dodges_formula():
@@ -128,7 +129,14 @@ def test_performance_profiles_count_the_problems_within_tau_of_the_fastest():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("trials: 0\nseeds: 1\nseed: 0\nproblems: {}\noptimizers: {}", "trials: 0 (allowed: an integer >= 1)"),
+    ("trials: 0\nseeds: 1\nseed: 0\nproblems: {}\noptimizers: {}", "trials: 0 (allowed: an integer from 1 to 10000)"),
+    (SMALL.replace("seeds: 2", "seeds: 1000000000000"), "seeds: 1000000000000 (allowed: an integer from 1 to 1000)"),
+    (SMALL.replace("optimizer=sgd]", 'optimizer=sgd, "target={stop:true}"]'), "not hydra, tune, seed, target"),
+    (SMALL.replace("optimizer=sgd]", 'optimizer=sgd, "tune={storage:sqlite:////tmp/x.db}"]'), "not hydra, tune"),
+    (SMALL.replace("optimizer=sgd]", 'optimizer=sgd, " seed=5"]'), "not hydra, tune, seed"),
+    (SMALL.replace('space: {optimizer.lr: "tag(log,interval(0.03,1))"}', 'space: {seed: "choice(1,2)"}'), "space"),
+    (SMALL.replace("{val_acc: 0.8}", "{val_acc: .nan}"), "val_acc: a number in [0, 1]"),
+    (SMALL.replace("  digits:", "  " + "d" * 300 + ":"), "is not a folder name"),
     (SMALL.replace("optimizer=sgd]", "optimizer=sgd, hydra.callbacks.x._target_=os.system]"), "not hydra"),
     (SMALL.replace("optimizer=adam]", "optimizer._target_=builtins.eval]"), "_target_"),
     (SMALL.replace("  digits:", "  ../../etc:"), "is not a folder name"),
@@ -155,6 +163,18 @@ def test_an_optimizers_space_may_be_a_preset_of_conf_search(tmp_path):
     protocol = write(tmp_path, SMALL.replace('space: {optimizer.lr: "tag(log,interval(0.03,1))"}', "search: lr_momentum"))
     space = load(protocol)["optimizers"]["sgd"]["space"]
     assert space == {"optimizer.lr": "tag(log, interval(0.001, 1.0))", "optimizer.momentum": "interval(0.0, 0.99)"}
+
+
+def test_a_pair_none_of_whose_trials_finished_ends_the_bench_in_one_line_and_a_fixed_protocol_goes_on(tmp_path):
+    diverging = write(tmp_path, SMALL.replace("interval(0.03,1)", "interval(1000,10000)").replace("trials: 3", "trials: 2"))
+    result = optlab("bench", "--protocol", str(diverging), "--out", "bench", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "optlab bench: digits × sgd: no trial of its study finished with a best_val_acc (see bench/digits/sgd/tune.out): "
+        "its search space may hold only rates that diverge")
+    fixed = write(tmp_path, SMALL.replace("trials: 3", "trials: 2"))
+    again = optlab("bench", "--protocol", str(fixed), "--out", "bench", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert list((tmp_path / "bench" / "digits" / "sgd" / ".previous").iterdir())  # the diverged study, kept aside
 
 
 def test_an_unknown_protocol_name_lists_the_shipped_ones(tmp_path):

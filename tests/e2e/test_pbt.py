@@ -72,6 +72,15 @@ def test_members_record_their_numbers_and_the_best_lineage_replays_as_one_run(tm
         assert [float(r[key]) for r in again] == pytest.approx([float(r[key]) for r in lineage], rel=1e-4), key
     assert best["best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in again), rel=1e-4)
 
+    # a population trains once, and goes on only with the settings it began with
+    larger = optlab("tune", *[w.replace("trials=8", "trials=9") for w in POPULATION], "epochs=8", "tune.dir=study",
+                    cwd=tmp_path)
+    assert larger.returncode == 2 and "holds a population of 8 that has trained; a population trains once" \
+        in larger.stderr and larger.stderr.count("\n") == 1, larger.stderr
+    other = optlab("tune", *POPULATION, "tune.pbt.interval=3", "epochs=8", "tune.dir=study", cwd=tmp_path)
+    assert other.returncode == 2 and "holds another study (pbt: " in other.stderr, other.stderr
+    assert said.split()[2:] and f"best: trial {best['number']}," in log
+
     # every lineage trains again as one run, not only the best: one that went on from another member
     histories = {n: pbt.read_history(run / "history.csv") for n, run in runs.items()}
     moved = next(n for n in sorted(histories) if n != best["number"] and any(

@@ -26,11 +26,13 @@ from optlab.jobs.tune.storage import JOURNAL
 from optlab.jobs.tune.study import (
     alone,
     base_overrides,
+    counted,
     direction,
     entries,
     open_study,
     run_folder,
     same_study,
+    searched,
     take_over,
 )
 from optlab.jobs.tune.trial import (
@@ -66,6 +68,8 @@ def run(cfg: DictConfig, study_dir: Path, asked: Command) -> dict:
         from optlab.jobs.tune import workers
 
         workers.start(cfg, [*asked.words[2:], *asked.search], study_dir, study)
+    if cfg.tune.sampler == "pbt":
+        once(study, cfg, trials)
     hosts = one_host(study, cfg, set())
     waiting = None
     while True:
@@ -124,6 +128,15 @@ def join(cfg: DictConfig, study_dir: Path, params: list[space.Param]):
     return study, made, trials
 
 
+def once(study, cfg: DictConfig, trials: int) -> None:
+    """A population trains once: a finished one takes no more members (they would be a population
+    of their own); one that was interrupted resumes whole."""
+    done = [t for t in searched(study) if counted(t)]
+    if done and len(done) < trials and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        raise UsageError(f"tune.trials={trials}: {storage.where(cfg)} holds a population of {len(done)} that has "
+                         "trained; a population trains once (give a new tune.dir for a larger one)")
+
+
 def forget(study, cfg: DictConfig, study_dir: Path, asked: Command) -> None:
     """A new study whose first trials were refused: no folder is left, nor a study in a database."""
     asked.discard = study_dir
@@ -173,7 +186,7 @@ def finish(study, cfg: DictConfig, study_dir: Path, params: list[space.Param]) -
         record, plots = population_record(study, cfg, study_dir, params, record)
     write_json(study_dir / "best_trial.json", record)
     plots += optuna_plots(study, study_dir)
-    log.info("best: trial %d, %s %.4f (%s)", best.number, cfg.tune.metric, best.value, record["run"])
+    log.info("best: trial %d, %s %.4f (%s)", record["number"], cfg.tune.metric, record[cfg.tune.metric], record["run"])
     log.info("train it: %s", record["command"])
     where = storage.masked(cfg.tune.storage) if cfg.tune.get("storage") else path_word(relative(study_dir / JOURNAL))
     log.info("written: best_trial.json, %s; the study: optuna-dashboard %s", ", ".join(p.name for p in plots),

@@ -215,8 +215,11 @@ def run_folder(trial, where: str) -> str | None:
 
 def identity(cfg: DictConfig, params: list[space.Param]) -> dict:
     """What a study is of: a folder holds one, and another search must not join it."""
-    return {"metric": cfg.tune.metric, "direction": direction(cfg), "space": space.described(params),
+    held = {"metric": cfg.tune.metric, "direction": direction(cfg), "space": space.described(params),
             "overrides": sorted(base_overrides())}
+    if cfg.tune.sampler == "pbt":  # a population goes on only as it began: its moves depend on these
+        held["pbt"] = OmegaConf.to_container(cfg.tune.pbt)
+    return held
 
 
 def same_study(study, cfg: DictConfig, params: list[space.Param]) -> None:
