@@ -16,7 +16,7 @@ def test_optlab_help_lists_subcommands(tmp_path):
     assert result.returncode == 0
     assert "train" in result.stdout and "usage: optlab" in result.stdout
     commands = result.stdout.split("commands:\n")[1].split("\n\n")[0].splitlines()
-    assert [line.split()[0] for line in commands] == ["train", "tune", "lr-find", "compare", "landscape", "report"]
+    assert [line.split()[0] for line in commands] == ["train", "tune", "lr-find", "compare", "landscape", "bench", "report"]
 
 
 def test_version_from_the_installed_console_script(tmp_path):

@@ -403,7 +403,7 @@ def test_every_example_of_both_helps_runs_in_bash_and_the_tune_ones_compose(tmp_
     tune_help = optlab("tune", "--help", cwd=tmp_path)
     assert tune_help.returncode == 0, tune_help.stderr
     examples = help_examples(USAGE) + help_examples(tune_help.stdout)
-    assert len(examples) >= 10 and sum(e.startswith("optlab tune ") for e in examples) == 5
+    assert len(examples) >= 10 and sum(e.startswith("optlab tune ") for e in examples) == 6
     for line in examples:
         parsed = subprocess.run(["bash", "-n", "-c", line], capture_output=True, text=True)
         assert parsed.returncode == 0, f"{line}: {parsed.stderr}"
