@@ -51,6 +51,8 @@ def validate(cfg: DictConfig) -> None:
                 raise ConfigError(path, value, ", ".join(known) or "none", "unknown key")
             if not rule.ok(value):
                 raise ConfigError(path, value, rule.allowed)
+    for path, value, _ in _leaves(cfg.optimizer, "optimizer"):
+        float32(path, value, value)
     if cfg.batchnorm and cfg.batch_size == 1:
         raise ConfigError(
             "batch_size", 1, "2 or more with batchnorm=true: batch norm normalizes by the "
@@ -93,3 +95,13 @@ def piecewise(cfg: DictConfig, horizon: int) -> None:
             rule = GROUP_RULES.get(f"optimizer.{name}")
             if rule is not None and not rule.ok(value):
                 raise ConfigError("scheduler.at", {epoch: {name: value}}, f"optimizer.{name}: {rule.allowed}")
+            float32("scheduler.at", value, {epoch: {name: value}})
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # torch's optimizers scale float32 tensors by these numbers
+
+
+def float32(path: str, value, shown) -> None:
+    """A number an optimizer computes with must be one float32 holds: torch raises on a step by more."""
+    if isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+        raise ConfigError(path, shown, "a number float32 holds (at most 3.4e38): the optimizer steps in float32")

@@ -131,7 +131,7 @@ KEYS = {
     "data.shape": (["null", "[1,8,8]", "[64]"], ["[0]", "[-1,8]"]),
     "data.in_memory": (["false"], ["maybe"]),
     "data.workers": (["0"], ["-1"]),
-    "optimizer.lr": (["0.01", "1", "1e9"], ["-1", "0", "zero", "nan", "inf", "null"]),
+    "optimizer.lr": (["0.01", "1", "1e9"], ["-1", "0", "zero", "nan", "inf", "null", "1e300"]),
     "scheduler.interval": (["step", "epoch"], ["hour"]),
     "curvature.every": (["1"], ["-1"]),
     "curvature.final": (["true"], ["maybe"]),
