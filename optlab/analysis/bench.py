@@ -8,7 +8,6 @@ each pair of optimizers on each problem, worded as the report words its claims.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
@@ -17,7 +16,7 @@ from optlab.analysis.runs import find_runs
 from optlab.analysis.stats import interval, mean_interval
 from optlab.analysis.summary import md_text
 from optlab.metrics import BY_NAME
-from optlab.store.files import atomic_write, write_json
+from optlab.store.files import atomic_write, read_json, write_json
 
 TO_TARGET = ("steps_to_target", "examples_to_target", "time_to_target")  # what a time to target counts in
 
@@ -47,7 +46,7 @@ def pair_result(spec: dict, out: Path, problem: str, optimizer: str) -> dict:
     for key in TO_TARGET:  # a seed that never reached the target makes the pair's time infinite
         times = [r.metrics.get(key) for r in reruns]
         summary[key] = dict(zip(("mean", "ci95"), mean_interval(times))) if times and None not in times else None
-    best = json.loads((folder / "tune" / "best_trial.json").read_text())
+    best = read_json(folder / "tune" / "best_trial.json")
     return {"problem": problem, "optimizer": optimizer, "metric": metric,
             "tuning": {"trials": len(values), "values": values, "best": best["params"]},
             "reruns": [{"seed": r.config.get("seed"), "status": r.metrics.get("status"), metric: r.metrics.get(metric),

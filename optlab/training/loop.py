@@ -20,6 +20,8 @@ def fit(engine: Engine, runs: list[Run], data, epochs: int, population=None) -> 
     (optlab/training/population.py)."""
     for run in runs:
         run.begin()
+    if population is not None:
+        population.begin(engine)
     bar = progress(range(runs[0].epoch + 1, epochs + 1), "train" if len(runs) == 1 else f"train ×{len(runs)}")
     if len(runs) == 1 and hasattr(bar, "set_postfix"):
         runs[0].log.bar = bar  # a single run's bar shows its latest numbers

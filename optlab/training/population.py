@@ -20,22 +20,23 @@ from optlab.training.callbacks import Callback, snapshot
 
 class Member(Callback):
     """A member's part of the population, as columns of its history: the optimizer numbers it
-    trained each epoch with (`optimizer.<name>`) and the trial it went on from at the start of
-    the epoch (`copied_from`, empty when none)."""
+    trained each epoch with (`optimizer.<name>`, read from its optimizer, which `Population.begin`
+    binds) and the trial it went on from at the start of the epoch (`copied_from`, empty when none)."""
 
-    def __init__(self, number: int, values: dict[str, float]):
-        self.number, self.values, self.source = number, dict(values), None
+    def __init__(self, number: int, names: Sequence[str]):
+        self.number, self.names, self.source, self.optimizer = number, list(names), None, None
 
     def columns(self, run, epoch: int) -> dict[str, float | None]:
-        row = {f"optimizer.{name}": value for name, value in self.values.items()}
+        numbers = self.optimizer.param_groups[0]
+        row = {f"optimizer.{name}": numbers[name] for name in self.names}
         row["copied_from"], self.source = self.source, None  # said once: in the row of the epoch it began
         return row
 
     def state_dict(self) -> dict:
-        return {"values": self.values, "source": self.source}
+        return {"source": self.source}
 
     def load_state_dict(self, state: dict) -> None:
-        self.values, self.source = dict(state["values"]), state["source"]
+        self.source = state["source"]
 
 
 class Population:
@@ -49,6 +50,11 @@ class Population:
         self.members, self.column, self.minimize = list(members), column, minimize
         self.interval, self.quantile, self.explore, self.seed, self.epochs = interval, quantile, explore, seed, epochs
 
+    def begin(self, engine) -> None:
+        """Each member's record reads its numbers from its own optimizer in `engine`."""
+        for member, optimizer in zip(self.members, engine.optimizers):
+            member.optimizer = optimizer
+
     def after_epoch(self, engine, runs: list, epoch: int) -> None:
         if epoch % self.interval or epoch >= self.epochs:
             return
@@ -58,10 +64,10 @@ class Population:
         rng = random.Random(f"pbt:{self.seed}:{epoch}")
         for dst in ranked[len(ranked) - n:]:
             src = rng.choice(ranked[:n])
-            values = self.explore(dict(self.members[src].values), rng)
+            values = self.explore(dict(engine.optimizers[src].param_groups[0]), rng)
             engine.copy_member(src, dst)
             engine.set_hyperparameters(dst, values)
-            self.members[dst].values, self.members[dst].source = values, self.members[src].number
+            self.members[dst].source = self.members[src].number
             runs[dst].logger.info(
                 "epoch %d: goes on as trial %d (%s %.4g against its %.4g), with %s", epoch, self.members[src].number,
                 self.column, runs[src].history[-1][self.column], runs[dst].history[-1][self.column],

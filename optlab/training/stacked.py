@@ -178,11 +178,6 @@ class Stacked:
         self.masks[dst].set_state(self.masks[src].get_state())
         self.fresh = True  # the members' ordinary objects are behind the stack
 
-    def hyperparameters(self, k: int) -> dict[str, float]:
-        """Member k's optimizer numbers (its first param group's)."""
-        return {n: v for n, v in self.optimizers[k].param_groups[0].items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
     def set_hyperparameters(self, k: int, values: dict[str, float]) -> None:
         """Set member k's optimizer numbers in every param group (the batched step reads them)."""
         for group in self.optimizers[k].param_groups:

@@ -178,6 +178,32 @@ def test_a_pair_none_of_whose_trials_finished_ends_the_bench_in_one_line_and_a_f
     assert list((tmp_path / "bench" / "digits" / "sgd" / ".previous").iterdir())  # the diverged study, kept aside
 
 
+@pytest.mark.slow
+def test_ctrl_c_to_the_bench_alone_stops_its_study_resumably_and_the_same_command_goes_on(tmp_path):
+    """The signal reaches the running `optlab tune` as its own Ctrl-C: its trials stop at their last
+    finished epoch and are queued again, so the next command trains on at once (a child killed
+    outright would leave a trial whose heartbeat the next command waits tune.grace_s for)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_survival import wait_for_epoch
+
+    protocol = write(tmp_path, SMALL.split("  adam:")[0].replace("epochs=3", "epochs=40"))
+    command = [sys.executable, "-m", "optlab", "bench", "--protocol", str(protocol), "--out", "bench"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_epoch(tmp_path / "bench" / "digits" / "sgd" / "tune" / "000_*", 2, process)
+    process.send_signal(signal.SIGINT)  # to the bench's process only, not its group
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted; go on with the same command" in err, err
+    assert "interrupted" in (tmp_path / "bench" / "digits" / "sgd" / "tune.out").read_text()
+    started = time.monotonic()
+    again = optlab("bench", "--protocol", str(protocol), "--out", "bench", cwd=tmp_path, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert time.monotonic() - started < 60  # tune.grace_s is 120: no trial was left running
+
+
 def test_an_unknown_protocol_name_lists_the_shipped_ones(tmp_path):
     result = optlab("bench", "--protocol", "nope", cwd=tmp_path)
     assert result.returncode == 2 and "--protocol nope: no such file, nor a shipped protocol (shipped: default, full, " \

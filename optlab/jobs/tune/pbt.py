@@ -88,11 +88,10 @@ def choices(d) -> list[float | int]:
     return [int(c) if float(c).is_integer() and "." not in c and "e" not in c.lower() else float(c) for c in d.choices]
 
 
-def population(trials: list, tasks: list[DictConfig], cfg: DictConfig, params: list[space.Param]):
+def population(trials: list, cfg: DictConfig, params: list[space.Param]):
     """Each trial's `Member` callback and the group's `Population` step."""
     names = [p.key.removeprefix("optimizer.") for p in params]
-    members = [Member(folder_number(trial.user_attrs["run"]), {n: task.optimizer[n] for n in names})
-               for trial, task in zip(trials, tasks)]
+    members = [Member(folder_number(trial.user_attrs["run"]), names) for trial in trials]
     minimize = trials[0].study.direction.name == "MINIMIZE"
     pbt = cfg.tune.pbt
     step = Population(members, BY_NAME[cfg.tune.metric].per_epoch, minimize, pbt.interval, pbt.quantile,
@@ -107,7 +106,9 @@ def folder_number(name: str) -> int:
 
 
 def read_history(path: Path) -> dict[int, dict]:
-    """A member's history.csv as epoch → row (numbers as floats, an empty cell None)."""
+    """A member's history.csv as epoch → row (numbers as floats, an empty cell None). Strict, unlike
+    the summary's reader (optlab/analysis/runs.py, which reads a damaged cell as a gap in a curve):
+    a lineage replayed from a damaged row would train other numbers, so it is refused naming the file."""
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     try:
@@ -160,9 +161,10 @@ def as_type(p: space.Param, value: float):
 def winner(study, cfg: DictConfig, study_dir: Path, params: list[space.Param]) -> dict:
     """The member whose lineage scored best by `tune.metric`, its lineage's value and the command
     that replays it (the record best_trial.json adds for a population)."""
-    folders = {t.user_attrs["run"] for t in study.get_trials(deepcopy=False) if t.user_attrs.get("run")}
-    histories = {folder_number(name): read_history(study_dir / name / "history.csv") for name in sorted(folders)
-                 if (study_dir / name / "history.csv").is_file()}
+    folders = {folder_number(name): name for name in sorted(
+        {t.user_attrs["run"] for t in study.get_trials(deepcopy=False) if t.user_attrs.get("run")})
+        if (study_dir / name / "history.csv").is_file()}
+    histories = {number: read_history(study_dir / name / "history.csv") for number, name in folders.items()}
     minimize = study.direction.name == "MINIMIZE"
     lines = {n: lineage(histories, n) for n in histories if histories[n]}
     scored = {n: so_far(cfg.tune.metric, [row for _, row in rows], minimize) for n, rows in lines.items()}
@@ -176,5 +178,5 @@ def winner(study, cfg: DictConfig, study_dir: Path, params: list[space.Param]) -
             segments[-1][2] = epoch
         else:
             segments.append([member, epoch, epoch])
-    return {"number": best, "value": scored[best], "lineage": segments, "first": first, "at": at,
-            "lines": lines}
+    return {"number": best, "run": folders[best], "value": scored[best], "lineage": segments, "first": first,
+            "at": at, "lines": lines}

@@ -201,13 +201,11 @@ def population_record(study, cfg: DictConfig, study_dir: Path, params: list[spac
     from optlab.jobs.tune import pbt
     from optlab.store.plots import save_figure
 
-    found = pbt.winner(study, cfg, study_dir, params)
-    best = max((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("run", "").startswith(
-        f"{found['number']:03d}_")), key=lambda t: t.number)  # the member's folder, asked again after a resume
+    found = pbt.winner(study, cfg, study_dir, params)  # its folders are those `checked` found sound
     replay = pbt.replay(base_overrides(), found["first"], found["at"], params)
     record = {**record, "number": found["number"], cfg.tune.metric: found["value"],
               "params": {p.key: pbt.as_type(p, found["first"][p.key]) for p in params},
-              "run": str(relative(study_dir / run_folder(best, storage.where(cfg)))),
+              "run": str(relative(study_dir / found["run"])),
               "lineage": found["lineage"], "schedule": found["at"], "command": replay}
     keys = [p.key for p in params]
     figure = plot_population(found["lines"], found["number"], keys[0], BY_NAME[cfg.tune.metric].per_epoch)

@@ -146,7 +146,7 @@ def train_population(trials: list, jobs: list, cfg: DictConfig, params: list[spa
     if len(set(actions)) > 1 or resume and len({resumes_after(job.folder) for job in jobs}) > 1:
         raise UsageError(f"tune.sampler=pbt: the population's members in {storage.where(cfg)} stand at different "
                          "epochs: it cannot go on as one group (give a new tune.dir)")
-    members, step = pbt.population(trials, [job.task for job in jobs], cfg, params)
+    members, step = pbt.population(trials, cfg, params)
     log.info("trials %s train as one population%s: every %d epochs the bottom %g go on as members of the top %g",
              ", ".join(str(t.number) for t in trials), " (resumed)" * resume, cfg.tune.pbt.interval,
              cfg.tune.pbt.quantile, cfg.tune.pbt.quantile)
