@@ -5,6 +5,7 @@ each an argparse parser and one call into the layer that does the work.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def bench(args: list[str]) -> int:
     parser.add_argument("--out", type=Path, help="the bench's folder (default: outputs/bench/<protocol's name>)")
     options = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Ctrl-C stops the bench even where it started with SIGINT ignored (a background job, a test
+    # worker): its running child then gets it as its own Ctrl-C (jobs/bench.py `_call`)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from optlab.analysis.bench import write
     from optlab.errors import UsageError
     from optlab.jobs import bench as protocol
