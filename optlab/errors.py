@@ -15,7 +15,7 @@ class UsageError(ValueError):
 
 
 def usage_error(error: BaseException | None) -> BaseException | None:
-    """The user's mistake behind `error`, if any (Hydra's instantiate wraps it)."""
+    """The user's mistake behind `error`, if any: `error` itself, or what it was raised from."""
     while error is not None and not isinstance(error, UsageError):
         error = error.__cause__
     return error

@@ -61,7 +61,7 @@ def build_optimizer(cfg, model: torch.nn.Module) -> tuple[torch.optim.Optimizer,
     else:
         params = decayed + exempt
     extra = {"weight_decay": 0.0} if w and mode != "coupled" else {}
-    optimizer = construct("optimizer", cfg.optimizer, params=params, _convert_="all", **extra)
+    optimizer = construct("optimizer", cfg.optimizer, params=params, **extra)
     return optimizer, (w if mode == "decoupled" else 0.0), cfg.l2 + (w if mode == "l2" else 0.0)
 
 

@@ -86,7 +86,7 @@ def build(cfg: DictConfig, optimizer: Optimizer, steps_per_epoch: int):
     """(scheduler, per_step) from a scheduler config; fills in `steps_per_epoch` if it asks."""
     target = OmegaConf.create({k: v for k, v in cfg.items() if k != "interval"})  # resolved
     extra = {"steps_per_epoch": steps_per_epoch} if "steps_per_epoch" in cfg else {}
-    return construct("scheduler", target, optimizer=optimizer, _convert_="all", **extra), cfg.interval == "step"
+    return construct("scheduler", target, optimizer=optimizer, **extra), cfg.interval == "step"
 
 
 def step(scheduler, loss: float) -> None:

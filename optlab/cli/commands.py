@@ -112,7 +112,7 @@ def landscape(args: list[str]) -> int:
 
         result = landscape_of(options.run)
     except Exception as error:
-        mistake = usage_error(error)  # instantiate wraps a dataset's complaint
+        mistake = usage_error(error)  # a dataset's complaint, wherever it was raised
         if mistake is None:
             raise
         print(f"optlab landscape: {mistake}", file=sys.stderr)

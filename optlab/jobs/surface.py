@@ -89,8 +89,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Run `cfg.optimizer` for `cfg.steps` steps on `cfg.surface`; write path, plot and metrics."""
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    surface: Surface = construct("surface", cfg.surface, (), _convert_="all")
-    optimizer = construct("optimizer", cfg.optimizer, params=list(surface.parameters()), _convert_="all")
+    surface: Surface = construct("surface", cfg.surface, ())
+    optimizer = construct("optimizer", cfg.optimizer, params=list(surface.parameters()))
     # a step is an epoch here: a schedule planned over `${epochs}` spans the run's steps
     schedule = OmegaConf.merge(cfg, {"epochs": cfg.steps}).scheduler
     scheduler = schedules.build(schedule, optimizer, steps_per_epoch=1)[0]

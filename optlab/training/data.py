@@ -124,8 +124,7 @@ def _read(cfg: DictConfig):
     """The data source's examples, checked: (source, X, y, class names or None, how to name a
     bad cell). Labels become class indices; a regression's targets stay numbers."""
     path = cfg.source.get("path")  # the user's own file, if any: messages name it
-    source = construct(f"data: cannot read {path or 'the data'}", cfg.source, READ_ERRORS, at="data.source",
-                       _convert_="all")
+    source = construct(f"data: cannot read {path or 'the data'}", cfg.source, READ_ERRORS, at="data.source")
     if isinstance(source, tuple):  # scikit-learn's (X, y)
         source = Source(*source)
     regression = source.task == "regression"
