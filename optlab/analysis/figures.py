@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from optlab.analysis.runs import Group, _number, sort_key
 from optlab.metrics import CURVE_X
+from optlab.store.files import load_yaml
 
 
 def _band(curves: list[list[dict]], key: str):
@@ -112,11 +113,11 @@ def overlay_trajectories(groups: list[Group], out: Path) -> list[Path]:
 
     by_surface: dict[str, list[Group]] = {}
     for g in surface_groups:
-        surface = OmegaConf.load(g.runs[0].path / ".hydra" / "config.yaml").surface
+        surface = load_yaml(g.runs[0].path / ".hydra" / "config.yaml").surface
         by_surface.setdefault(OmegaConf.to_yaml(surface), []).append(g)
     written = []
     for i, (spec, members) in enumerate(by_surface.items()):
-        surface = construct("surface", OmegaConf.create(spec), (), _convert_="all")  # a folder's config: checked
+        surface = construct("surface", OmegaConf.create(spec), ())  # a folder's config: checked
         paths = {
             " ".join(t for t in g.label.split() if not t.startswith("surface=")) or g.label: np.array([[row["x"], row["y"]] for row in g.runs[0].read_csv("trajectory.csv")])
             for g in members

@@ -125,11 +125,14 @@ def read_yaml(path: Path, what: str = "") -> Any:
     """A YAML file's plain data, read by OmegaConf's rules (`OmegaConf.create(text)` makes its
     config of this), or a one-line UsageError naming it when it is missing or does not parse.
     An alias (`*name`) is refused before anything is built: nested ones make a few hundred bytes
-    expand past any memory, and optlab writes none."""
+    expand past any memory, and optlab writes none. Text without `*` can hold no alias and is
+    parsed by libyaml, in C, where PyYAML has it: several times faster than its Python parser,
+    which was most of what a sweep's summary spent on each run it read."""
     import yaml
 
     try:
-        return yaml.load(path.read_text(), Loader=_yaml_loader())
+        text = path.read_text()
+        return yaml.load(text, Loader=_yaml_loader(fast="*" not in text))
     except _Alias:
         raise UsageError(f"{what}refused {path}: it holds a YAML alias (*name), which a run's files never do") from None
     except Exception as error:
@@ -137,13 +140,26 @@ def read_yaml(path: Path, what: str = "") -> Any:
 
 
 @functools.cache
-def _yaml_loader():
-    """OmegaConf's YAML loader (its floats, its refusal of duplicate keys) that refuses an alias
-    as it meets one, in the one pass that reads the file."""
+def _yaml_loader(fast: bool):
+    """OmegaConf's YAML loader (its floats, its refusal of duplicate keys): on libyaml's parser
+    when `fast` and PyYAML has it, else one that refuses an alias as it meets one, in the one
+    pass that reads the file."""
     import yaml
     from omegaconf._utils import get_yaml_loader
 
-    class Loader(get_yaml_loader()):
+    omegaconf = get_yaml_loader()
+    if fast and yaml.__with_libyaml__:
+        from yaml.cyaml import CParser
+
+        class CLoader(CParser, omegaconf):  # libyaml's parser; OmegaConf's resolver and constructor
+            def __init__(self, stream):
+                CParser.__init__(self, stream)
+                yaml.constructor.SafeConstructor.__init__(self)
+                yaml.resolver.Resolver.__init__(self)
+
+        return CLoader
+
+    class Loader(omegaconf):
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
                 raise _Alias
