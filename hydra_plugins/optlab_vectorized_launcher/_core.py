@@ -39,6 +39,7 @@ class Unit(NamedTuple):
     jobs: list[int]  # their indices in the launch, in order
     configs: list[DictConfig]  # each job's config, `hydra` node included
     tasks: list[DictConfig]  # each job's own config (what a task function receives)
+    folders: list[Path]  # each job's run folder (`job_folder`'s)
     resume: bool  # the group goes on from its members' last.pt (as the sweeper planned them)
 
 
@@ -75,8 +76,12 @@ def make_units(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx
             cfg.hydra.job.id = cfg.hydra.job.num = idx
         configs.append(cfg)
     tasks = [task_config(cfg) for cfg in configs]
-    return [Unit(jobs, [configs[i] for i in jobs], [tasks[i] for i in jobs], action == "resume")
-            for jobs, action in groups(configs, tasks, planned)]
+    folders = []
+    for cfg in configs:
+        with as_job(cfg):
+            folders.append(job_folder(cfg))
+    return [Unit(jobs, *([items[i] for i in jobs] for items in (configs, tasks, folders)), action == "resume")
+            for jobs, action in groups(configs, tasks, folders, planned)]
 
 
 def in_turn(launcher, units: list[Unit]) -> Iterable[list[JobReturn]]:
@@ -93,7 +98,7 @@ def run_unit(unit: Unit, hydra_context, task_function) -> list[JobReturn]:
                     job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     if len(unit.configs) == 1:
         return [alone(config=unit.configs[0])]
-    return train_group(unit.configs, unit.tasks, unit.resume, alone)
+    return train_group(unit.configs, unit.tasks, unit.folders, unit.resume, alone)
 
 
 def stop_if_interrupted(results: list[JobReturn], words: list[str], sweep_dir: Path) -> None:
@@ -105,16 +110,16 @@ def stop_if_interrupted(results: list[JobReturn], words: list[str], sweep_dir: P
                                      f"finish the sweep with: {sweep_again(words, sweep_dir)}")
 
 
-def groups(configs: list[DictConfig], tasks: list[DictConfig], planned: dict[str, str]) -> list[tuple[list[int], str]]:
+def groups(configs: list[DictConfig], tasks: list[DictConfig], folders: list[Path],
+           planned: dict[str, str]) -> list[tuple[list[int], str]]:
     """The jobs to train together (their indices, in the order their first job comes, at most
     `vectorize.max_members`) and whether they train or resume (as the sweeper `planned` them)."""
     from optlab.jobs.vectorize import group_key
 
     found: dict[tuple, list[int]] = {}
-    for i, (cfg, task) in enumerate(zip(configs, tasks)):
+    for i, (cfg, task, run_dir) in enumerate(zip(configs, tasks, folders)):
         with as_job(cfg):
             key = group_key(task)
-            run_dir = job_folder(cfg)
             action = planned.get(str(run_dir)) or plan(run_dir, task)
             # resumed members (interrupted, or killed without a record) must stand at the same epoch
             at = resumes_after(run_dir) if action == "resume" else 0
@@ -136,7 +141,8 @@ def task_config(cfg: DictConfig) -> DictConfig:
     return task
 
 
-def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool, alone) -> list[JobReturn]:
+def train_group(configs: list[DictConfig], tasks: list[DictConfig], folders: list[Path], resume: bool,
+                alone) -> list[JobReturn]:
     """Ready each member's folder as Hydra readies a job's (`.hydra/` and `train.log`; Hydra's
     job callbacks and `env_set` are not run for members), train the group, and return each
     member's result as Hydra's run_job would. If a member's config is a mistake that only shows
@@ -144,11 +150,9 @@ def train_group(configs: list[DictConfig], tasks: list[DictConfig], resume: bool
     load), each job runs `alone` instead, so that only that one fails."""
     from optlab.jobs.vectorize import train_group as train_stacked
 
-    folders = []
-    for cfg, task in zip(configs, tasks):
-        folder = Path(job_folder(cfg)).absolute()
+    folders = [folder.absolute() for folder in folders]
+    for cfg, folder in zip(configs, folders):
         save_job_files(cfg, folder)
-        folders.append(folder)
     names = [os.path.relpath(folder, configs[0].hydra.sweep.dir) for folder in folders]
     log.info("training %d runs as one stacked model%s: %s", len(configs), " (resumed)" * resume, ", ".join(names))
 

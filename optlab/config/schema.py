@@ -563,12 +563,12 @@ GROUP_KEYS: dict[str, Key] = {
                                       "submitit jobs (tune.cluster)"),
     "tune.cluster": Key(one_of("local", "slurm"), "where tune.workers run: processes here, or a SLURM job array"),
     "tune.slurm": Key(
-        Rule("key: value, e.g. gpus_per_node: 1", lambda v: isinstance(v, DictConfig)),
+        Rule("key: value, e.g. gpus_per_node: 1", lambda v: isinstance(v, (dict, DictConfig))),
         "with tune.cluster=slurm: each worker's resources (keys of submitit's SLURM executor)",
     ),
     "tune.params": Key(
         Rule("key: search expression, e.g. optimizer.lr: tag(log, interval(1e-4, 1))",
-                        lambda v: isinstance(v, DictConfig) and all(isinstance(x, str) for x in v.values())),
+                        lambda v: isinstance(v, (dict, DictConfig)) and all(isinstance(x, str) for x in v.values())),
         "the search space, one expression per key (search=<preset> or the command line)",
     ),
     "summary.metric": Key(

@@ -9,6 +9,7 @@ are callbacks; the loop knows nothing of Optuna.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import signal
@@ -127,6 +128,7 @@ class Checkpoint(Callback):
         self.folder, self.config, self.monitor = folder, config, monitor
         self.sign = 1 if lower_is_better(monitor) else -1  # compare as "lower is better" (optlab/metrics.py)
         self.best_value, self.best_epoch, self.best_state = math.inf, 0, None
+        self.written: dict | None = None  # the state best.pt holds, once this process wrote it
 
     def keep(self, epoch: int, metrics: dict, state: Callable[[], dict], improved: bool | None = None) -> None:
         """Keep epoch `epoch` as the best if `improved` (early stopping's verdict), or else if it
@@ -143,10 +145,19 @@ class Checkpoint(Callback):
         return last if self.best_state is None else self.best_state
 
     def save(self, last: dict) -> None:
-        """Write best.pt and `last` as last.pt (also during training, so a killed run can resume)."""
-        for name, saved in (("best.pt", self.best(last)), ("last.pt", last)):
-            saved = {**saved, "config": self.config}
-            atomic_write(self.folder / name, lambda f, s=saved: torch.save(s, f))
+        """Write best.pt and `last` as last.pt (also during training, so a killed run can resume).
+        A state is serialized once: best.pt is not written again while the best is the one it
+        holds, and when the last epoch is the best, both files get the same bytes."""
+        best = self.best(last)
+        files = ([] if best is self.written else [("best.pt", best)]) + [("last.pt", last)]
+        serialized: dict[int, bytes] = {}
+        for name, state in files:
+            if id(state) not in serialized:
+                buffer = io.BytesIO()
+                torch.save({**state, "config": self.config}, buffer)
+                serialized[id(state)] = buffer.getvalue()
+            atomic_write(self.folder / name, lambda f, data=serialized[id(state)]: f.write(data))
+        self.written = best
 
     def state_dict(self) -> dict:
         return {"best_value": self.best_value, "best_epoch": self.best_epoch}

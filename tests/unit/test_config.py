@@ -148,3 +148,25 @@ def test_remembered_yaml_is_omegaconfs_text_for_awkward_keys_and_values(node):
     from optlab.config.hydra_compat import yaml_text
 
     assert yaml_text(node) == yaml_text(node) == OmegaConf.to_yaml(node)
+
+
+def test_construct_builds_what_instantiate_builds_and_refuses_instantiates_own_flags():
+    """`construct` calls the allow-listed `_target_` itself: the object equals Hydra's
+    `instantiate` of the same node, keyword arguments win over the node's values, and a node
+    that would steer `instantiate` (`_partial_`, `_args_`, ...) is refused in one line."""
+    import torch
+
+    from optlab.config.allowlist import construct
+    from optlab.errors import UsageError
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    node = make_config("optimizer=adam", "optimizer.lr=0.01").optimizer
+    ours = construct("optimizer", node, params=params, weight_decay=0.5)
+    theirs = instantiate(node, params=params, weight_decay=0.5, _convert_="all")
+    assert type(ours) is type(theirs) and ours.defaults == theirs.defaults and ours.defaults["weight_decay"] == 0.5
+    for flag, value in (("_partial_", True), ("_args_", [1]), ("_recursive_", False), ("_convert_", "none")):
+        with pytest.raises(UsageError, match=f"refused 'optimizer.{flag}'") as refused:
+            construct("optimizer", {"_target_": "torch.optim.SGD", "lr": 0.1, flag: value}, params=params)
+        assert "\n" not in str(refused.value)
+    with pytest.raises(UsageError, match="^optimizer: Invalid learning rate"):  # torch's complaint, one line
+        construct("optimizer", {"_target_": "torch.optim.SGD", "lr": -1.0}, params=params)

@@ -31,6 +31,45 @@ def test_atomic_write_replaces_whole_files_only(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left
 
 
+def test_atomic_write_makes_its_folder_and_gives_the_file_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "run" / "checkpoints" / "last.pt"  # neither folder is there yet
+    umask = os.umask(0o022)
+    try:
+        for mask, data, mode in ((0o022, b"x", 0o644), (0o077, b"y", 0o600), (0o002, b"z", 0o664)):
+            os.umask(mask)
+            atomic_write(target, lambda f: f.write(data))
+            assert stat.S_IMODE(target.stat().st_mode) == mode  # 0666 less the umask, as open() makes files
+            assert target.read_bytes() == data and [p.name for p in target.parent.iterdir()] == ["last.pt"]
+    finally:
+        os.umask(umask)
+
+
+def test_the_event_file_holds_every_record_in_order_once_its_writer_flushes(tmp_path):
+    """optlab's event file keeps the file open (tensorboard's own stub opens it for each record):
+    what TensorBoard reads back is what was written, at every flush and after close."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from optlab.store.logs import event_writer
+
+    def read():
+        accumulator = EventAccumulator(str(tmp_path))
+        accumulator.Reload()
+        return [(e.step, e.value) for e in accumulator.Scalars("loss")]
+
+    writer = event_writer(tmp_path)
+    for step in range(5):
+        writer.add_scalar("loss", 1.0 / (step + 1), step)
+    writer.flush()
+    assert read() == [(step, pytest.approx(1.0 / (step + 1))) for step in range(5)]
+    writer.add_scalar("loss", 0.1, 5)
+    writer.close()
+    assert [step for step, _ in read()] == list(range(6))
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
+
+
 def test_on_a_terminal_the_bar_shows_the_epochs_and_the_log_file_has_their_lines(tmp_path, monkeypatch):
     """Someone who tails train.log sees every epoch, whether or not a bar is drawn on the terminal."""
     import logging
