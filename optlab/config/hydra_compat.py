@@ -83,32 +83,44 @@ def save_job_files(config: DictConfig, output_dir: Path) -> None:
 
 def yaml_text(node) -> str:
     """`OmegaConf.to_yaml`'s text of a container (what Hydra's `_save_config` writes). A mapping's
-    text is its entries' texts one after another, and an entry's text depends on the entry
-    alone, so each entry (and each entry of a mapping inside) is emitted once and remembered: a
-    sweep's jobs share most of theirs (Hydra's help, logging and launcher nodes; most of the
-    config), and PyYAML's emitter is among the larger costs of a member of a stacked group."""
+    text is its entries' texts one after another, and an entry's text depends only on the entry
+    and the keys above it (its indentation), so each value that is not a mapping is emitted
+    once at its place and remembered: a sweep's jobs share almost all of theirs (Hydra's help,
+    logging and launcher nodes; most of the config) and differ in a few numbers and names, and
+    PyYAML's emitter was among the larger costs of a member of a stacked group."""
     if not isinstance(node, dict) or not node:
         return _dump(node)
-    return "".join(_entry(key, value) for key, value in node.items())
+    return "".join(_entry((), key, value) for key, value in node.items())
 
 
-def _entry(key, value) -> str:
+def _entry(path: tuple, key, value) -> str:
+    """The text of `key: value` inside the mappings named by `path`."""
     if not isinstance(value, dict) or not value:
-        return _remembered((key, value))
-    texts = [_remembered((key, {inner: v})) for inner, v in value.items()]  # each: the key's line, one entry
-    return texts[0].partition("\n")[0] + "\n" + "".join(text.partition("\n")[2] for text in texts)
+        return _remembered(path, key, value)
+    inner = path + (key,)
+    head = _remembered(path, key, {0: 0})  # the key's line, then its placeholder entry's
+    line = head[:head.index("\n") + 1]
+    if not line.endswith(":\n"):  # a key PyYAML writes another way (`? key` past 128 characters)
+        return _remembered(path, key, value)
+    return line + "".join(_entry(inner, k, v) for k, v in value.items())
 
 
-_TEXTS: dict[str, str] = {}
+_TEXTS: dict[tuple, str] = {}
 
 
-def _remembered(entry: tuple) -> str:
-    key = repr(entry)
-    if key not in _TEXTS:
-        if len(_TEXTS) > 4096:  # a bound: jobs' own entries (overrides, runtime) are never met again
+def _remembered(path: tuple, key, value) -> str:
+    """The text of `key: value` at its place below `path`: the lines of the whole nested
+    mapping's text that are its own."""
+    plain = value is None or type(value) in (str, int, float, bool)
+    remembered = (path, type(key), key, type(value), value if plain else repr(value))  # True == 1 == 1.0
+    if remembered not in _TEXTS:
+        if len(_TEXTS) > 16384:  # a bound: jobs' own entries (overrides, folders) are never met again
             _TEXTS.clear()
-        _TEXTS[key] = _dump(dict([entry]))
-    return _TEXTS[key]
+        node = {key: value}
+        for outer in reversed(path):
+            node = {outer: node}
+        _TEXTS[remembered] = "".join(_dump(node).splitlines(keepends=True)[len(path):])
+    return _TEXTS[remembered]
 
 
 def _dump(node) -> str:

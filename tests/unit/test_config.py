@@ -141,7 +141,10 @@ def test_a_jobs_hydra_files_are_the_text_hydra_writes(tmp_path, overrides):
 
 
 @pytest.mark.parametrize("node", [{"a:b": {"c": 1, "d: e": [1, "2"]}, "x": {}, "y": []},
-                                  {"hydra": {"k:1": {"z": "y: z", "w": "1e-3"}, "n": None}}, [], {}])
+                                  {"hydra": {"k:1": {"z": "y: z", "w": "1e-3"}, "n": None}}, [], {},
+                                  {"a": {"b" * 200: {"c": 1}, "d": [{"e": {"f": 2}}], 4: {"lr": 0.5}},
+                                   "g": {"h": {"i": "x " * 60}}},
+                                  {"t": {True: 1, 1: 1.0, "1": True}, "u": {1: {"v": 1}}, "w": {True: {"v": 1}}}])
 def test_remembered_yaml_is_omegaconfs_text_for_awkward_keys_and_values(node):
     from omegaconf import OmegaConf
 
