@@ -84,7 +84,7 @@ class Piecewise:
 
 def build(cfg: DictConfig, optimizer: Optimizer, steps_per_epoch: int):
     """(scheduler, per_step) from a scheduler config; fills in `steps_per_epoch` if it asks."""
-    target = OmegaConf.create({k: v for k, v in cfg.items() if k != "interval"})  # resolved
+    target = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "interval"}
     extra = {"steps_per_epoch": steps_per_epoch} if "steps_per_epoch" in cfg else {}
     return construct("scheduler", target, optimizer=optimizer, **extra), cfg.interval == "step"
 

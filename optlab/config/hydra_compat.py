@@ -54,7 +54,8 @@ def as_job(cfg: DictConfig):
     """Within it, `${hydra:...}` in a job's config (`hydra` node included) resolves as in the
     job itself; Hydra sets that up only as the job starts."""
     previous = current_config()
-    OmegaConf.set_readonly(cfg.hydra, True)  # as set_config leaves it
+    if not OmegaConf.is_readonly(cfg.hydra):  # setting it again would clear every node's flag cache
+        OmegaConf.set_readonly(cfg.hydra, True)  # as set_config leaves it
     set_hydra_config(cfg)
     try:
         yield cfg

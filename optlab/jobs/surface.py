@@ -94,7 +94,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     # a step is an epoch here: a schedule planned over `${epochs}` spans the run's steps
     schedule = OmegaConf.merge(cfg, {"epochs": cfg.steps}).scheduler
     scheduler = schedules.build(schedule, optimizer, steps_per_epoch=1)[0]
-    log = RunLog(run_dir, cfg)
+    log = RunLog(run_dir, OmegaConf.to_container(cfg, enum_to_str=True))
     points, grad_norms, lrs, times, status, diverged_step = _descend(cfg, surface, optimizer, scheduler, log)
     path, losses, distances = _record(surface, points, grad_norms, lrs, times, log, run_dir)
     name = type(surface).__name__.lower()

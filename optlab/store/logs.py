@@ -84,12 +84,12 @@ def progress(items: Iterable[int], desc: str = "train", unit: str = "epoch") -> 
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, cfg: DictConfig, history: list[dict] | None = None,
+    def __init__(self, run_dir: Path, config: dict, history: list[dict] | None = None,
                  logger: logging.Logger = log):
+        """`config`: the run's config as plain data (`OmegaConf.to_container`), shown as text."""
         self.run_dir, self.logger = run_dir, logger
         self.writer = event_writer(run_dir)
-        config = yaml_text(OmegaConf.to_container(cfg, enum_to_str=True))  # OmegaConf.to_yaml's text, sooner
-        self.writer.add_text("config", f"```\n{config}```")
+        self.writer.add_text("config", f"```\n{yaml_text(config)}```")  # OmegaConf.to_yaml's text, sooner
         self.history: list[dict] = [] if history is None else history  # a resumed run's rows so far
         self.bar: tqdm | None = None
 

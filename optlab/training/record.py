@@ -58,7 +58,8 @@ class Run:
         self.logger = logger or logging.getLogger("optlab")
         self.history: list[dict] = []  # a row per finished epoch
         watch = cfg.early_stopping.monitor
-        self.checkpoint = Checkpoint(run_dir / "checkpoints", OmegaConf.to_container(cfg), watch or "val_loss")
+        config = OmegaConf.to_container(cfg, enum_to_str=True)  # in each checkpoint, and the curves' text
+        self.checkpoint = Checkpoint(run_dir / "checkpoints", config, watch or "val_loss")
         self.stopper = EarlyStopping(**cfg.early_stopping) if watch else None
         self.target = Target(cfg.target, self.logger)
         # called in this order after every epoch; the first status ends the run
@@ -110,7 +111,7 @@ class Run:
 
     def begin(self) -> None:
         """Open the logs (only once the run can go on) and start the clocks."""
-        self.log = RunLog(self.dir, self.cfg, self.history, self.logger)
+        self.log = RunLog(self.dir, self.checkpoint.config, self.history, self.logger)
         self.started = time.perf_counter() - self.waited
         self.clock = time.perf_counter() - self.trained
         self.resume_point = snapshot(self.state())
