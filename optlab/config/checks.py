@@ -59,6 +59,11 @@ def validate(cfg: DictConfig) -> None:
                 raise ConfigError(path, value, rule.allowed)
     for path, value, _ in _leaves(plain["optimizer"], "optimizer"):
         float32(path, value, value)
+    across_keys(plain, cfg)
+
+
+def across_keys(plain: dict, cfg: DictConfig) -> None:
+    """The rules that span several keys, on `validate`'s resolved copy of `cfg`."""
     if plain["batchnorm"] and plain["batch_size"] == 1:
         raise ConfigError(
             "batch_size", 1, "2 or more with batchnorm=true: batch norm normalizes by the "
