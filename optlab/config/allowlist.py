@@ -1,8 +1,8 @@
-"""What a config may build: the only `_target_` values optlab hands to Hydra's `instantiate`.
+"""What a config may build: the only `_target_` values optlab imports and calls.
 
 A run folder is data, never code. Its `.hydra/config.yaml` and `overrides.yaml` are read back by
 resume, `compare`, `landscape`, the sweep summary, `report` and `tune`, and a `_target_` in them
-names a callable that `instantiate` would import and call: `torch.load` of a pickle,
+names a callable that building it would import and call: `torch.load` of a pickle,
 `torch.ops.load_library` of a shared object, `os.system`. Hydra's own blocklist stops only a few
 names, so optlab keeps an explicit allow-list instead and checks every `_target_` against it
 before anything is imported: when a config is validated (the command line's and a file's alike)
@@ -55,7 +55,7 @@ def check(node: Any, at: str) -> None:
     """Refuse, with a one-line ConfigError naming the key and the value, any `_target_` in
     `node` (the config at dotted path `at`) that the allow-list does not hold for its key: one
     that is not a plain string, an interpolation among them (it could resolve to anything by
-    the time `instantiate` reads it)."""
+    the time the object is built)."""
     from optlab.errors import ConfigError
 
     for path, value in targets(node, at):
@@ -73,21 +73,21 @@ def check_file(cfg: Any, file: Path) -> None:
     try:
         check(cfg, "")
         for path, text in _texts(cfg, ""):
-            if "${" in text:  # an escaped interpolation: live again in the config `instantiate` makes
+            if "${" in text:  # an escaped interpolation: live again in any config made of these values
                 raise ConfigError(path, text, "a value, not an interpolation once resolved", "refused")
     except UsageError as error:
         raise UsageError(f"{file}: {error}") from None
 
 
-# keys that steer Hydra's `instantiate`, not the object: `construct` does not hand a node to it
+# keys that steer Hydra's `instantiate`, not the object: `construct` builds without it
 HYDRA_FLAGS = ("_args_", "_convert_", "_partial_", "_recursive_")
 
 
 def built(node: Any, at: str) -> Any:
-    """`node` (the config at `at`) as `instantiate` may build it: every interpolation resolved
-    now, in the config it belongs to (one that does not resolve is a one-line refusal), every
-    `_target_` checked, and no text left that a config would read as an interpolation again
-    (`instantiate` makes a config of what it is given, and adds its own keys to it)."""
+    """`node` (the config at `at`) as `construct` may build it, plain data: every interpolation
+    resolved now, in the config it belongs to (one that does not resolve is a one-line refusal),
+    every `_target_` checked, no flag of Hydra's `instantiate`, and no text left that a config
+    made of these values would read as an interpolation again."""
     from optlab.errors import ConfigError, UsageError, reason
 
     try:
@@ -119,7 +119,7 @@ def _texts(node: Any, at: str) -> Iterator[tuple[str, str]]:
 def _walk(node: Any, at: str) -> Iterator[tuple[str, Any]]:
     """(dotted path, value) of every `_target_` and every other leaf at or below `node`. An
     interpolated `_target_` is given as its text (never in the list: it could resolve to anything
-    by the time `instantiate` reads it); other interpolations are resolved as they are read (a
+    by the time the object is built); other interpolations are resolved as they are read (a
     `${oc.create:...}` or a reference can make a node that holds a `_target_`), and one that
     resolves only inside Hydra is left out (`built` refuses it where it must be built)."""
     if isinstance(node, (DictConfig, dict)):
