@@ -163,7 +163,7 @@ def choices(cfg: DictConfig) -> dict[str, str]:
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
-        picked = HydraConfig.get().runtime.choices
+        picked = OmegaConf.to_container(HydraConfig.get().runtime.choices)  # plain: one pass, not one a group
         return {g: str(picked[g]) for g in (*GROUPS, "experiment") if picked.get(g) is not None}
     return {g: cfg[g]._target_.rsplit(".", 1)[-1] for g in ("model", "optimizer") if "_target_" in cfg[g]}
 
