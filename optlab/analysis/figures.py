@@ -117,7 +117,7 @@ def overlay_trajectories(groups: list[Group], out: Path) -> list[Path]:
         by_surface.setdefault(OmegaConf.to_yaml(surface), []).append(g)
     written = []
     for i, (spec, members) in enumerate(by_surface.items()):
-        surface = construct("surface", OmegaConf.create(spec), ())  # a folder's config: checked
+        surface = construct("surface", OmegaConf.create(spec))  # a folder's config: checked
         paths = {
             " ".join(t for t in g.label.split() if not t.startswith("surface=")) or g.label: np.array([[row["x"], row["y"]] for row in g.runs[0].read_csv("trajectory.csv")])
             for g in members

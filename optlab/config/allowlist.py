@@ -17,6 +17,7 @@ and ChainedScheduler take callables or other schedules, which a config cannot na
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -79,6 +80,10 @@ def check_file(cfg: Any, file: Path) -> None:
         raise UsageError(f"{file}: {error}") from None
 
 
+# the parameters a config can give by name
+NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
 # keys that steer Hydra's `instantiate`, not the object: `construct` builds without it
 HYDRA_FLAGS = ("_args_", "_convert_", "_partial_", "_recursive_")
 
@@ -95,6 +100,12 @@ def built(node: Any, at: str) -> Any:
     except OmegaConfBaseException as error:
         raise UsageError(f"{at}: cannot resolve: {reason(error)}") from None
     check(plain, at)
+    if not isinstance(plain, dict) or "_target_" not in plain:
+        allowed = ", ".join(sorted(ALLOWED.get(f"{at}._target_", ())))
+        raise ConfigError(at, plain, f"a mapping whose _target_ is one of {allowed}" if allowed else "a mapping")
+    odd = [name for name in plain if not isinstance(name, str)]
+    if odd:
+        raise ConfigError(f"{at}.{odd[0]}", plain[odd[0]], "keys that are names", "refused")
     flags = [name for name in plain if name in HYDRA_FLAGS]
     if flags:
         raise ConfigError(f"{at}.{flags[0]}", plain[flags[0]], "none: optlab calls the _target_ with the "
@@ -149,16 +160,27 @@ def construct(key: str, node: Any, mistakes: tuple[type[Exception], ...] = (Valu
     allow-list refuses those), without first building an OmegaConf config of every argument:
     1.3-1.8 ms a call, twenty to three hundred times a small model's or optimizer's own
     constructor, and three calls of each member of a vectorized group (scripts/bench_sweep.py's
-    member cost). A constructor's complaint about its arguments (torch's ValueErrors: `nesterov`
-    without momentum, OneCycleLR on an optimizer without momentum; a data file that does not
-    read) is the user's to fix, so it comes out as a one-line UsageError starting with `key`.
-    A UsageError raised inside comes out as it is."""
+    member cost). Arguments the callable does not take, or a missing one, are the user's
+    mistake and come out as one line naming them, as does a constructor's complaint about its
+    arguments (torch's ValueErrors: `nesterov` without momentum, OneCycleLR on an optimizer
+    without momentum; a data file that does not read), starting with `key`. A UsageError raised
+    inside comes out as it is."""
     from hydra.utils import get_method
 
     plain = built(node, at or key)
-    arguments = {name: value for name, value in plain.items() if name != "_target_"}
+    arguments = {**{name: value for name, value in plain.items() if name != "_target_"}, **kwargs}  # kwargs win
     try:
-        return get_method(plain["_target_"])(**{**arguments, **kwargs})  # as instantiate: kwargs win
+        build = get_method(plain["_target_"])
+    except Exception as error:  # an allowed name this torch does not have (torch.optim.Muon before 2.9)
+        raise UsageError(f"{key}: cannot import {plain['_target_']}: {reason(error)}") from None
+    signature = inspect.signature(build)
+    try:
+        signature.bind(**arguments)
+    except TypeError as error:  # `optimizer._target_=torch.optim.Adam` with SGD's `momentum`
+        takes = [name for name, p in signature.parameters.items() if name not in kwargs and p.kind in NAMED]
+        raise UsageError(f"{key}: {plain['_target_']} {error} (its arguments: {', '.join(takes)})") from None
+    try:
+        return build(**arguments)
     except UsageError:
         raise
     except mistakes as error:

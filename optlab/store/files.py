@@ -140,7 +140,9 @@ def read_yaml(path: Path, what: str = "") -> Any:
     An alias (`*name`) is refused before anything is built: nested ones make a few hundred bytes
     expand past any memory, and optlab writes none. Text without `*` can hold no alias and is
     parsed by libyaml, in C, where PyYAML has it: several times faster than its Python parser,
-    which was most of what a sweep's summary spent on each run it read."""
+    which was most of what a sweep's summary spent on each run it read. The two differ only on
+    text no YAML writer makes (tabs between a key and its value, a byte-order mark after a
+    comment, an empty tag), and a file is read by the same one every time."""
     import yaml
 
     try:
@@ -148,6 +150,10 @@ def read_yaml(path: Path, what: str = "") -> Any:
         return yaml.load(text, Loader=_yaml_loader(fast="*" not in text))
     except _Alias:
         raise UsageError(f"{what}refused {path}: it holds a YAML alias (*name), which a run's files never do") from None
+    except yaml.MarkedYAMLError as error:  # the problem and where, not the parser's first line ("while ...")
+        mark = error.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise UsageError(f"{what}cannot read {path}: {error.problem or reason(error)}{where}") from None
     except Exception as error:
         raise UsageError(f"{what}cannot read {path}: {reason(error)}") from None
 

@@ -18,7 +18,7 @@ Never a traceback, never a second line. Explicit examples first run every option
 group, every broken file and every misspelling at least once; Hypothesis draws the rest.
 Everything is kept tiny (1 epoch, 5 surface steps, 80 synthetic examples, 8 hidden units, one
 torch thread) so that hundreds of command lines fit a CI budget: `OPTLAB_BAD_INPUT_EXAMPLES`
-(default 180: the 146 explicit ones and 34 drawn) of them in all, about 70 s on one of 2 CPU cores.
+(default 180: the 150 explicit ones and 30 drawn) of them in all, about 70 s on one of 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -224,6 +224,9 @@ STRUCTURE = [
     "~summary", "~curvature", "+newkey=1", "+optimizer.foo=1", "+model.extra=2",
     "+data.source.bar=1", "++epochs=1", "+epochs=1", "optimizer.lr=[", "=3", "batch_size=",
     "model.hidden=[8", "epochs=1=2", "data.val_fraction=0.2 0.3",
+    # another class than the option's: arguments it does not take or lacks; none at all; Hydra's flags
+    "optimizer._target_=torch.optim.Adam", "scheduler._target_=torch.optim.lr_scheduler.StepLR",
+    "~optimizer._target_", "+optimizer._partial_=true",
 ]
 # a 2-value sweep for `-m` (basic launcher)
 SWEEPS = ["seed=0,1", "optimizer=sgd,adam", "batch_size=16,full", "optimizer.lr=0.1,-1",

@@ -173,3 +173,14 @@ def test_construct_builds_what_instantiate_builds_and_refuses_instantiates_own_f
         assert "\n" not in str(refused.value)
     with pytest.raises(UsageError, match="^optimizer: Invalid learning rate"):  # torch's complaint, one line
         construct("optimizer", {"_target_": "torch.optim.SGD", "lr": -1.0}, params=params)
+    # arguments the class does not take, or lacks; no class at all; a key that is not a name
+    with pytest.raises(UsageError, match=r"^optimizer: torch.optim.Adam got an unexpected keyword argument "
+                                         r"'momentum' \(its arguments: lr, betas, eps"):
+        construct("optimizer", {"_target_": "torch.optim.Adam", "lr": 0.1, "momentum": 0.9}, params=params)
+    with pytest.raises(UsageError, match="^scheduler: .*StepLR missing a required argument: 'step_size'"):
+        construct("scheduler", {"_target_": "torch.optim.lr_scheduler.StepLR"}, optimizer=ours)
+    for node in ({"lr": 0.1}, None, [1, 2]):
+        with pytest.raises(UsageError, match="^invalid value for 'optimizer': .* whose _target_ is one of"):
+            construct("optimizer", node, params=params)
+    with pytest.raises(UsageError, match="refused 'optimizer.1'"):
+        construct("optimizer", {"_target_": "torch.optim.SGD", 1: 2}, params=params)

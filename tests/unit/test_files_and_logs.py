@@ -89,3 +89,31 @@ def test_on_a_terminal_the_bar_shows_the_epochs_and_the_log_file_has_their_lines
         handler.close()
     lines = (tmp_path / "train.log").read_text().splitlines()
     assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1", "2"]
+
+
+@pytest.mark.parametrize("text, says", [("a: 1\na: 2\n", "found duplicate key a (line 2, column 1)"),
+                                        ("a:\n  b: [1, 2\n", "did not find expected ',' or ']' (line 3"),
+                                        ("a: 1\nb: *a\n", "refused"), ("a: &x 1\nb: *x\n", "YAML alias")])
+def test_a_yaml_file_that_does_not_read_says_what_and_where_in_one_line(tmp_path, text, says):
+    """Whichever parser reads it (libyaml for text without `*`, PyYAML's own with it)."""
+    from optlab.store.files import read_yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as refused:
+        read_yaml(path)
+    assert says in str(refused.value) and str(path) in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_both_yaml_parsers_read_a_runs_config_alike():
+    import yaml
+    from helpers import make_config
+    from omegaconf import OmegaConf
+
+    from optlab.store.files import _yaml_loader
+
+    text = OmegaConf.to_yaml(make_config("optimizer=adam", "scheduler=onecycle", "model.hidden=[8,4]",
+                                         return_hydra_config=True))
+    assert "*" not in text
+    fast, slow = (yaml.load(text, Loader=_yaml_loader(fast)) for fast in (True, False))
+    assert fast == slow and repr(fast) == repr(slow) and fast["optimizer"]["betas"] == [0.9, 0.999]
