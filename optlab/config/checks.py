@@ -47,8 +47,17 @@ def validate(cfg: DictConfig) -> None:
     for name, meta in keys.items():
         if not meta["rule"].ok(plain[name]):
             raise ConfigError(name, plain[name], meta["rule"].allowed)
-    for group in GROUPS:
-        if plain.get(group) is None:  # an optional group left out (surface)
+    group_values(plain, GROUPS)
+    for path, value, _ in _leaves(plain["optimizer"], "optimizer"):
+        float32(path, value, value)
+    across_keys(plain, cfg)
+
+
+def group_values(plain: dict, groups) -> None:
+    """Raise ConfigError for a key no rule knows, or a value its rule rejects, in each of
+    `groups` of a resolved config (`plain`; a group left out is skipped)."""
+    for group in groups:
+        if not isinstance(plain.get(group), dict):  # an optional group left out (surface)
             continue
         for path, value, parent in _leaves(plain[group], group):
             rule = GROUP_RULES.get(path)
@@ -57,9 +66,6 @@ def validate(cfg: DictConfig) -> None:
                 raise ConfigError(path, value, ", ".join(known) or "none", "unknown key")
             if not rule.ok(value):
                 raise ConfigError(path, value, rule.allowed)
-    for path, value, _ in _leaves(plain["optimizer"], "optimizer"):
-        float32(path, value, value)
-    across_keys(plain, cfg)
 
 
 def across_keys(plain: dict, cfg: DictConfig) -> None:

@@ -8,10 +8,11 @@ import csv
 import math
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from optlab import models
 from optlab.config import allowlist
+from optlab.config.checks import group_values
 from optlab.errors import UsageError, reason
 from optlab.store.files import load_checkpoint, load_yaml, refuse_links
 from optlab.training import data as dataset
@@ -30,6 +31,12 @@ def landscape_of(run_dir: Path) -> dict:
     if not isinstance(cfg, DictConfig) or not {"model", "data", "device"} <= set(cfg):
         raise UsageError(f"cannot read {config}: it is not a run's config")
     allowlist.check_file(cfg, config)  # the folder may come from anyone: its config is data, never code
+    try:  # what is built from it holds only keys and values its rules allow
+        group_values({g: OmegaConf.to_container(cfg[g], resolve=True) for g in ("model", "data")}, ("model", "data"))
+    except UsageError as error:
+        raise UsageError(f"{config}: {error}") from None
+    except Exception as error:  # an interpolation that does not resolve outside its run
+        raise UsageError(f"cannot read {config}: {reason(error)}") from None
     refuse_links(run_dir)  # curvature.json, landscape.png and curves are written into it
     files = [run_dir / "checkpoints" / name for name in (tested_checkpoint(cfg), "init.pt")]
     missing = [str(f) for f in files if not f.exists()]

@@ -133,6 +133,21 @@ def test_landscape_of_a_crafted_folder_runs_nothing(trained_run, tmp_path, paylo
     assert not (run / "curvature.json").exists()
 
 
+@pytest.mark.parametrize("model, says", [({"foo": 2}, "unknown key 'model.foo'"),
+                                         ({"activation": "${oc.env:HOME}"}, "'model.activation'"),
+                                         ({"hidden": ["a"]}, "'model.hidden'")])
+def test_landscape_of_a_folder_with_values_its_rules_refuse_is_one_line(trained_run, tmp_path, model, says):
+    """What `optlab landscape` builds from a folder's config passes the rules a run's config passes."""
+    run = tmp_path / "shared_run"
+    shutil.copytree(trained_run, run)
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    config["model"].update(model)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    line = one_line(optlab("landscape", str(run), cwd=tmp_path))
+    assert "config.yaml" in line and says in line, line
+    assert not (run / "curvature.json").exists()
+
+
 def test_compare_and_the_report_reader_refuse_a_crafted_surface(tmp_path):
     """A surface run's `surface._target_` is built to draw its contour plot."""
     run = tmp_path / "sweep" / "surface=evil" / "seed=0"
