@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optlab.config import allowlist
 from optlab.config.identity import flatten
-from optlab.errors import UsageError
+from optlab.errors import UsageError, reason
 from optlab.store.files import read_yaml
 from optlab.store.folder import read_metrics
 
@@ -100,7 +100,11 @@ def _load(path: Path) -> RunFolder | None:
         raise UsageError(f"cannot read {files['config']}: it is not a run's config")
     if not isinstance(overrides, list):
         raise UsageError(f"cannot read {files['overrides']}: not a list of key=value overrides")
-    if "${" in json.dumps(config, default=str):  # interpolations (a run's config has none): checked, then resolved
+    try:
+        text = json.dumps(config, default=str)
+    except TypeError as error:  # a key that is no name (`!!binary ...: 1`)
+        raise UsageError(f"cannot read {files['config']}: {reason(error)}") from None
+    if "${" in text:  # interpolations (a run's config has none): checked, then resolved
         config = _resolved(OmegaConf.create(config), files["config"])
     else:
         allowlist.check_file(config, files["config"])  # a shared folder's config is data, never code

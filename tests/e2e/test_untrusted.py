@@ -420,3 +420,16 @@ def test_a_rate_of_zero_in_history_is_named(trained_run, tmp_path):
     (run / "history.csv").write_text("\n".join([history[0], *rows]) + "\n")
     line = one_line(optlab("landscape", str(run), cwd=tmp_path))
     assert line == f"optlab landscape: cannot read {run / 'history.csv'}: its last learning rate, 0.0, is not a number > 0"
+
+
+def test_a_folder_config_whose_key_is_no_name_is_refused_in_one_line(tmp_path):
+    from optlab.analysis.runs import find_runs
+
+    run = tmp_path / "sweep" / "seed=0"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"status": "completed", "test_acc": 0.5}))
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+    (run / ".hydra" / "config.yaml").write_text("!!binary aGk=: 1\nseed: 0\n")
+    with pytest.raises(UsageError, match="config.yaml: keys must be str") as refused:
+        find_runs([tmp_path / "sweep"])
+    assert "\n" not in str(refused.value)
