@@ -40,8 +40,8 @@ class OptlabSweeper(BasicSweeper):
         grid = [[*job, fixed] for batch in self.split_arguments(overrides, None) for job in batch]
         configs = compose_grid(loader, self.config, grid)
         for i, cfg in enumerate(configs):  # numbered as a launcher numbers them, for a `${hydra.job.num}` folder
-            with read_write(cfg.hydra), open_dict(cfg.hydra):
-                cfg.hydra.job.id = cfg.hydra.job.num = i
+            with read_write(cfg.hydra.job), open_dict(cfg.hydra.job):  # flags set on the smallest node: each
+                cfg.hydra.job.id = cfg.hydra.job.num = i                  # clears the flag cache below it
         todo = prepare_sweep(configs, self.command.planned)
         if type(self.launcher).__name__ in IN_PROCESS:  # each job is composed once, not twice (~0.1 s a job)
             reuse_composed(loader, partial(composed, {tuple(job): cfg for job, cfg in zip(grid, configs)},
