@@ -171,7 +171,7 @@ def construct(key: str, node: Any, mistakes: tuple[type[Exception], ...] = (Valu
     arguments = {**{name: value for name, value in plain.items() if name != "_target_"}, **kwargs}  # kwargs win
     try:
         build = get_method(plain["_target_"])
-    except Exception as error:  # an allowed name this torch does not have (torch.optim.Muon before 2.9)
+    except Exception as error:  # an allowed name that the installed torch lacks
         raise UsageError(f"{key}: cannot import {plain['_target_']}: {reason(error)}") from None
     signature = inspect.signature(build)
     try:
