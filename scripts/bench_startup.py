@@ -7,7 +7,8 @@ for one epoch on the same digits with torch.optim.SGD: what `optlab train epochs
 cost with nothing of optlab's (building a torch optimizer imports torch._dynamo, ~1 s). The
 two `torch._dynamo` rows differ only in how the process ends: Python's own exit, which tears
 down every module, or `os._exit` once the exit handlers ran, as the `optlab` command ends
-(optlab.cli.main.run): their difference is what that saves each command.
+(optlab.cli.main.run): their difference is what that saves each command. The last row runs
+`optlab train epochs=1` with Python's own collector thresholds instead of the command's.
 
     python scripts/bench_startup.py [--repeats 7]
 """
@@ -44,6 +45,13 @@ with torch.no_grad():
 """
 
 
+# `optlab train epochs=1` as the command runs it, but with Python's own collector thresholds
+# (the command sets its young passes to every 50,000 allocations: optlab.cli.main.run)
+DEFAULT_COLLECTOR = ("import gc, sys; gc.set_threshold = lambda *thresholds: None; "
+                     "sys.argv = ['optlab', 'train', 'epochs=1', 'hydra.run.dir=again', 'rerun=true']; "
+                     "from optlab.cli.main import run; run()")
+
+
 def timed(argv: list[str], cwd: Path) -> float:
     started = time.perf_counter()
     subprocess.run(argv, cwd=cwd, check=True, capture_output=True)
@@ -71,6 +79,7 @@ def main() -> None:
             "optlab train --cfg job": [*optlab, "train", "--cfg", "job"],
             "optlab compare RUN": [*optlab, "compare", "run"],
             "optlab train epochs=1": [*optlab, "train", "epochs=1", "hydra.run.dir=again", "rerun=true"],
+            "  Python's collector": [sys.executable, "-c", DEFAULT_COLLECTOR],
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
         names = list(commands)

@@ -25,7 +25,7 @@ def compose_grid(loader, master: DictConfig, grid: Sequence[Sequence[str]]) -> L
     (~0.08 s), pickled once, and each job gets a copy unpickled from those bytes (cheaper than a
     deep copy; the bytes never leave this process) with its values set as Hydra
     sets them, after composing. Each distinct override is parsed once: Hydra's parser (ANTLR's,
-    in Python) took about a millisecond an override, five or so a job."""
+    in Python) was among the larger costs of composing a job (scripts/bench_sweep.py's member)."""
     parser = OverridesParser.create(config_loader=loader)
     read: dict[str, tuple[Override, bool]] = {}  # an override's text → it parsed, and whether a plain value
     templates: dict = {}

@@ -60,9 +60,9 @@ def run() -> None:
 
     Python's collector is made to run its young passes every 50,000 allocations rather than
     700: importing torch and composing a sweep's configs make hundreds of thousands of objects
-    that live as long as the command, and each full pass walks them all, 0.4 s of a 20-epoch
-    run and 0.85 s of a 64-member group (scripts/bench_startup.py prints the start-up). Cycles
-    are still freed, later."""
+    that live as long as the command, and each full pass walks them all: about half a second
+    of `optlab train epochs=1` (scripts/bench_startup.py, its last two rows). Cycles are still
+    freed, later."""
     import atexit
     import gc
     import threading

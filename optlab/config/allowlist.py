@@ -157,10 +157,9 @@ def construct(key: str, node: Any, mistakes: tuple[type[Exception], ...] = (Valu
     and checked by the allow-list first (`built`), then its `_target_`, located by Hydra's
     `get_method`, called with its plain values and `kwargs` (which win). That is the call Hydra's
     `instantiate(node, _convert_="all")` makes for a node without a nested `_target_` (the
-    allow-list refuses those), without first building an OmegaConf config of every argument:
-    1.3-1.8 ms a call, twenty to three hundred times a small model's or optimizer's own
-    constructor, and three calls of each member of a vectorized group (scripts/bench_sweep.py's
-    member cost). Arguments the callable does not take, or a missing one, are the user's
+    allow-list refuses those), without first building an OmegaConf config of every argument: a
+    run's model, optimizer and schedule in a sixth of `instantiate`'s time (scripts/
+    bench_bookkeeping.py, row `build`), three calls of each member of a vectorized group. Arguments the callable does not take, or a missing one, are the user's
     mistake and come out as one line naming them, as does a constructor's complaint about its
     arguments (torch's ValueErrors: `nesterov` without momentum, OneCycleLR on an optimizer
     without momentum; a data file that does not read), starting with `key`. A UsageError raised

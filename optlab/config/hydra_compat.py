@@ -88,7 +88,8 @@ def yaml_text(node) -> str:
     and the keys above it (its indentation), so each value that is not a mapping is emitted
     once at its place and remembered: a sweep's jobs share almost all of theirs (Hydra's help,
     logging and launcher nodes; most of the config) and differ in a few numbers and names, and
-    PyYAML's emitter was among the larger costs of a member of a stacked group."""
+    PyYAML's emitter was among the larger costs of a member of a stacked group (scripts/
+    bench_bookkeeping.py, row `hydra`)."""
     if not isinstance(node, dict) or not node:
         return _dump(node)
     return "".join(_entry((), key, value) for key, value in node.items())

@@ -139,8 +139,9 @@ def read_yaml(path: Path, what: str = "") -> Any:
     config of this), or a one-line UsageError naming it when it is missing or does not parse.
     An alias (`*name`) is refused before anything is built: nested ones make a few hundred bytes
     expand past any memory, and optlab writes none. Text without `*` can hold no alias and is
-    parsed by libyaml, in C, where PyYAML has it: several times faster than its Python parser,
-    which was most of what a sweep's summary spent on each run it read. The two differ only on
+    parsed by libyaml, in C, where PyYAML has it: several times faster than its Python parser
+    (scripts/bench_bookkeeping.py, row `yaml`), which was most of what a sweep's summary spent
+    on each run it read. The two differ only on
     text no YAML writer makes (tabs between a key and its value, a byte-order mark after a
     comment, an empty tag), and a file is read by the same one every time."""
     import yaml

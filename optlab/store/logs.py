@@ -47,7 +47,8 @@ class EventFile:
     writes each record to.
 
     Without TensorFlow, tensorboard's file stub opens, appends to and closes the file for every
-    record (~0.1 ms each: a member of a vectorized group writes about fifty). This one keeps it
+    record (a member of a vectorized group writes about fifty: scripts/bench_bookkeeping.py, row
+    `events`, times fifty and the close both ways). This one keeps it
     open and buffered; the writer's thread flushes it every `flush_secs` as before, and `RunLog`
     at the end of every epoch, so that what a killed run leaves on disk is every finished epoch's
     curves, as before. Written by hand: tensorboard offers no other file for a local folder."""

@@ -184,3 +184,25 @@ def test_construct_builds_what_instantiate_builds_and_refuses_instantiates_own_f
             construct("optimizer", node, params=params)
     with pytest.raises(UsageError, match="refused 'optimizer.1'"):
         construct("optimizer", {"_target_": "torch.optim.SGD", 1: 2}, params=params)
+
+
+def test_a_jobs_task_config_is_the_copy_hydra_makes_without_its_node():
+    """The launcher's pickled copy equals Hydra's run_job copy (deep copy, `hydra` dropped): the
+    same text, type and flags, and changing it leaves the job's config as it was."""
+    import copy
+
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from hydra_plugins.optlab_vectorized_launcher._core import task_config
+
+    cfg = make_config("optimizer=adam", "scheduler=onecycle", return_hydra_config=True)
+    ours = task_config(cfg)
+    hydra = cfg._get_node("hydra")
+    theirs = copy.deepcopy(cfg, {id(hydra): hydra})
+    with read_write(theirs), open_dict(theirs):
+        del theirs["hydra"]
+    assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(theirs) and "hydra" not in ours
+    assert OmegaConf.get_type(ours) is OmegaConf.get_type(theirs)
+    assert OmegaConf.is_struct(ours) == OmegaConf.is_struct(theirs) and not OmegaConf.is_readonly(ours)
+    ours.optimizer.lr = 0.5
+    assert cfg.optimizer.lr != 0.5 and "hydra" in cfg

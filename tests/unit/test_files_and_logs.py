@@ -117,3 +117,31 @@ def test_both_yaml_parsers_read_a_runs_config_alike():
     assert "*" not in text
     fast, slow = (yaml.load(text, Loader=_yaml_loader(fast)) for fast in (True, False))
     assert fast == slow and repr(fast) == repr(slow) and fast["optimizer"]["betas"] == [0.9, 0.999]
+
+
+def test_a_checkpoint_state_is_written_once_and_best_pt_only_when_the_best_changes(tmp_path, monkeypatch):
+    """Checkpoint.save serializes each state once: the last epoch that is the best gives both
+    files the same bytes; best.pt is not written again while the best stays; a new best is."""
+    import torch
+
+    from optlab.store import files
+    from optlab.training.callbacks import Checkpoint
+
+    written = []
+    monkeypatch.setattr("optlab.training.callbacks.atomic_write",
+                        lambda path, write: (written.append(path.name), files.atomic_write(path, write)))
+    checkpoint = Checkpoint(tmp_path, {"seed": 0})
+    first = {"model": {"w": torch.zeros(2)}, "epoch": 1}
+    checkpoint.keep(1, {"val_loss": 1.0}, lambda: first)
+    checkpoint.save(first)
+    assert written == ["best.pt", "last.pt"]
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    second = {"model": {"w": torch.ones(2)}, "epoch": 2}
+    checkpoint.keep(2, {"val_loss": 2.0}, lambda: second)  # worse: the best stays
+    checkpoint.save(second)
+    assert written[2:] == ["last.pt"] and torch.load(tmp_path / "best.pt")["epoch"] == 1
+    third = {"model": {"w": torch.full((2,), 2.0)}, "epoch": 3}
+    checkpoint.keep(3, {"val_loss": 0.5}, lambda: third)
+    checkpoint.save(third)
+    assert written[3:] == ["best.pt", "last.pt"]
+    assert torch.load(tmp_path / "best.pt")["epoch"] == 3 and torch.load(tmp_path / "last.pt")["config"] == {"seed": 0}
